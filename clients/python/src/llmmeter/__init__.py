@@ -1,0 +1,1 @@
+"""Python client and CLI for llmmeter."""
