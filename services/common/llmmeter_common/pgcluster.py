@@ -60,12 +60,9 @@ class LocalCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, args: list[str], timeout: float = 60) -> None:
-        kwargs: dict[str, object] = {}
-        if self._run_as is not None:
-            kwargs["user"] = self._run_as
         subprocess.run(
             args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
-            cwd="/", **kwargs,  # type: ignore[arg-type]
+            cwd="/", user=self._run_as,
         )
 
     def _prepare_owner(self) -> None:

@@ -1,0 +1,92 @@
+"""The one place that turns domain errors into gRPC statuses with google.rpc details.
+
+Installed as a server interceptor on every service, in the manner of kserve's
+gRPC protocol layer: handlers raise `llmmeter_common.errors` exceptions and
+callers receive the matching code, a one-line message, and for bad input a
+`google.rpc.BadRequest` listing the offending fields (AIP-193).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from llmmeter_common import errors
+
+log = logging.getLogger(__name__)
+
+_CODES: list[tuple[type[errors.LlmmeterError], int]] = [
+    (errors.InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (errors.NotFound, code_pb2.NOT_FOUND),
+    (errors.Unavailable, code_pb2.UNAVAILABLE),
+    (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
+]
+
+
+def to_status(exc: errors.LlmmeterError) -> grpc.Status:
+    """The rich gRPC status for a domain error."""
+    code = next(c for cls, c in _CODES if isinstance(exc, cls))
+    status = status_pb2.Status(code=code, message=str(exc))
+    if isinstance(exc, errors.InvalidArgument) and exc.violations:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in exc.violations
+        ]))
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: errors.LlmmeterError) -> None:
+    await context.abort_with_status(to_status(exc))
+
+
+def _wrap_unary(
+    fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except errors.LlmmeterError as exc:
+            await _abort(context, exc)
+
+    return handler
+
+
+def _wrap_stream(fn: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Callable[..., Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except errors.LlmmeterError as exc:
+            await _abort(context, exc)
+
+    return handler
+
+
+class DomainErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps `LlmmeterError` raised by any handler to its status code and details."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream))
+        return handler

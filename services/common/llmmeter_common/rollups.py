@@ -1,0 +1,137 @@
+"""The rollup tables' shape, in one place, and the SQL that keeps them exact.
+
+The PostgreSQL path has no continuous aggregates, so every stored batch adds
+its newly inserted rows to the minute, hour and day rollups in the same
+transaction. The grouping dimensions and the measures are listed here once;
+the ingest statement is generated from them, the query side reads the same
+names, and a test checks them against the migrations (both flavours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Dimensions every rollup row is keyed by (after the time bucket).
+DIMENSIONS: tuple[str, ...] = (
+    "model", "model_alias", "provider", "user_name", "team", "account",
+    "status_code", "error_type", "call_type",
+)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One additive rollup column and how a raw row contributes to it."""
+
+    column: str
+    raw_expr: str
+
+
+#: Additive measures: the rollup column is SUM(raw_expr) over the bucket's rows.
+MEASURES: tuple[Measure, ...] = (
+    Measure("request_count", "1"),
+    Measure("error_count", "CASE WHEN llmmeter_is_error(status_code) THEN 1 ELSE 0 END"),
+    Measure("streaming_count", "CASE WHEN streaming THEN 1 ELSE 0 END"),
+    Measure("cache_hit_count", "CASE WHEN cache_hit THEN 1 ELSE 0 END"),
+    Measure("retries", "retries"),
+    Measure("input_tokens", "input_tokens"),
+    Measure("output_tokens", "output_tokens"),
+    Measure("cache_read_tokens", "cache_read_tokens"),
+    Measure("cache_write_tokens", "cache_write_tokens"),
+    Measure("reasoning_tokens", "reasoning_tokens"),
+    Measure("images", "images"),
+    Measure("audio_seconds", "audio_seconds"),
+    Measure("video_seconds", "video_seconds"),
+    Measure("characters", "characters"),
+    Measure("cost", "cost"),
+    Measure("latency_us_sum", "latency_us"),
+    Measure("ttft_us_sum", "coalesce(ttft_us, 0)"),
+    Measure("ttft_count", "CASE WHEN ttft_us IS NULL THEN 0 ELSE 1 END"),
+    Measure("itl_us_sum", "coalesce(itl_us, 0)"),
+    Measure("itl_count", "CASE WHEN itl_us IS NULL THEN 0 ELSE 1 END"),
+    Measure("tpot_us_sum", "coalesce(tpot_us, 0)"),
+    Measure("tpot_count", "CASE WHEN tpot_us IS NULL THEN 0 ELSE 1 END"),
+)
+
+#: Sparse histograms: (prefix, raw column). Columns are `<prefix>_keys`, `<prefix>_counts`.
+HISTOGRAMS: tuple[tuple[str, str], ...] = (("lat", "latency_us"), ("ttft", "ttft_us"))
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """One rollup table and the width of its time buckets."""
+
+    table: str
+    width: str
+
+
+ROLLUPS: tuple[Rollup, ...] = (
+    Rollup("usage_1m", "1 minute"),
+    Rollup("usage_1h", "1 hour"),
+    Rollup("usage_1d", "1 day"),
+)
+
+#: Origin of the buckets: UTC midnight, so buckets never depend on a session time zone.
+ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+
+
+def rollup_columns() -> list[str]:
+    """Every column of a rollup table, in table order."""
+    hist = [f"{p}_{s}" for p, _ in HISTOGRAMS for s in ("keys", "counts")]
+    return ["bucket", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
+
+
+def _upsert_cte(rollup: Rollup, source: str) -> str:
+    """CTEs adding the rows of `source` into one rollup table."""
+    t = rollup.table
+    dims = ", ".join(DIMENSIONS)
+    bucket = f"date_bin('{rollup.width}', start_time, {ORIGIN})"
+    sums = ",\n        ".join(f"sum({m.raw_expr}) AS {m.column}" for m in MEASURES)
+    parts = [
+        f"""{t}_agg AS (
+    SELECT {bucket} AS bucket, {dims},
+        {sums}
+    FROM {source} GROUP BY 1, {dims})"""
+    ]
+    joins = []
+    hist_cols = []
+    for prefix, col in HISTOGRAMS:
+        parts.append(
+            f"""{t}_{prefix} AS (
+    SELECT bucket, {dims}, array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts
+    FROM (SELECT {bucket} AS bucket, {dims}, llmmeter_hist_key({col}) AS k, count(*) AS c
+          FROM {source} WHERE {col} IS NOT NULL GROUP BY 1, {dims}, 3) AS x
+    GROUP BY bucket, {dims})"""
+        )
+        joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING (bucket, {dims})")
+        hist_cols += [
+            f"coalesce({prefix}.keys, '{{}}'::integer[])",
+            f"coalesce({prefix}.counts, '{{}}'::bigint[])",
+        ]
+    cols = rollup_columns()
+    additive = ",\n        ".join(f"{m.column} = {t}.{m.column} + EXCLUDED.{m.column}" for m in MEASURES)
+    merges = ",\n        ".join(
+        f"({p}_keys, {p}_counts) = (SELECT keys, counts FROM llmmeter_hist_merge("
+        f"{t}.{p}_keys, {t}.{p}_counts, EXCLUDED.{p}_keys, EXCLUDED.{p}_counts))"
+        for p, _ in HISTOGRAMS
+    )
+    agg_cols = ", ".join(f"a.{c}" for c in cols[: 1 + len(DIMENSIONS) + len(MEASURES)])
+    parts.append(
+        f"""{t}_up AS (
+    INSERT INTO {t} ({", ".join(cols)})
+    SELECT {agg_cols}, {", ".join(hist_cols)}
+    FROM {t}_agg AS a {" ".join(joins)}
+    ORDER BY a.bucket, {", ".join("a." + d for d in DIMENSIONS)}
+    ON CONFLICT (bucket, {dims}) DO UPDATE SET
+        {additive},
+        {merges})"""
+    )
+    return ",\n".join(parts)
+
+
+def rollup_ctes(source: str) -> str:
+    """CTEs that add the rows of the CTE `source` to every rollup table.
+
+    Rows are upserted in key order so that concurrent writers lock rollup rows
+    in the same order and cannot deadlock each other.
+    """
+    return ",\n".join(_upsert_cte(r, source) for r in ROLLUPS)

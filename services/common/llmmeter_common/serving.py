@@ -1,0 +1,103 @@
+"""What every llmmeter gRPC service shares: server assembly, health, reflection, signals.
+
+Each service only registers its own servicers; the common parts (the error
+interceptor, `grpc.health.v1`, server reflection, waiting for the database,
+a clean stop on SIGTERM or Ctrl-C) are written once here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from llmmeter_common.grpc_errors import DomainErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One log format for all services."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def wait_for_database(dsn: str, max_wait: float) -> None:
+    """Retry connecting until the database answers (it may start after us)."""
+    deadline = time.monotonic() + max_wait
+    delay = 0.2
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"database at {dsn} unreachable: {exc}") from exc
+            log.warning("waiting for the database: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class GrpcServer:
+    """A grpc.aio server with health checking, reflection and domain-error mapping."""
+
+    def __init__(self, service_names: list[str]) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[DomainErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._names = service_names
+        reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+
+    def add(self, register: Callable[[grpc.aio.Server], None]) -> None:
+        """Register a servicer, e.g. `lambda s: add_FooServicer_to_server(impl, s)`."""
+        register(self.server)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen and serve; returns the bound port (useful with port 0)."""
+        bound: int = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise RuntimeError(f"could not bind {host}:{port}")
+        await self.server.start()
+        await self.set_serving(True)
+        return bound
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the whole server and each service."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ["", *self._names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, let in-flight ones finish within `grace` seconds."""
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def wait_for_shutdown_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown signal received")

@@ -1,0 +1,114 @@
+"""The ingest domain: validate a batch, drop in-batch repeats, store, and count the outcome.
+
+No gRPC here: the servicer hands in protobuf records and gets back plain
+outcomes, so the rules (what is rejected, what counts as a duplicate) are
+testable and reusable by other front doors such as an OTLP receiver.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmmeter.v1 import usage_pb2
+
+from llmmeter_ingest.rows import Row, to_rows
+from llmmeter_ingest.settings import IngestSettings
+from llmmeter_ingest.validation import Limits, Rejected, validate
+from llmmeter_ingest.writer import BatchWriter, Job
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One invalid record: its position, id, field and reason."""
+
+    index: int
+    request_id: str
+    field: str
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """Counts of a call or a stream: stored, already stored, and refused."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def add(self, other: Outcome) -> None:
+        """Fold another part of the same stream into this one."""
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejections.extend(other.rejections)
+
+
+@dataclass
+class Prepared:
+    """A batch after validation: unique rows to store plus what was already decided."""
+
+    rows: list[Row]
+    payloads: list[Row]
+    outcome: Outcome
+
+
+class Ingestor:
+    """Turns batches of records into committed rows and outcomes."""
+
+    def __init__(self, settings: IngestSettings, writer: BatchWriter) -> None:
+        self._settings = settings
+        self._writer = writer
+
+    def _limits(self) -> Limits:
+        now_us = int(time.time() * 1_000_000)
+        return Limits(
+            oldest_start_us=now_us - self._settings.raw_retention_days * 86_400_000_000,
+            latest_end_us=now_us + int(self._settings.max_future_seconds * 1_000_000),
+            max_payload_bytes=self._settings.max_payload_bytes,
+        )
+
+    def prepare(self, records: Sequence[usage_pb2.UsageRecord], offset: int = 0) -> Prepared:
+        """Validate and convert; repeats of a key inside the batch count as duplicates."""
+        limits = self._limits()
+        redact = self._settings.redact_client_ip
+        prepared = Prepared([], [], Outcome())
+        seen: set[tuple[str, object]] = set()
+        for i, rec in enumerate(records):
+            try:
+                validate(rec, limits)
+                row, payload = to_rows(rec, redact)
+            except Rejected as r:
+                prepared.outcome.rejections.append(Rejection(offset + i, rec.request_id, r.field, r.reason))
+                continue
+            key = (row[1], row[0])
+            if key in seen:
+                prepared.outcome.duplicates += 1
+                continue
+            seen.add(key)
+            prepared.rows.append(row)
+            if payload is not None:
+                prepared.payloads.append(payload)
+        return prepared
+
+    async def submit(self, prepared: Prepared, wait: float | None) -> Job | None:
+        """Queue the rows: refuse at once when full (`wait` None) or wait for space."""
+        if not prepared.rows:
+            return None
+        if wait is None:
+            return self._writer.submit_nowait(prepared.rows, prepared.payloads)
+        return await self._writer.submit(prepared.rows, prepared.payloads, wait)
+
+    @staticmethod
+    async def finish(prepared: Prepared, job: Job | None) -> Outcome:
+        """Wait for the commit and count stored versus already-stored rows."""
+        if job is not None:
+            stored = len(await job.done)
+            prepared.outcome.accepted += stored
+            prepared.outcome.duplicates += len(prepared.rows) - stored
+        return prepared.outcome
+
+    async def ingest(self, records: Sequence[usage_pb2.UsageRecord]) -> Outcome:
+        """One batch, end to end (refused at once when the queue is full)."""
+        prepared = self.prepare(records)
+        return await self.finish(prepared, await self.submit(prepared, None))

@@ -1,0 +1,114 @@
+"""Turns a valid usage record into the row tuples that COPY sends to the database.
+
+This is the per-record hot path of ingest, so it does the derived work once
+(latency, inter-token latency, time per output token, the redacted client IP,
+exact decimal cost) and nothing else; everything is aggregated in SQL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from google.protobuf import json_format
+from llmmeter.v1 import usage_pb2
+
+from llmmeter_ingest.validation import Rejected, duration_us, timestamp_us
+
+#: Columns of `usage_records` filled by COPY, in tuple order.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "start_time", "request_id", "end_time", "latency_us", "ttft_us", "itl_us", "tpot_us",
+    "streaming", "output_chunks", "status_code", "error_type", "error_message",
+    "model", "response_model", "model_alias", "provider", "call_type", "model_id", "api_base",
+    "user_name", "team", "account", "client_ip",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "images", "audio_seconds", "video_seconds", "characters",
+    "cost", "cost_breakdown", "cache_hit", "gateway_overhead_us", "retries", "metadata", "has_payload",
+)
+#: Columns of `usage_payloads`, in tuple order.
+PAYLOAD_COLUMNS: tuple[str, ...] = ("start_time", "request_id", "request", "response")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ZERO = Decimal(0)
+
+Row = tuple[Any, ...]
+
+
+def to_datetime(us: int) -> datetime:
+    """A UTC datetime from microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@lru_cache(maxsize=65_536)
+def _client_ip(raw: str, redact: bool) -> str:
+    try:
+        addr = ipaddress.ip_address(raw.strip())
+    except ValueError:
+        raise Rejected("client_ip", f"client_ip {raw!r} is not an IPv4 or IPv6 address") from None
+    if not redact:
+        return str(addr)
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+def _decimal(value: float) -> Decimal:
+    return Decimal(repr(value)) if value else _ZERO
+
+
+def _json_map(m: Any) -> str:
+    return json.dumps(dict(m), separators=(",", ":")) if m else "{}"
+
+
+def _payload_json(value: Any, present: bool) -> str | None:
+    return json_format.MessageToJson(value, indent=None) if present else None
+
+
+def key_of(rec: usage_pb2.UsageRecord) -> tuple[str, int]:
+    """The idempotency key: (request_id, start time in microseconds)."""
+    return rec.request_id, timestamp_us(rec.start_time)
+
+
+def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool) -> tuple[Row, Row | None]:
+    """The `usage_records` row of a valid record, and its `usage_payloads` row if it has one."""
+    start_us = timestamp_us(rec.start_time)
+    latency = timestamp_us(rec.end_time) - start_us
+    start = to_datetime(start_us)
+    ttft = duration_us(rec.time_to_first_token) if rec.HasField("time_to_first_token") else None
+    itl: float | None = None
+    if rec.HasField("mean_inter_token_latency"):
+        itl = float(duration_us(rec.mean_inter_token_latency))
+    elif ttft is not None and rec.output_chunks > 1:
+        itl = (latency - ttft) / (rec.output_chunks - 1)
+    out = rec.output_tokens
+    tpot: float | None = None
+    if ttft is not None and out > 1:
+        tpot = (latency - ttft) / (out - 1)
+    elif ttft is None and out > 0:
+        tpot = latency / out
+    media = rec.media
+    has_payload = rec.HasField("payload")
+    row = (
+        start, rec.request_id, to_datetime(start_us + latency), latency, ttft, itl, tpot,
+        rec.streaming, rec.output_chunks, rec.status_code, rec.error_type, rec.error_message,
+        rec.model, rec.response_model, rec.model_alias, rec.provider, rec.call_type, rec.model_id,
+        rec.api_base, rec.user, rec.team, rec.account,
+        _client_ip(rec.client_ip, redact_ip) if rec.client_ip else "",
+        rec.input_tokens, out, rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
+        media.images, _decimal(media.audio_seconds), _decimal(media.video_seconds), media.characters,
+        _decimal(rec.cost), _json_map(rec.cost_breakdown), rec.cache_hit,
+        duration_us(rec.gateway_overhead) if rec.HasField("gateway_overhead") else None,
+        rec.retries, _json_map(rec.metadata), has_payload,
+    )
+    if not has_payload:
+        return row, None
+    p = rec.payload
+    payload = (
+        start, rec.request_id,
+        _payload_json(p.request, p.HasField("request")),
+        _payload_json(p.response, p.HasField("response")),
+    )
+    return row, payload

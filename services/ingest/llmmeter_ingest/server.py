@@ -1,0 +1,90 @@
+"""Assembles the ingest service: database, writer, servicer and gRPC server.
+
+`IngestServer` is what `python -m llmmeter_ingest` runs and what the tests
+start in-process on port 0, so the tests exercise exactly the production
+wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
+from llmmeter_common.migrate import migrate
+from llmmeter_common.serving import GrpcServer, wait_for_database
+
+from llmmeter_ingest.ingestor import Ingestor
+from llmmeter_ingest.servicer import IngestServicer
+from llmmeter_ingest.settings import IngestSettings
+from llmmeter_ingest.store import Store
+from llmmeter_ingest.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+class IngestServer:
+    """One running ingest service."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._pool: asyncpg.Pool | None = None
+        self._writer: BatchWriter | None = None
+        self._grpc: GrpcServer | None = None
+        self._retention: asyncio.Task[None] | None = None
+
+    @property
+    def writer(self) -> BatchWriter:
+        """The batch writer (for metrics and tests)."""
+        assert self._writer is not None
+        return self._writer
+
+    async def start(self, db_wait_seconds: float = 60.0) -> int:
+        """Migrate, connect, and start serving; returns the port."""
+        s = self.settings
+        await wait_for_database(s.database_url, db_wait_seconds)
+        if s.migrate_on_start:
+            await migrate(s.database_url, s.storage_flavor)
+        self._pool = await asyncpg.create_pool(
+            s.database_url, min_size=1, max_size=s.pool_max_size,
+            command_timeout=s.db_command_timeout_seconds,
+        )
+        store = Store(self._pool)
+        self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
+        servicer = IngestServicer(Ingestor(s, self._writer), s)
+        self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc.add(lambda srv: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, srv))
+        self.port = await self._grpc.start(s.host, s.port)
+        self._retention = asyncio.create_task(self._retention_loop(store))
+        log.info("ingest service listening on %s:%d", s.host, self.port)
+        return self.port
+
+    async def _retention_loop(self, store: Store) -> None:
+        s = self.settings
+        while True:
+            try:
+                await store.apply_retention(
+                    s.raw_retention_days, s.payload_retention_days, s.rollup_retention_days
+                )
+            except Exception:
+                log.exception("retention run failed; will retry")
+            await asyncio.sleep(s.retention_interval_seconds)
+
+    async def stop(self) -> None:
+        """Refuse new calls, finish in-flight ones, flush the queue, close the pool."""
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.shutdown_grace_seconds)
+        if self._writer is not None:
+            await self._writer.close()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("ingest service stopped")

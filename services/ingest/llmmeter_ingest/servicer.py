@@ -1,0 +1,98 @@
+"""IngestService over gRPC: check the request's shape, call the domain, convert back.
+
+Per-record problems come back in `rejections`; a request none of whose
+records could be stored fails as a whole with INVALID_ARGUMENT and a
+BadRequest naming `records[i].field`, so a sender never mistakes total
+rejection for success.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
+from llmmeter_common.errors import FieldViolation, InvalidArgument
+
+from llmmeter_ingest.ingestor import Ingestor, Outcome, Prepared
+from llmmeter_ingest.settings import IngestSettings
+from llmmeter_ingest.writer import Job
+
+
+def _check_size(records: Sequence[usage_pb2.UsageRecord], limit: int) -> None:
+    if len(records) > limit:
+        raise InvalidArgument(
+            f"records: {len(records)} records in one message, at most {limit} allowed",
+            [FieldViolation("records", f"at most {limit} records per message")],
+        )
+
+
+def _raise_if_nothing_stored(outcome: Outcome) -> None:
+    if outcome.accepted or outcome.duplicates:
+        return
+    if not outcome.rejections:
+        raise InvalidArgument("records: at least one record is required",
+                              [FieldViolation("records", "at least one record is required")])
+    first = outcome.rejections[0]
+    raise InvalidArgument(
+        f"all {len(outcome.rejections)} records were rejected; first: records[{first.index}].{first.field}: "
+        f"{first.reason}",
+        [FieldViolation(f"records[{r.index}].{r.field}", r.reason) for r in outcome.rejections],
+    )
+
+
+def _rejections(outcome: Outcome) -> list[ingest_pb2.RecordRejection]:
+    return [
+        ingest_pb2.RecordRejection(index=r.index, request_id=r.request_id, field=r.field, reason=r.reason)
+        for r in outcome.rejections
+    ]
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """The gRPC face of `Ingestor`."""
+
+    def __init__(self, ingestor: Ingestor, settings: IngestSettings) -> None:
+        self._ingestor = ingestor
+        self._settings = settings
+
+    async def WriteRecords(
+        self, request: ingest_pb2.WriteRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.WriteRecordsResponse:
+        """Store one batch and say what became of each record."""
+        _check_size(request.records, self._settings.max_batch_records)
+        outcome = await self._ingestor.ingest(request.records)
+        _raise_if_nothing_stored(outcome)
+        return ingest_pb2.WriteRecordsResponse(
+            accepted_count=outcome.accepted, duplicate_count=outcome.duplicates,
+            rejections=_rejections(outcome),
+        )
+
+    async def StreamRecords(
+        self, request_iterator: AsyncIterator[ingest_pb2.StreamRecordsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> ingest_pb2.StreamRecordsResponse:
+        """Store chunks as they arrive, a few in flight at once, and sum up the stream."""
+        total = Outcome()
+        inflight: deque[tuple[Prepared, Job | None]] = deque()
+        offset = 0
+        try:
+            async for message in request_iterator:
+                _check_size(message.records, self._settings.max_batch_records)
+                prepared = self._ingestor.prepare(message.records, offset)
+                offset += len(message.records)
+                job = await self._ingestor.submit(prepared, self._settings.stream_queue_wait_seconds)
+                inflight.append((prepared, job))
+                while len(inflight) >= self._settings.stream_inflight_chunks:
+                    total.add(await Ingestor.finish(*inflight.popleft()))
+            while inflight:
+                total.add(await Ingestor.finish(*inflight.popleft()))
+        finally:
+            for _, job in inflight:  # commits still complete; nobody waits for their answer
+                if job is not None:
+                    job.done.add_done_callback(lambda f: f.exception())
+        _raise_if_nothing_stored(total)
+        return ingest_pb2.StreamRecordsResponse(
+            accepted_count=total.accepted, duplicate_count=total.duplicates,
+            rejections=_rejections(total),
+        )

@@ -1,0 +1,84 @@
+"""The ingest service's settings: one typed object, read from the environment.
+
+Every knob an operator may turn lives here with its default and its reason,
+so the README, the Kubernetes ConfigMap and the code cannot disagree. Names are
+`LLMMETER_INGEST_<FIELD>`, except the database URL, which all services share
+as `DATABASE_URL`.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IngestSettings(BaseSettings):
+    """Configuration of one ingest service process."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMMETER_INGEST_", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/llmmeter",
+        validation_alias=AliasChoices("DATABASE_URL", "LLMMETER_INGEST_DATABASE_URL"),
+    )
+    """PostgreSQL or TimescaleDB connection URL."""
+
+    host: str = "0.0.0.0"
+    """Interface the gRPC server binds to."""
+
+    port: int = 50051
+    """gRPC port of IngestService (0 picks a free one, for tests)."""
+
+    max_batch_records: int = 10_000
+    """Most records one WriteRecords call or one stream message may carry."""
+
+    queue_max_records: int = 200_000
+    """Records validated but not yet committed, beyond which calls get RESOURCE_EXHAUSTED."""
+
+    stream_queue_wait_seconds: float = 10.0
+    """How long a stream waits for queue space before RESOURCE_EXHAUSTED (streams get backpressure)."""
+
+    stream_inflight_chunks: int = 4
+    """Chunks of one stream being written while the next ones are read."""
+
+    writers: int = 2
+    """Concurrent write transactions (each on its own connection)."""
+
+    group_commit_records: int = 20_000
+    """Most records coalesced from queued calls into one transaction."""
+
+    pool_max_size: int = 8
+    """Database connections of the pool."""
+
+    db_command_timeout_seconds: float = 60.0
+    """A database statement running longer than this fails the batch (UNAVAILABLE)."""
+
+    raw_retention_days: int = 14
+    """Raw records are kept this long; older records are refused."""
+
+    payload_retention_days: int = 14
+    """Request and response bodies are kept this long."""
+
+    rollup_retention_days: int = 400
+    """Minute, hour and day rollups are kept this long."""
+
+    retention_interval_seconds: float = 3600.0
+    """How often expired partitions are dropped."""
+
+    max_future_seconds: float = 300.0
+    """Clock skew tolerated: records ending further in the future are refused."""
+
+    max_payload_bytes: int = 1_048_576
+    """Largest request+response payload stored with a record."""
+
+    redact_client_ip: bool = True
+    """Store client IPs as their /24 (IPv4) or /48 (IPv6) network."""
+
+    migrate_on_start: bool = True
+    """Apply pending schema migrations at start."""
+
+    storage_flavor: str = "auto"
+    """`auto` (TimescaleDB when available), `postgres` or `timescale`."""
+
+    shutdown_grace_seconds: float = 15.0
+    """On SIGTERM, in-flight calls get this long to finish."""

@@ -1,0 +1,99 @@
+"""Writes batches of rows to the database in one transaction, one round of COPY.
+
+The shape of a write: COPY the rows into session-local staging tables, then
+one statement inserts them into `usage_records` skipping keys already stored,
+stores the payloads of the rows actually inserted, adds exactly those rows to
+the rollups, and returns their keys so callers can tell accepted from
+duplicate. No per-row statements; a failure rolls the whole batch back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+from llmmeter_common.rollups import rollup_ctes
+
+from llmmeter_ingest.rows import PAYLOAD_COLUMNS, RECORD_COLUMNS, Row
+
+log = logging.getLogger(__name__)
+
+_STAGING = "llmmeter_staging"
+_STAGING_PAYLOADS = "llmmeter_staging_payloads"
+
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_STAGING}
+    (LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {_STAGING_PAYLOADS}
+    (LIKE usage_payloads INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+"""
+
+_COLS = ", ".join(RECORD_COLUMNS)
+
+WRITE_SQL = f"""
+WITH ins AS (
+    INSERT INTO usage_records ({_COLS})
+    SELECT {_COLS} FROM {_STAGING} ORDER BY start_time, request_id
+    ON CONFLICT (start_time, request_id) DO NOTHING
+    RETURNING *
+),
+pay AS (
+    INSERT INTO usage_payloads ({", ".join(PAYLOAD_COLUMNS)})
+    SELECT p.start_time, p.request_id, p.request, p.response
+    FROM {_STAGING_PAYLOADS} AS p JOIN ins USING (start_time, request_id)
+    ON CONFLICT (start_time, request_id) DO NOTHING
+),
+{rollup_ctes("ins")}
+SELECT request_id, start_time FROM ins
+"""
+
+
+def _days(times: Sequence[datetime]) -> set[datetime]:
+    return {t.replace(hour=0, minute=0, second=0, microsecond=0) for t in times}
+
+
+class Store:
+    """Batch writer over a connection pool; knows which partitions exist."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._days_ready: set[datetime] = set()
+
+    async def ensure_partitions(self, start_times: Sequence[datetime]) -> None:
+        """Create the day and month partitions these rows fall in, once per process."""
+        missing = _days(start_times) - self._days_ready
+        if not missing:
+            return
+        lo, hi = min(missing), max(missing)
+        await self._pool.execute("SELECT llmmeter_ensure_partitions($1, $2)", lo, hi)
+        self._days_ready |= {lo + timedelta(days=i) for i in range((hi - lo).days + 1)}
+
+    def forget_partitions(self) -> None:
+        """Forget what partitions exist (after retention dropped some, or a failed insert)."""
+        self._days_ready.clear()
+
+    async def write(self, rows: Sequence[Row], payloads: Sequence[Row]) -> set[tuple[str, datetime]]:
+        """Store rows (keys unique within the call); returns the keys newly inserted."""
+        await self.ensure_partitions([r[0] for r in rows])
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CREATE_STAGING)
+            await conn.copy_records_to_table(_STAGING, records=rows, columns=RECORD_COLUMNS)
+            if payloads:
+                await conn.copy_records_to_table(
+                    _STAGING_PAYLOADS, records=payloads, columns=PAYLOAD_COLUMNS
+                )
+            inserted = await conn.fetch(WRITE_SQL)
+        return {(r[0], r[1]) for r in inserted}
+
+    async def apply_retention(self, raw_days: int, payload_days: int, rollup_days: int) -> list[str]:
+        """Drop partitions past their retention; returns their names."""
+        dropped = await self._pool.fetch(
+            "SELECT * FROM llmmeter_apply_retention($1, $2, $3)",
+            timedelta(days=raw_days), timedelta(days=payload_days), timedelta(days=rollup_days),
+        )
+        if dropped:
+            self.forget_partitions()
+            log.info("retention dropped %d partitions", len(dropped))
+        return [r[0] for r in dropped]

@@ -1,0 +1,148 @@
+"""Checks one usage record against the contract before anything is stored.
+
+A record that would store a wrong number (negative tokens, a cost breakdown
+that does not add up, an end before its start) is refused with the field that
+is wrong, so the sender can fix it; the other records of the batch go on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+from llmmeter.v1 import usage_pb2
+
+_SHORT_TEXT = 256
+_ERROR_MESSAGE = 4096
+_METADATA_KEYS = 64
+_METADATA_VALUE = 1024
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_TOLERANCE = Decimal("1e-9")
+
+_SHORT_FIELDS = (
+    "model", "response_model", "model_alias", "provider", "call_type", "model_id", "api_base",
+    "user", "team", "account", "error_type", "client_ip",
+)
+_COUNTS = (
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "output_chunks", "retries",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The time window a record must fall in, in microseconds since the epoch."""
+
+    oldest_start_us: int
+    latest_end_us: int
+    max_payload_bytes: int
+
+
+class Rejected(Exception):
+    """A record breaks the contract at `field`."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def timestamp_us(ts: object) -> int:
+    """Microseconds since the epoch of a google.protobuf.Timestamp (nanos truncated)."""
+    return ts.seconds * 1_000_000 + ts.nanos // 1000  # type: ignore[attr-defined, no-any-return]
+
+
+def duration_us(d: object) -> int:
+    """Microseconds of a google.protobuf.Duration (nanos truncated toward zero)."""
+    return d.seconds * 1_000_000 + int(d.nanos / 1000)  # type: ignore[attr-defined, no-any-return]
+
+
+def _check_time(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
+    if not rec.HasField("start_time"):
+        raise Rejected("start_time", "start_time is required")
+    if not rec.HasField("end_time"):
+        raise Rejected("end_time", "end_time is required")
+    for name in ("start_time", "end_time"):
+        ts = getattr(rec, name)
+        if not 0 <= ts.nanos < 1_000_000_000:
+            raise Rejected(name, f"{name}.nanos must be in [0, 1e9)")
+    start, end = timestamp_us(rec.start_time), timestamp_us(rec.end_time)
+    if end < start:
+        raise Rejected("end_time", "end_time is before start_time")
+    if start < limits.oldest_start_us:
+        raise Rejected("start_time", "start_time is older than the raw retention window")
+    if end > limits.latest_end_us:
+        raise Rejected("end_time", "end_time is in the future")
+    latency = end - start
+    for name in ("time_to_first_token", "mean_inter_token_latency", "gateway_overhead"):
+        if rec.HasField(name):  # type: ignore[arg-type]
+            value = duration_us(getattr(rec, name))
+            if value < 0:
+                raise Rejected(name, f"{name} must not be negative")
+            if name == "time_to_first_token" and value > latency:
+                raise Rejected(name, "time_to_first_token exceeds the latency (end_time - start_time)")
+
+
+def _check_usage(rec: usage_pb2.UsageRecord) -> None:
+    for name in _COUNTS:
+        if getattr(rec, name) < 0:
+            raise Rejected(name, f"{name} must not be negative")
+    if rec.cache_read_tokens + rec.cache_write_tokens > rec.input_tokens:
+        raise Rejected("cache_read_tokens",
+                       "cache_read_tokens + cache_write_tokens exceed input_tokens (which includes them)")
+    if rec.reasoning_tokens > rec.output_tokens:
+        raise Rejected("reasoning_tokens", "reasoning_tokens exceed output_tokens (which includes them)")
+    media = rec.media
+    for name in ("images", "audio_seconds", "video_seconds", "characters"):
+        value = getattr(media, name)
+        if not math.isfinite(value) or value < 0:
+            raise Rejected(f"media.{name}", f"media.{name} must be a finite, non-negative number")
+
+
+def _check_cost(rec: usage_pb2.UsageRecord) -> None:
+    if not math.isfinite(rec.cost) or rec.cost < 0:
+        raise Rejected("cost", "cost must be a finite, non-negative number")
+    if not rec.cost_breakdown:
+        return
+    total = Decimal(0)
+    for key, value in rec.cost_breakdown.items():
+        if not math.isfinite(value) or value < 0:
+            raise Rejected(f"cost_breakdown.{key}", "cost components must be finite and non-negative")
+        total += Decimal(repr(value))
+    if abs(total - Decimal(repr(rec.cost))) > _TOLERANCE:
+        raise Rejected("cost_breakdown", f"cost components add up to {total}, not to cost {rec.cost!r}")
+
+
+def _check_text(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
+    if not rec.request_id:
+        raise Rejected("request_id", "request_id is required")
+    if len(rec.request_id) > _SHORT_TEXT:
+        raise Rejected("request_id", f"request_id is longer than {_SHORT_TEXT} characters")
+    if not rec.model:
+        raise Rejected("model", "model is required")
+    for name in _SHORT_FIELDS:
+        if len(getattr(rec, name)) > _SHORT_TEXT:
+            raise Rejected(name, f"{name} is longer than {_SHORT_TEXT} characters")
+    if len(rec.error_message) > _ERROR_MESSAGE:
+        raise Rejected("error_message", f"error_message is longer than {_ERROR_MESSAGE} characters")
+    if len(rec.metadata) > _METADATA_KEYS:
+        raise Rejected("metadata", f"more than {_METADATA_KEYS} metadata keys")
+    for key, value in rec.metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise Rejected(f"metadata.{key}", "metadata keys are 1..64 characters of [A-Za-z0-9_.-]")
+        if len(value) > _METADATA_VALUE:
+            raise Rejected(f"metadata.{key}", f"metadata values are at most {_METADATA_VALUE} characters")
+    if rec.HasField("payload") and rec.payload.ByteSize() > limits.max_payload_bytes:
+        raise Rejected("payload", f"payload is larger than {limits.max_payload_bytes} bytes")
+
+
+def validate(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
+    """Raise `Rejected` naming the first field of `rec` that breaks the contract."""
+    _check_text(rec, limits)
+    if not 100 <= rec.status_code <= 599:
+        raise Rejected("status_code", "status_code must be an HTTP status code (100..599)")
+    _check_time(rec, limits)
+    _check_usage(rec)
+    _check_cost(rec)

@@ -1,0 +1,156 @@
+"""The bounded queue between the RPC handlers and the database, with group commit.
+
+Handlers hand over validated rows and wait for the commit; writer tasks take
+whatever is queued (up to `group_commit_records`) and store it in one
+transaction, so many small calls cost one COPY. The queue is bounded in
+records: when it is full a call is refused (RESOURCE_EXHAUSTED) instead of
+piling up memory, and nothing refused was ever half-written. A caller learns
+per key whether its record was newly stored or already there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+from llmmeter_common.errors import ResourceExhausted, Unavailable
+
+from llmmeter_ingest.rows import Row
+from llmmeter_ingest.store import Store
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, datetime]
+
+#: Failures that mean "the database is not reachable right now".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+_RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+@dataclass
+class Job:
+    """Rows of one call waiting for their commit (keys unique within the job).
+
+    `done` resolves to the keys of this job's rows that were newly stored.
+    """
+
+    rows: Sequence[Row]
+    payloads: Sequence[Row]
+    done: asyncio.Future[set[Key]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class BatchWriter:
+    """Owns the queue and the writer tasks."""
+
+    def __init__(self, store: Store, queue_max_records: int, group_commit_records: int,
+                 writers: int) -> None:
+        self._store = store
+        self._max = queue_max_records
+        self._group = group_commit_records
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._queued = 0
+        self._space = asyncio.Condition()
+        self._tasks = [asyncio.create_task(self._run(), name=f"writer-{i}") for i in range(writers)]
+
+    @property
+    def queued_records(self) -> int:
+        """Records accepted by handlers and not yet committed or failed."""
+        return self._queued
+
+    def submit_nowait(self, rows: Sequence[Row], payloads: Sequence[Row]) -> Job:
+        """Queue rows or refuse at once when the queue is full."""
+        if self._queued and self._queued + len(rows) > self._max:
+            raise ResourceExhausted(
+                f"ingest queue is full ({self._queued} records waiting); retry with backoff"
+            )
+        job = Job(rows, payloads)
+        self._queued += len(rows)
+        self._queue.put_nowait(job)
+        return job
+
+    async def submit(self, rows: Sequence[Row], payloads: Sequence[Row], wait: float) -> Job:
+        """Queue rows, waiting up to `wait` seconds for space (backpressure for streams)."""
+        async with self._space:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._space.wait_for(lambda: not self._queued or self._queued + len(rows) <= self._max),
+                    wait,
+                )
+            return self.submit_nowait(rows, payloads)
+
+    async def _release(self, n: int) -> None:
+        self._queued -= n
+        async with self._space:
+            self._space.notify_all()
+
+    def _take_group(self, first: Job) -> list[Job]:
+        jobs, total = [first], len(first.rows)
+        while total < self._group and not self._queue.empty():
+            nxt = self._queue.get_nowait()
+            if nxt is None:  # shutdown marker: put it back for the other writers
+                self._queue.put_nowait(None)
+                break
+            jobs.append(nxt)
+            total += len(nxt.rows)
+        return jobs
+
+    async def _write_group(self, jobs: list[Job]) -> set[Key]:
+        rows = [r for j in jobs for r in j.rows]
+        payloads = [p for j in jobs for p in j.payloads]
+        for attempt in range(3):
+            try:
+                return await self._store.write(rows, payloads)
+            except _RETRYABLE:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+            except asyncpg.exceptions.CheckViolationError:
+                # "no partition of relation found for row": partitions vanished under us.
+                self._store.forget_partitions()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            jobs = self._take_group(first)
+            try:
+                inserted = await self._write_group(jobs)
+            except CONNECTION_ERRORS as exc:
+                log.warning("database unavailable, %d calls failed: %s", len(jobs), exc)
+                for j in jobs:
+                    j.done.set_exception(Unavailable(f"database unavailable: {exc}"))
+            except Exception as exc:
+                log.exception("batch write failed")
+                for j in jobs:
+                    j.done.set_exception(exc)
+            else:
+                claimed: set[Key] = set()
+                for j in jobs:  # a key sent by two calls of one group is accepted for the first
+                    mine = {(r[1], r[0]) for r in j.rows} & inserted
+                    mine -= claimed
+                    claimed |= mine
+                    j.done.set_result(mine)
+            finally:
+                await self._release(sum(len(j.rows) for j in jobs))
+
+    async def close(self) -> None:
+        """Write out everything queued, then stop the writer tasks."""
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
