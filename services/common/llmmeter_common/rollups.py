@@ -99,7 +99,7 @@ def _upsert_cte(rollup: Rollup, source: str) -> str:
             f"""{t}_{prefix} AS (
     SELECT bucket, {dims}, array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts
     FROM (SELECT {bucket} AS bucket, {dims}, llmmeter_hist_key({col}) AS k, count(*) AS c
-          FROM {source} WHERE {col} IS NOT NULL GROUP BY 1, {dims}, 3) AS x
+          FROM {source} WHERE {col} IS NOT NULL GROUP BY 1, {dims}, {len(DIMENSIONS) + 2}) AS x
     GROUP BY bucket, {dims})"""
         )
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING (bucket, {dims})")

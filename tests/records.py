@@ -1,0 +1,64 @@
+"""Builders of usage records for tests: valid by default, any field overridable."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from llmmeter.v1 import usage_pb2
+
+_ids = itertools.count()
+
+
+def ts(when: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp."""
+    t = timestamp_pb2.Timestamp()
+    t.FromDatetime(when)
+    return t
+
+
+def dur(ms: float) -> duration_pb2.Duration:
+    """A protobuf Duration of `ms` milliseconds."""
+    d = duration_pb2.Duration()
+    d.FromMicroseconds(int(ms * 1000))
+    return d
+
+
+def record(start: datetime | None = None, latency_ms: float = 1200.0, ttft_ms: float | None = 300.0,
+           **fields: Any) -> usage_pb2.UsageRecord:
+    """A valid record starting at `start` (a minute ago by default)."""
+    start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    rec = usage_pb2.UsageRecord(
+        request_id=fields.pop("request_id", f"chatcmpl-test-{next(_ids)}"),
+        start_time=ts(start),
+        end_time=ts(start + timedelta(milliseconds=latency_ms)),
+        status_code=fields.pop("status_code", 200),
+        model=fields.pop("model", "gpt-4o"),
+        provider=fields.pop("provider", "openai"),
+        call_type=fields.pop("call_type", "chat"),
+        input_tokens=fields.pop("input_tokens", 100),
+        output_tokens=fields.pop("output_tokens", 50),
+        cost=fields.pop("cost", 0.00075),
+        **fields,
+    )
+    if ttft_ms is not None:
+        rec.streaming = True
+        rec.time_to_first_token.CopyFrom(dur(ttft_ms))
+    return rec
+
+
+def bad_request_fields(err: Any) -> list[tuple[str, str]]:
+    """The (field, description) pairs of the BadRequest detail of a failed call."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no rich status details on the error"
+    out = []
+    for detail in status.details:
+        br = error_details_pb2.BadRequest()
+        if detail.Unpack(br):
+            out += [(v.field, v.description) for v in br.field_violations]
+    return out
