@@ -60,9 +60,13 @@ class LocalCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, args: list[str], timeout: float = 60) -> None:
+        if self._run_as is not None:
+            # setpriv rather than subprocess's `user=`: that forces fork() instead of
+            # vfork(), and a fork of a process running gRPC threads can crash the child.
+            args = ["setpriv", f"--reuid={self._run_as}", f"--regid={self._run_as}", "--clear-groups",
+                    *args]
         subprocess.run(
-            args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
-            cwd="/", user=self._run_as,
+            args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout, cwd="/",
         )
 
     def _prepare_owner(self) -> None:

@@ -1,0 +1,131 @@
+"""Rollups equal what aggregating the raw rows gives, with late and repeated records, and
+percentiles read back from them stay within the sketch's error bound."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from records import record
+
+from llmmeter.v1 import ingest_pb2
+from llmmeter_common import sketch
+from llmmeter_common.rollups import DIMENSIONS, ROLLUPS
+
+_WIDTH = {"1 minute": timedelta(minutes=1), "1 hour": timedelta(hours=1), "1 day": timedelta(days=1)}
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _traffic(rng: random.Random, n: int) -> list:
+    now = datetime.now(UTC)
+    recs = []
+    for i in range(n):
+        late = rng.random() < 0.2
+        start = now - timedelta(seconds=rng.uniform(60, 6 * 3600))
+        if late:
+            start = now - timedelta(days=rng.uniform(1, 12))
+        status = rng.choice([200] * 12 + [429, 500, 400, 302])
+        out = 0 if status >= 400 else rng.randint(1, 800)
+        latency = rng.lognormvariate(7, 0.8)  # ms
+        streaming = rng.random() < 0.7
+        rec = record(
+            start.replace(microsecond=rng.randrange(1_000_000)), latency_ms=latency,
+            ttft_ms=latency * rng.uniform(0.05, 0.5) if streaming else None,
+            request_id=f"r-{i}", status_code=status,
+            model=rng.choice(["gpt-4o", "claude-sonnet-4", "gemini-2.5-flash"]),
+            model_alias=rng.choice(["", "smart", "fast"]), provider=rng.choice(["openai", "anthropic"]),
+            user=rng.choice(["ana", "bo", "cy"]), team=rng.choice(["payments", "search"]),
+            account=rng.choice(["k1", "k2"]), call_type=rng.choice(["chat", "completion"]),
+            error_type="RateLimitError" if status == 429 else "",
+            input_tokens=rng.randint(10, 5000), output_tokens=out, output_chunks=out // 2,
+            cost=round(rng.uniform(0, 0.05), 6), retries=rng.randint(0, 2),
+            cache_hit=rng.random() < 0.1,
+        )
+        recs.append(rec)
+    return recs
+
+
+def _expected(raw: list, width: timedelta) -> dict[tuple, dict]:
+    """Aggregate raw rows in Python, independently of the SQL that maintains the rollups."""
+    groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(int))
+    hists: dict[tuple, dict] = defaultdict(lambda: {"lat": defaultdict(int), "ttft": defaultdict(int)})
+    for r in raw:
+        bucket = _ORIGIN + ((r["start_time"] - _ORIGIN) // width) * width
+        key = (bucket, *(r[d] for d in DIMENSIONS))
+        g = groups[key]
+        g["request_count"] += 1
+        g["error_count"] += int(not 200 <= r["status_code"] < 400)
+        g["input_tokens"] += r["input_tokens"]
+        g["output_tokens"] += r["output_tokens"]
+        g["cost"] += r["cost"]
+        g["latency_us_sum"] += r["latency_us"]
+        g["ttft_count"] += int(r["ttft_us"] is not None)
+        g["retries"] += r["retries"]
+        g["cache_hit_count"] += int(r["cache_hit"])
+        hists[key]["lat"][sketch.key_of(r["latency_us"])] += 1
+        if r["ttft_us"] is not None:
+            hists[key]["ttft"][sketch.key_of(r["ttft_us"])] += 1
+    for key, g in groups.items():
+        g["lat"] = dict(hists[key]["lat"])
+        g["ttft"] = dict(hists[key]["ttft"])
+    return groups
+
+
+async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool) -> None:
+    rng = random.Random(7)
+    recs = _traffic(rng, 1500)
+    batches = [recs[i:i + 100] for i in range(0, len(recs), 100)]
+    # client retries: some batches again, and some records repeated inside later batches
+    batches += [batches[3], batches[7][:40] + recs[:10]]
+
+    async def chunks(bs):
+        for b in bs:
+            yield ingest_pb2.StreamRecordsRequest(records=b)
+
+    half = len(batches) // 2
+    results = await asyncio.gather(
+        *(ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=b)) for b in batches[:half]),
+        ingest_stub.StreamRecords(chunks(batches[half:])),
+    )
+    assert sum(r.accepted_count for r in results) == 1500
+    assert sum(r.duplicate_count for r in results) == sum(len(b) for b in batches) - 1500
+
+    raw = await db_pool.fetch("SELECT * FROM usage_records")
+    assert len(raw) == 1500
+    for rollup in ROLLUPS:
+        expected = _expected(raw, _WIDTH[rollup.width])
+        rows = await db_pool.fetch(f"SELECT * FROM {rollup.table}")
+        assert len(rows) == len(expected), rollup.table
+        for row in rows:
+            exp = expected[(row["bucket"], *(row[d] for d in DIMENSIONS))]
+            for col in ("request_count", "error_count", "input_tokens", "output_tokens", "cost",
+                        "latency_us_sum", "ttft_count", "retries", "cache_hit_count"):
+                assert row[col] == exp[col], (rollup.table, col)
+            assert dict(zip(row["lat_keys"], row["lat_counts"], strict=True)) == exp["lat"]
+            assert dict(zip(row["ttft_keys"], row["ttft_counts"], strict=True)) == exp["ttft"]
+            assert list(row["lat_keys"]) == sorted(row["lat_keys"])
+    total_cost = await db_pool.fetchval("SELECT sum(cost) FROM usage_1d")
+    assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
+
+
+async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, db_pool) -> None:
+    rng = random.Random(11)
+    recs = _traffic(rng, 3000)
+    for i in range(0, len(recs), 500):
+        await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 500]))
+    rows = await db_pool.fetch("SELECT lat_keys, lat_counts, ttft_keys, ttft_counts FROM usage_1d")
+    lat = sketch.merge((r["lat_keys"], r["lat_counts"]) for r in rows)
+    ttft = sketch.merge((r["ttft_keys"], r["ttft_counts"]) for r in rows)
+    for q in (0.5, 0.75, 0.9, 0.95, 0.99):
+        exact_lat = await db_pool.fetchval(
+            "SELECT percentile_disc($1::float8) WITHIN GROUP (ORDER BY latency_us) FROM usage_records", q)
+        exact_ttft = await db_pool.fetchval(
+            "SELECT percentile_disc($1::float8) WITHIN GROUP (ORDER BY ttft_us) FROM usage_records", q)
+        est_lat, est_ttft = sketch.quantile(lat, q), sketch.quantile(ttft, q)
+        assert est_lat is not None and est_ttft is not None
+        assert math.isclose(est_lat, exact_lat, rel_tol=sketch.ALPHA), (q, est_lat, exact_lat)
+        assert math.isclose(est_ttft, exact_ttft, rel_tol=sketch.ALPHA), (q, est_ttft, exact_ttft)
