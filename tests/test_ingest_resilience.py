@@ -11,13 +11,14 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from conftest import create_database, ingest_settings
-from records import record
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster, free_port
 from llmmeter_ingest.server import IngestServer
+
+from conftest import create_database, ingest_settings
+from records import record
 
 
 @pytest.fixture

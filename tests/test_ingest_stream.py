@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from records import bad_request_fields, record
 
 from llmmeter.v1 import ingest_pb2, usage_pb2
+
+from records import bad_request_fields, record
 
 
 async def _chunks(*chunks: list[usage_pb2.UsageRecord]) -> AsyncIterator[ingest_pb2.StreamRecordsRequest]:

@@ -9,9 +9,10 @@ from decimal import Decimal
 import asyncpg
 import grpc
 import pytest
-from records import bad_request_fields, dur, record, ts
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
+
+from records import bad_request_fields, dur, record, ts
 
 
 async def write(stub: ingest_pb2_grpc.IngestServiceStub, *recs: usage_pb2.UsageRecord
@@ -150,9 +151,9 @@ async def test_only_duplicates_is_not_an_error(ingest_stub) -> None:
 
 
 async def test_oversized_batch_is_refused(db_url) -> None:
-    from conftest import ingest_settings
-
     from llmmeter_ingest.server import IngestServer
+
+    from conftest import ingest_settings
 
     server = IngestServer(ingest_settings(db_url, max_batch_records=3))
     await server.start()

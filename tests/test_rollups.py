@@ -10,11 +10,11 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from records import record
-
 from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
 from llmmeter_common.rollups import DIMENSIONS, ROLLUPS
+
+from records import record
 
 _WIDTH = {"1 minute": timedelta(minutes=1), "1 hour": timedelta(hours=1), "1 day": timedelta(days=1)}
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from llmmeter_common.serving import configure_logging, wait_for_shutdown_signal
-
 from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmmeter.v1 import usage_pb2
-
 from llmmeter_ingest.rows import Row, to_rows
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.validation import Limits, Rejected, validate

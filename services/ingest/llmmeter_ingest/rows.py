@@ -15,8 +15,8 @@ from functools import lru_cache
 from typing import Any
 
 from google.protobuf import json_format
-from llmmeter.v1 import usage_pb2
 
+from llmmeter.v1 import usage_pb2
 from llmmeter_ingest.validation import Rejected, duration_us, timestamp_us
 
 #: Columns of `usage_records` filled by COPY, in tuple order.

@@ -12,10 +12,10 @@ import contextlib
 import logging
 
 import asyncpg
+
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
-
 from llmmeter_ingest.ingestor import Ingestor
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings

@@ -12,9 +12,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-
 from llmmeter_ingest.ingestor import Ingestor, Outcome, Prepared
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.writer import Job

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
-from llmmeter_common.rollups import rollup_ctes
 
+from llmmeter_common.rollups import rollup_ctes
 from llmmeter_ingest.rows import PAYLOAD_COLUMNS, RECORD_COLUMNS, Row
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from llmmeter_common.errors import ResourceExhausted, Unavailable
 
+from llmmeter_common.errors import ResourceExhausted, Unavailable
 from llmmeter_ingest.rows import Row
 from llmmeter_ingest.store import Store
 
