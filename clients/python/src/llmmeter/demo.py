@@ -183,7 +183,7 @@ def _fill_success(rng: random.Random, rec: usage_pb2.UsageRecord, model: ModelPr
     if model.call_type == "embedding":
         _set_cost(rec, {"input": model.input_price * rec.input_tokens / _MILLION})
         return int((_lognormal(rng, model.latency_s, 0.4) + rec.input_tokens / 50_000) * _US)
-    rec.output_tokens = max(1, min(16_000, int(_lognormal(rng, model.output_median, 0.8))))
+    rec.output_tokens = max(1, min(8_192, int(_lognormal(rng, model.output_median, 0.8))))
     if rng.random() < model.reasoning_share:
         rec.reasoning_tokens = max(16, int(_lognormal(rng, 700, 0.9)))
         rec.output_tokens += rec.reasoning_tokens
