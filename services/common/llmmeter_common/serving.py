@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 import grpc
@@ -101,3 +102,29 @@ async def wait_for_shutdown_signal() -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutdown signal received")
+
+
+class Service(Protocol):
+    """What `run_service` needs of a service."""
+
+    async def start(self) -> int:
+        """Start serving; returns the port."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop gracefully."""
+        ...
+
+
+def run_service(service: Service) -> None:
+    """`python -m` entry: serve until SIGTERM or Ctrl-C, then stop gracefully."""
+    configure_logging()
+
+    async def _main() -> None:
+        await service.start()
+        try:
+            await wait_for_shutdown_signal()
+        finally:
+            await service.stop()
+
+    asyncio.run(_main())

