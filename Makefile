@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install run test lint protos check-protos bench bench-ingest clean
+.PHONY: install run test lint lint-protos protos check-protos bench bench-ingest clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ lint: $(STAMP)  ## ruff and mypy (generated code excluded)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy services clients/python/src/llmmeter
 
+BUF := .tools/node_modules/.bin/buf
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
+
+lint-protos: $(BUF)  ## buf STANDARD lint rules on protos/
+	$(BUF) lint
+
 protos: $(STAMP)  ## regenerate the Python code of protos/ into the client package
 	PYTHON=$(PY) bash scripts/gen_protos.sh
 
@@ -42,4 +49,4 @@ bench-ingest: $(STAMP)  ## end-to-end ingest throughput versus raw COPY
 	$(PY) bench/bench_ingest.py
 
 clean:
-	rm -rf $(VENV) .llmmeter .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .llmmeter .pytest_cache .mypy_cache .ruff_cache
