@@ -22,7 +22,7 @@ async def test_stream_sums_up_all_chunks(ingest_stub, db_pool) -> None:
     resp = await ingest_stub.StreamRecords(_chunks(*chunks))
     assert (resp.accepted_count, resp.duplicate_count, len(resp.rejections)) == (500, 0, 0)
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 500
-    assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1h") == 500
+    assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1h WHERE dims_mask = 0") == 500
 
 
 async def test_stream_rejection_indexes_count_across_the_stream(ingest_stub, db_pool) -> None:
@@ -37,7 +37,7 @@ async def test_stream_repeats_across_chunks_count_as_duplicates(ingest_stub, db_
     shared = record()
     resp = await ingest_stub.StreamRecords(_chunks([shared, record()], [shared], [shared, record()]))
     assert (resp.accepted_count, resp.duplicate_count) == (3, 2)
-    assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1m") == 3
+    assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1m WHERE dims_mask = 256") == 3
 
 
 async def test_stream_with_only_invalid_records_fails(ingest_stub, db_pool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -139,8 +140,8 @@ async def test_duplicates_within_and_across_batches_are_stored_and_counted_once(
     assert (await write(ingest_stub, other_start)).accepted_count == 1
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 4
     for table in ("usage_1m", "usage_1h", "usage_1d"):
-        assert await db_pool.fetchval(f"SELECT sum(request_count) FROM {table}") == 4
-        assert await db_pool.fetchval(f"SELECT sum(input_tokens) FROM {table}") == 400
+        assert await db_pool.fetchval(f"SELECT sum(request_count) FROM {table} WHERE dims_mask = 0") == 4
+        assert await db_pool.fetchval(f"SELECT sum(input_tokens) FROM {table} WHERE dims_mask = 511") == 400
 
 
 async def test_only_duplicates_is_not_an_error(ingest_stub) -> None:
@@ -166,3 +167,22 @@ async def test_oversized_batch_is_refused(db_url) -> None:
             assert bad_request_fields(err.value)[0][0] == "records"
     finally:
         await server.stop()
+
+
+async def test_commit_is_announced_with_its_transaction_and_hours(ingest_stub, db_url, db_pool) -> None:
+    conn = await asyncpg.connect(db_url)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    await conn.add_listener("llmmeter_records", lambda *args: got.put_nowait(args[3]))
+    try:
+        recs = [record(), record(datetime.now(UTC) - timedelta(days=2))]
+        await write(ingest_stub, *recs)
+        note = json.loads(await asyncio.wait_for(got.get(), 5))
+        rows = await db_pool.fetch(
+            "SELECT start_time FROM usage_records WHERE xmin::text::bigint = $1", note["xid"])
+        assert len(rows) == 2
+        assert sorted(note["hours"]) == sorted({int(r[0].timestamp()) // 3600 for r in rows})
+        await write(ingest_stub, recs[0])  # nothing new stored: nothing announced
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(got.get(), 0.5)
+    finally:
+        await conn.close()

@@ -9,6 +9,7 @@ names, and a test checks them against the migrations (both flavours).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: Dimensions every rollup row is keyed by (after the time bucket).
@@ -73,36 +74,75 @@ ROLLUPS: tuple[Rollup, ...] = (
 #: Origin of the buckets: UTC midnight, so buckets never depend on a session time zone.
 ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 
+#: dims_mask of the rows that keep every dimension.
+ALL_DIMS = (1 << len(DIMENSIONS)) - 1
+
+
+def mask_of(dims: Iterable[str]) -> int:
+    """The dims_mask of a grouping set: bit (8 - i) for dimension i kept (PostgreSQL's GROUPING order)."""
+    mask = 0
+    for d in dims:
+        mask |= 1 << (len(DIMENSIONS) - 1 - DIMENSIONS.index(d))
+    return mask
+
+
+#: Grouping sets stored in every rollup: all dimensions, each one alone, and none.
+GROUPING_SETS: tuple[tuple[str, ...], ...] = (DIMENSIONS, *((d,) for d in DIMENSIONS), ())
+
+
+def covering_mask(dims: Iterable[str]) -> int:
+    """The narrowest stored grouping set that keeps every dimension in `dims`."""
+    wanted = set(dims)
+    for gset in sorted(GROUPING_SETS, key=len):
+        if wanted <= set(gset):
+            return mask_of(gset)
+    return ALL_DIMS
+
 
 def rollup_columns() -> list[str]:
     """Every column of a rollup table, in table order."""
     hist = [f"{p}_{s}" for p, _ in HISTOGRAMS for s in ("keys", "counts")]
-    return ["bucket", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
+    return ["bucket", "dims_mask", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
+
+
+def _grouped_dims() -> str:
+    """Select list of the dimensions under GROUPING SETS: absent ones as '' or 0, plus dims_mask."""
+    cols = [f"{ALL_DIMS} - GROUPING({', '.join(DIMENSIONS)}) AS dims_mask"]
+    for d in DIMENSIONS:
+        empty = "0" if d == "status_code" else "''"
+        cols.append(f"coalesce({d}, {empty}) AS {d}")
+    return ", ".join(cols)
+
+
+def _grouping_sets() -> str:
+    return "GROUPING SETS (" + ", ".join(f"({', '.join(g)})" for g in GROUPING_SETS) + ")"
 
 
 def _upsert_cte(rollup: Rollup, source: str) -> str:
-    """CTEs adding the rows of `source` into one rollup table."""
+    """CTEs adding the rows of `source` into one rollup table, every grouping set at once."""
     t = rollup.table
-    dims = ", ".join(DIMENSIONS)
-    bucket = f"date_bin('{rollup.width}', start_time, {ORIGIN})"
+    key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
     sums = ",\n        ".join(f"sum({m.raw_expr}) AS {m.column}" for m in MEASURES)
     parts = [
+        f"""{t}_src AS (
+    SELECT date_bin('{rollup.width}', start_time, {ORIGIN}) AS bucket, * FROM {source})""",
         f"""{t}_agg AS (
-    SELECT {bucket} AS bucket, {dims},
+    SELECT bucket, {_grouped_dims()},
         {sums}
-    FROM {source} GROUP BY 1, {dims})"""
+    FROM {t}_src GROUP BY bucket, {_grouping_sets()})""",
     ]
     joins = []
     hist_cols = []
     for prefix, col in HISTOGRAMS:
         parts.append(
             f"""{t}_{prefix} AS (
-    SELECT bucket, {dims}, array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts
-    FROM (SELECT {bucket} AS bucket, {dims}, llmmeter_hist_key({col}) AS k, count(*) AS c
-          FROM {source} WHERE {col} IS NOT NULL GROUP BY 1, {dims}, {len(DIMENSIONS) + 2}) AS x
-    GROUP BY bucket, {dims})"""
+    SELECT {key}, array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts
+    FROM (SELECT bucket, {_grouped_dims()}, llmmeter_hist_key({col}) AS k, count(*) AS c
+          FROM {t}_src WHERE {col} IS NOT NULL
+          GROUP BY bucket, llmmeter_hist_key({col}), {_grouping_sets()}) AS x
+    GROUP BY {key})"""
         )
-        joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING (bucket, {dims})")
+        joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
         hist_cols += [
             f"coalesce({prefix}.keys, '{{}}'::integer[])",
             f"coalesce({prefix}.counts, '{{}}'::bigint[])",
@@ -114,14 +154,14 @@ def _upsert_cte(rollup: Rollup, source: str) -> str:
         f"{t}.{p}_keys, {t}.{p}_counts, EXCLUDED.{p}_keys, EXCLUDED.{p}_counts))"
         for p, _ in HISTOGRAMS
     )
-    agg_cols = ", ".join(f"a.{c}" for c in cols[: 1 + len(DIMENSIONS) + len(MEASURES)])
+    agg_cols = ", ".join(f"a.{c}" for c in cols[: 2 + len(DIMENSIONS) + len(MEASURES)])
     parts.append(
         f"""{t}_up AS (
     INSERT INTO {t} ({", ".join(cols)})
     SELECT {agg_cols}, {", ".join(hist_cols)}
     FROM {t}_agg AS a {" ".join(joins)}
-    ORDER BY a.bucket, {", ".join("a." + d for d in DIMENSIONS)}
-    ON CONFLICT (bucket, {dims}) DO UPDATE SET
+    ORDER BY {", ".join("a." + c for c in key.split(", "))}
+    ON CONFLICT ({key}) DO UPDATE SET
         {additive},
         {merges})"""
     )

@@ -54,7 +54,8 @@ class IngestServer:
             s.database_url, min_size=1, max_size=s.pool_max_size,
             command_timeout=s.db_command_timeout_seconds,
         )
-        store = Store(self._pool)
+        flavor = await self._pool.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1")
+        store = Store(self._pool, maintain_rollups=flavor != "timescale")
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         servicer = IngestServicer(Ingestor(s, self._writer), s)
         self._grpc = GrpcServer([SERVICE_NAME])

@@ -3,8 +3,10 @@
 The shape of a write: COPY the rows into session-local staging tables, then
 one statement inserts them into `usage_records` skipping keys already stored,
 stores the payloads of the rows actually inserted, adds exactly those rows to
-the rollups, and returns their keys so callers can tell accepted from
-duplicate. No per-row statements; a failure rolls the whole batch back.
+the rollups (PostgreSQL flavour; TimescaleDB's continuous aggregates do it
+there), and returns their keys so callers can tell accepted from duplicate.
+A notification names the transaction and the hours it touched, for live
+tails. No per-row statements; a failure rolls the whole batch back.
 """
 
 from __future__ import annotations
@@ -32,7 +34,20 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING_PAYLOADS}
 
 _COLS = ", ".join(RECORD_COLUMNS)
 
-WRITE_SQL = f"""
+#: Channel on which every commit that stored records is announced: {"xid": 32-bit id of the
+#: writing transaction (the rows' xmin), "hours": [hours since the epoch of their start_time]}.
+NOTIFY_CHANNEL = "llmmeter_records"
+
+_NOTIFY_SQL = f"""
+SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
+    'xid', pg_current_xact_id()::text::bigint % 4294967296, 'hours', $1::bigint[])::text)
+"""
+
+
+def write_sql(maintain_rollups: bool) -> str:
+    """The batch statement; rollups are maintained here only where no continuous aggregates do it."""
+    rollups = f",\n{rollup_ctes('ins')}" if maintain_rollups else ""
+    return f"""
 WITH ins AS (
     INSERT INTO usage_records ({_COLS})
     SELECT {_COLS} FROM {_STAGING} ORDER BY start_time, request_id
@@ -44,8 +59,7 @@ pay AS (
     SELECT p.start_time, p.request_id, p.request, p.response
     FROM {_STAGING_PAYLOADS} AS p JOIN ins USING (start_time, request_id)
     ON CONFLICT (start_time, request_id) DO NOTHING
-),
-{rollup_ctes("ins")}
+){rollups}
 SELECT request_id, start_time FROM ins
 """
 
@@ -57,8 +71,9 @@ def _days(times: Sequence[datetime]) -> set[datetime]:
 class Store:
     """Batch writer over a connection pool; knows which partitions exist."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, maintain_rollups: bool) -> None:
         self._pool = pool
+        self._sql = write_sql(maintain_rollups)
         self._days_ready: set[datetime] = set()
 
     async def ensure_partitions(self, start_times: Sequence[datetime]) -> None:
@@ -84,8 +99,13 @@ class Store:
                 await conn.copy_records_to_table(
                     _STAGING_PAYLOADS, records=payloads, columns=PAYLOAD_COLUMNS
                 )
-            inserted = await conn.fetch(WRITE_SQL)
-        return {(r[0], r[1]) for r in inserted}
+            inserted = await conn.fetch(self._sql)
+            keys = {(r[0], r[1]) for r in inserted}
+            if keys:
+                # Delivered at commit: live tails learn of new rows without polling.
+                hours = sorted({int(k[1].timestamp()) // 3600 for k in keys})
+                await conn.execute(_NOTIFY_SQL, hours)
+        return keys
 
     async def apply_retention(self, raw_days: int, payload_days: int, rollup_days: int) -> list[str]:
         """Drop partitions past their retention; returns their names."""

@@ -3,6 +3,13 @@
 -- raw rows (it upserts each batch's newly stored rows into them in the same
 -- transaction, so duplicates never count and late records land in their own
 -- buckets). Relation and column names match 0002_tables.timescale.sql.
+--
+-- Each rollup holds several grouping sets of the same data, told apart by
+-- `dims_mask` (bit 8 - i set when dimension i of rollups.DIMENSIONS is kept;
+-- the others hold '' or 0): all dimensions, each dimension alone, and none.
+-- Sums could come from the all-dimensions rows alone, but merging latency
+-- histograms over thousands of such rows is too slow for long windows; the
+-- narrow sets answer "p95 by model" or "p95 overall" from a few rows.
 
 CREATE TABLE usage_records (
     start_time          timestamptz NOT NULL,
@@ -60,6 +67,7 @@ CREATE TABLE usage_payloads (
 
 CREATE TABLE usage_1m (
     bucket             timestamptz NOT NULL,
+    dims_mask          smallint NOT NULL,
     model              text    NOT NULL,
     model_alias        text    NOT NULL,
     provider           text    NOT NULL,
@@ -95,7 +103,7 @@ CREATE TABLE usage_1m (
     lat_counts         bigint[]  NOT NULL,
     ttft_keys          integer[] NOT NULL,
     ttft_counts        bigint[]  NOT NULL,
-    PRIMARY KEY (bucket, model, model_alias, provider, user_name, team, account,
+    PRIMARY KEY (bucket, dims_mask, model, model_alias, provider, user_name, team, account,
                  status_code, error_type, call_type)
 ) PARTITION BY RANGE (bucket);
 
