@@ -124,3 +124,18 @@ async def ingest_stub(ingest_addr: str) -> AsyncIterator[ingest_pb2_grpc.IngestS
     """The generated stub on a real channel to the running ingest service."""
     async with grpc.aio.insecure_channel(ingest_addr) as channel:
         yield ingest_pb2_grpc.IngestServiceStub(channel)
+
+
+@pytest.fixture
+async def own_cluster() -> AsyncIterator[LocalCluster]:
+    """A PostgreSQL server of this test's own, so it can be stopped without hurting others."""
+    import asyncio
+
+    with tempfile.TemporaryDirectory(prefix="llmmeter-restart-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "pgdata", free_port())
+        await asyncio.to_thread(cluster.init)
+        await asyncio.to_thread(cluster.start)
+        try:
+            yield cluster
+        finally:
+            await asyncio.to_thread(cluster.destroy)

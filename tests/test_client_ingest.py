@@ -1,27 +1,26 @@
-"""IngestClient and the CLI against an in-process fake IngestService.
+"""IngestClient against the real ingest service over a real PostgreSQL.
 
-The fake follows the server contract (mixed batches return rejections, an
-all-invalid request fails with INVALID_ARGUMENT and a BadRequest, duplicates
-are dropped on (request_id, start_time)) and can inject failures, so retries,
-error messages, stream windows and line mapping are tested without a database.
+Every failure the client has to handle is produced for real: a full queue (a
+session holding the rollup lock keeps the only writer busy) gives
+RESOURCE_EXHAUSTED, a stopped PostgreSQL or a port nobody listens on yet gives
+UNAVAILABLE, the same lock makes calls outlive their deadline, and a trigger
+that raises makes the database refuse every write. A client interceptor on the
+real channel only records the status of each attempt, so a test can tell how
+often the client really called.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import json
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from llmmeter.cli.main import main
 from llmmeter.client import (
     DeadlineExceededError,
     FieldViolation,
@@ -32,97 +31,98 @@ from llmmeter.client import (
     UnavailableError,
 )
 from llmmeter.config import ClientConfig, RetryPolicy
-from llmmeter.errors import ConfigError
-from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
+from llmmeter.v1 import ingest_pb2, usage_pb2
+from llmmeter_common.pgcluster import LocalCluster, free_port
+from llmmeter_common.serving import MAX_MESSAGE_BYTES
+from llmmeter_ingest.server import IngestServer
+from llmmeter_ingest.settings import IngestSettings
 
-FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005)
+from conftest import ingest_settings
+from records import record
+
+OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005)
+PATIENT = RetryPolicy(max_attempts=200, initial_backoff=0.02, max_backoff=0.1)  # bounded: ~20 s
+START = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
 
-class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
-    """Keeps records in memory; `failures` are status codes to fail the next calls with."""
+class CallLog:
+    """Records (method, final status) of every call made on a channel; changes nothing."""
 
     def __init__(self) -> None:
-        self.stored: set[tuple[str, bytes]] = set()
-        self.failures: list[tuple[grpc.StatusCode, str]] = []
-        self.fail_after_messages = 0  # a stream failure hits after this many messages were stored
-        self.delay = 0.0
-        self.calls = 0
+        self.calls: list[tuple[str, grpc.StatusCode]] = []
+        # grpc.aio files an interceptor under one kind of call only, so one of each kind
+        self.interceptors = [_Unary(self), _StreamUnary(self)]
 
-    def _ingest(self, records: Sequence[usage_pb2.UsageRecord], offset: int, out: Any) -> None:
-        for i, rec in enumerate(records):
-            if not rec.model or not rec.request_id:
-                field = "request_id" if not rec.request_id else "model"
-                out.rejections.add(
-                    index=offset + i, request_id=rec.request_id, field=field, reason=f"{field} is required"
-                )
-                continue
-            key = (rec.request_id, rec.start_time.SerializeToString())
-            if key in self.stored:
-                out.duplicate_count += 1
-            else:
-                self.stored.add(key)
-                out.accepted_count += 1
+    def codes(self) -> list[grpc.StatusCode]:
+        return [code for _, code in self.calls]
 
-    async def _check(self, out: Any, context: grpc.aio.ServicerContext) -> None:
-        if out.accepted_count or out.duplicate_count:
-            return
-        bad_request = error_details_pb2.BadRequest()
-        for r in out.rejections:
-            bad_request.field_violations.add(field=f"records[{r.index}].{r.field}", description=r.reason)
-        detail = any_pb2.Any()
-        detail.Pack(bad_request)
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="all records were rejected")
-        status.details.append(detail)
-        await context.abort_with_status(rpc_status.to_status(status))
-
-    async def _maybe_fail(self, context: grpc.aio.ServicerContext) -> None:
-        self.calls += 1
-        await asyncio.sleep(self.delay)
-        if self.failures:
-            code, details = self.failures.pop(0)
-            await context.abort(code, details)
-
-    async def WriteRecords(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self._maybe_fail(context)
-        out = ingest_pb2.WriteRecordsResponse()
-        self._ingest(request.records, 0, out)
-        await self._check(out, context)
-        return out
-
-    async def StreamRecords(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        out = ingest_pb2.StreamRecordsResponse()
-        offset = 0
-        async for message in request_iterator:
-            self._ingest(message.records, offset, out)
-            offset += len(message.records)
-            if self.fail_after_messages and offset >= self.fail_after_messages:
-                self.fail_after_messages = 0
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "database connection lost")
-        await self._maybe_fail(context)
-        await self._check(out, context)
-        return out
+    async def record(self, details: Any, call: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        self.calls.append((method.rsplit("/", 1)[-1], await call.code()))
+        return call
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeIngest, str]]:
-    server = grpc.aio.server()
-    servicer = FakeIngest()
-    ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+class _Unary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, log: CallLog) -> None:
+        self.log = log
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await self.log.record(details, await continuation(details, request))
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, log: CallLog) -> None:
+        self.log = log
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await self.log.record(details, await continuation(details, requests))
+
+
+@contextlib.asynccontextmanager
+async def _watched(
+    addr: str, retry: RetryPolicy = FAST, **config: Any
+) -> AsyncIterator[tuple[IngestClient, CallLog]]:
+    """The client on a real channel to `addr` whose attempts are logged."""
+    log = CallLog()
+    async with grpc.aio.insecure_channel(addr, interceptors=log.interceptors) as channel:
+        settings = ClientConfig(ingest_addr=addr, retry=retry, **config)
+        async with IngestClient(settings, channel=channel) as client:
+            yield client, log
+
+
+@contextlib.asynccontextmanager
+async def _serving(settings: IngestSettings) -> AsyncIterator[IngestServer]:
+    server = IngestServer(settings)
     await server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    await server.stop(None)
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
-def _rec(request_id: str, model: str = "gpt-4o") -> usage_pb2.UsageRecord:
-    rec = usage_pb2.UsageRecord(request_id=request_id, model=model, status_code=200)
-    rec.start_time.FromSeconds(1_750_000_000)
-    rec.end_time.FromSeconds(1_750_000_001)
-    return rec
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Bounded polling (15 s at most) for a condition another task brings about."""
+    deadline = asyncio.get_running_loop().time() + 15.0
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
-def _client(addr: str, **config: Any) -> IngestClient:
-    return IngestClient(ClientConfig(ingest_addr=addr, retry=FAST_RETRY, **config))
+async def _hold_rollup_lock(db_url: str) -> asyncpg.Connection:
+    """Block every write (and so the queue) by locking a rollup table in another session."""
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("BEGIN; LOCK TABLE usage_1m IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+async def _stored(url: str, sql: str = "SELECT count(*) FROM usage_records") -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql) or 0)
+    finally:
+        await conn.close()
 
 
 async def _batches(*batches: list[usage_pb2.UsageRecord]) -> AsyncIterator[list[usage_pb2.UsageRecord]]:
@@ -130,248 +130,201 @@ async def _batches(*batches: list[usage_pb2.UsageRecord]) -> AsyncIterator[list[
         yield batch
 
 
-async def test_write_records_reports_mixed_batches(fake: tuple[FakeIngest, str]) -> None:
-    async with _client(fake[1]) as client:
-        response = await client.write_records([_rec("a"), _rec("b", model=""), _rec("a")])
+async def test_write_records_reports_mixed_batches(ingest_addr: str, db_url: str) -> None:
+    a = record(START, request_id="a")
+    async with IngestClient(ClientConfig(ingest_addr=ingest_addr, retry=FAST)) as client:
+        response = await client.write_records([a, record(request_id="b", model=""), a])
+        again = await client.write_records([a])
     assert (response.accepted_count, response.duplicate_count) == (1, 1)
-    assert [(r.index, r.request_id, r.field) for r in response.rejections] == [(1, "b", "model")]
+    assert [(r.index, r.request_id, r.field, r.reason) for r in response.rejections] == [
+        (1, "b", "model", "model is required")
+    ]
+    assert (again.accepted_count, again.duplicate_count) == (0, 1)
+    assert await _stored(db_url) == 1
 
 
-async def test_all_invalid_batch_raises_with_field_violations(fake: tuple[FakeIngest, str]) -> None:
-    async with _client(fake[1]) as client:
+async def test_all_invalid_batch_raises_with_field_violations(ingest_addr: str, db_url: str) -> None:
+    async with _watched(ingest_addr) as (client, log):
         with pytest.raises(InvalidArgumentError) as caught:
-            await client.write_records([_rec("a", model=""), _rec("")])
+            await client.write_records([record(model=""), record(request_id="")])
     error = caught.value
     assert error.violations == (
         FieldViolation("records[0].model", "model is required"),
         FieldViolation("records[1].request_id", "request_id is required"),
     )
     assert "\n" not in str(error)
-    assert str(error).startswith(f"WriteRecords on the ingest service at {fake[1]} failed: INVALID_ARGUMENT")
+    prefix = f"WriteRecords on the ingest service at {ingest_addr} failed: INVALID_ARGUMENT"
+    assert str(error).startswith(prefix)
     assert "records[0].model: model is required" in str(error)
+    assert log.codes() == [grpc.StatusCode.INVALID_ARGUMENT] and error.attempts == 1  # not retried
+    assert await _stored(db_url) == 0
 
 
-async def test_retries_full_queue_and_unavailable_then_succeeds(fake: tuple[FakeIngest, str]) -> None:
-    servicer, addr = fake
-    servicer.failures = [
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"),
-        (grpc.StatusCode.UNAVAILABLE, "db down"),
+async def test_retries_a_full_queue_until_it_drains(db_url: str) -> None:
+    async with _serving(ingest_settings(db_url, queue_max_records=10, writers=1)) as server:
+        blocker = await _hold_rollup_lock(db_url)
+        try:
+            async with _watched(f"127.0.0.1:{server.port}", PATIENT) as (client, log):
+                first = asyncio.create_task(client.write_records([record() for _ in range(8)]))
+                await _until(lambda: server.writer.queued_records >= 8, "the first batch to be queued")
+                second = asyncio.create_task(client.write_records([record() for _ in range(5)]))
+                await _until(lambda: EXHAUSTED in log.codes(), "the queue to refuse the second batch")
+                await blocker.execute("ROLLBACK")
+                assert (await first).accepted_count == 8
+                assert (await second).accepted_count == 5
+        finally:
+            await blocker.close()
+    assert set(log.codes()) == {EXHAUSTED, OK} and log.codes().count(OK) == 2
+    assert await _stored(db_url) == 13
+
+
+async def test_unavailable_database_gives_up_then_retries_through_restart(own_cluster: LocalCluster) -> None:
+    recs = [record() for _ in range(20)]
+    async with _serving(ingest_settings(own_cluster.dsn())) as server:
+        addr = f"127.0.0.1:{server.port}"
+        await asyncio.to_thread(own_cluster.stop, "fast")
+        async with _watched(addr) as (client, log):
+            with pytest.raises(UnavailableError) as caught:
+                await client.write_records(recs)
+        message = str(caught.value)
+        assert caught.value.attempts == 4 and log.codes() == [UNAVAILABLE] * 4
+        assert "gave up after 4 attempts" in message and "database unavailable" in message
+        assert "\n" not in message and message.startswith(f"WriteRecords on the ingest service at {addr}")
+
+        async with _watched(addr, PATIENT) as (client, log):
+            sending = asyncio.create_task(client.write_records(recs))
+            await _until(lambda: UNAVAILABLE in log.codes(), "a refused attempt")
+            await asyncio.to_thread(own_cluster.start)
+            response = await asyncio.wait_for(sending, 60)
+    assert response.accepted_count == 20
+    assert log.codes()[-1] == OK and set(log.codes()[:-1]) == {UNAVAILABLE}
+    assert await _stored(own_cluster.dsn()) == 20
+
+
+async def test_retries_until_the_server_listens(db_url: str) -> None:
+    port = free_port()
+    async with _watched(f"127.0.0.1:{port}", PATIENT) as (client, log):
+        sending = asyncio.create_task(client.write_records([record()]))
+        await _until(lambda: UNAVAILABLE in log.codes(), "a refused connection")
+        async with _serving(ingest_settings(db_url, port=port)):
+            response = await asyncio.wait_for(sending, 60)
+    assert response.accepted_count == 1
+    assert log.codes()[-1] == OK and set(log.codes()[:-1]) == {UNAVAILABLE}
+
+
+async def test_deadline_exceeded_is_not_retried(ingest_addr: str, db_url: str) -> None:
+    blocker = await _hold_rollup_lock(db_url)
+    try:
+        async with _watched(ingest_addr, timeout=0.3) as (client, log):
+            with pytest.raises(DeadlineExceededError, match="DEADLINE_EXCEEDED") as caught:
+                await client.write_records([record()])
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+    assert log.codes() == [grpc.StatusCode.DEADLINE_EXCEEDED] and caught.value.attempts == 1
+    assert "\n" not in str(caught.value)
+
+
+async def test_a_message_over_the_servers_limit_is_not_retried(ingest_addr: str) -> None:
+    huge = record(error_message="x" * (MAX_MESSAGE_BYTES + 1))
+    async with _watched(ingest_addr) as (client, log):
+        with pytest.raises(ResourceExhaustedError, match="larger than max") as caught:
+            await client.write_records([huge])
+    assert log.codes() == [EXHAUSTED] and caught.value.attempts == 1
+
+
+async def test_a_database_refusing_writes_is_not_retried(ingest_addr: str, db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'writes are refused'; END$$;"
+            "CREATE TRIGGER refuse BEFORE INSERT ON usage_records "
+            "FOR EACH STATEMENT EXECUTE FUNCTION refuse()"
+        )
+    finally:
+        await conn.close()
+    async with _watched(ingest_addr) as (client, log):
+        with pytest.raises(RpcError) as caught:
+            await client.write_records([record()])
+    assert type(caught.value) is RpcError and caught.value.code == grpc.StatusCode.UNKNOWN
+    assert log.codes() == [grpc.StatusCode.UNKNOWN] and "writes are refused" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+async def test_stream_windows_keep_indexes_across_the_whole_input(ingest_addr: str, db_url: str) -> None:
+    batches = [
+        [record(request_id=f"r{b}-{i}", model="" if (b, i) == (3, 1) else "m") for i in range(2)]
+        for b in range(5)
     ]
-    async with _client(addr) as client:
-        response = await client.write_records([_rec("a")])
-    assert response.accepted_count == 1 and servicer.calls == 3
-
-
-async def test_gives_up_after_max_attempts(fake: tuple[FakeIngest, str]) -> None:
-    servicer, addr = fake
-    servicer.failures = [(grpc.StatusCode.UNAVAILABLE, "db down")] * 10
-    async with _client(addr) as client:
-        with pytest.raises(UnavailableError) as caught:
-            await client.write_records([_rec("a")])
-    assert servicer.calls == 4 and caught.value.attempts == 4
-    assert "gave up after 4 attempts" in str(caught.value) and "db down" in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("code", "details", "error_type"),
-    [
-        (grpc.StatusCode.INTERNAL, "boom", RpcError),
-        (
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "Received message larger than max (5 vs. 4)",
-            ResourceExhaustedError,
-        ),
-    ],
-)
-async def test_does_not_retry_what_cannot_succeed(
-    fake: tuple[FakeIngest, str], code: grpc.StatusCode, details: str, error_type: type[RpcError]
-) -> None:
-    servicer, addr = fake
-    servicer.failures = [(code, details)] * 3
-    async with _client(addr) as client:
-        with pytest.raises(error_type):
-            await client.write_records([_rec("a")])
-    assert servicer.calls == 1
-
-
-async def test_deadline(fake: tuple[FakeIngest, str]) -> None:
-    servicer, addr = fake
-    servicer.delay = 1.0
-    async with _client(addr, timeout=0.1) as client:
-        with pytest.raises(DeadlineExceededError, match="DEADLINE_EXCEEDED"):
-            await client.write_records([_rec("a")])
-
-
-async def test_stream_windows_keep_indexes_across_the_whole_input(fake: tuple[FakeIngest, str]) -> None:
-    servicer, addr = fake
-    batches = [[_rec(f"r{b}-{i}", model="" if (b, i) == (3, 1) else "m") for i in range(2)] for b in range(5)]
     sent: list[int] = []
-    async with _client(addr, stream_window_records=3) as client:
+    async with _watched(ingest_addr, stream_window_records=3) as (client, log):
         response = await client.stream_records(_batches(*batches), on_sent=sent.append)
     assert (response.accepted_count, response.duplicate_count) == (9, 0)
-    assert [(r.index, r.request_id) for r in response.rejections] == [(7, "r3-1")]
-    assert servicer.calls == 3 and sum(sent) == 10
+    assert [(r.index, r.request_id, r.field) for r in response.rejections] == [(7, "r3-1", "model")]
+    assert log.calls == [("StreamRecords", OK)] * 3 and sum(sent) == 10
+    assert await _stored(db_url) == 9
 
 
-async def test_stream_folds_an_all_invalid_window_into_rejections(fake: tuple[FakeIngest, str]) -> None:
-    _, addr = fake
-    async with _client(addr, stream_window_records=2) as client:
+async def test_stream_folds_an_all_invalid_window_into_rejections(ingest_addr: str, db_url: str) -> None:
+    recs = {name: record(request_id=name, model="" if name in "cd" else "m") for name in "abcde"}
+    async with _watched(ingest_addr, stream_window_records=2) as (client, log):
         response = await client.stream_records(
-            _batches([_rec("a"), _rec("b")], [_rec("c", model=""), _rec("d", model="")], [], [_rec("e")])
+            _batches([recs["a"], recs["b"]], [recs["c"], recs["d"]], [], [recs["e"]])
         )
     assert response.accepted_count == 3
-    assert [(r.index, r.request_id, r.field) for r in response.rejections] == [
-        (2, "c", "model"),
-        (3, "d", "model"),
+    assert [(r.index, r.request_id, r.field, r.reason) for r in response.rejections] == [
+        (2, "c", "model", "model is required"),
+        (3, "d", "model", "model is required"),
     ]
+    assert log.codes() == [OK, grpc.StatusCode.INVALID_ARGUMENT, OK]
+    assert await _stored(db_url) == 3
 
 
-async def test_stream_resends_a_failed_window_and_counts_each_record_once(
-    fake: tuple[FakeIngest, str],
-) -> None:
-    servicer, addr = fake
-    servicer.fail_after_messages = 2
+async def test_stream_surfaces_a_violation_that_names_no_record(db_url: str) -> None:
+    async with (
+        _serving(ingest_settings(db_url, max_batch_records=3)) as server,
+        _watched(f"127.0.0.1:{server.port}") as (client, _),
+    ):
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.stream_records(_batches([record() for _ in range(4)]))
+    assert caught.value.violations == (FieldViolation("records", "at most 3 records per message"),)
+    assert "\n" not in str(caught.value)
+
+
+async def test_stream_resends_a_failed_window_and_stores_each_record_once(db_url: str) -> None:
+    settings = ingest_settings(db_url, queue_max_records=4, writers=1, stream_queue_wait_seconds=1.0)
+    batches = [[record(START) for _ in range(3)] for _ in range(4)]
     sent: list[int] = []
-    async with _client(addr) as client:
-        response = await client.stream_records(
-            _batches(*([_rec(f"r{b}{i}") for i in range(3)] for b in range(4))), on_sent=sent.append
-        )
-    assert (response.accepted_count, response.duplicate_count) == (9, 3)  # the first message was re-sent
-    assert len(servicer.stored) == 12 and sum(sent) == 12
+    async with _serving(settings) as server:
+        blocker = await _hold_rollup_lock(db_url)
+        try:
+            async with _watched(f"127.0.0.1:{server.port}", PATIENT) as (client, log):
+                # The first message is queued behind the lock, the second finds the queue full.
+                stream = client.stream_records(_batches(*batches), on_sent=sent.append)
+                streaming = asyncio.create_task(stream)
+                await _until(lambda: EXHAUSTED in log.codes(), "the stream to be refused midway")
+                await blocker.execute("ROLLBACK")  # the first message commits; the window is sent again
+                response = await asyncio.wait_for(streaming, 60)
+                codes = log.codes()
+                # a control: as many records in another minute, written without any failure
+                await client.write_records([record(START - timedelta(hours=1)) for _ in range(12)])
+        finally:
+            await blocker.close()
+    assert codes[-1] == OK and set(codes[:-1]) == {EXHAUSTED}
+    assert response.accepted_count + response.duplicate_count == 12 and response.duplicate_count >= 3
+    assert sum(sent) == 12  # progress is not reported twice for a re-sent window
+    assert await _stored(db_url) == 24
+    rollup = "SELECT sum(request_count) FROM usage_1m WHERE bucket = date_trunc('minute', $1::timestamptz)"
+    conn = await asyncpg.connect(db_url)
+    try:  # no double counts: the re-sent minute adds up exactly like the control minute
+        resent, control = [await conn.fetchval(rollup, t) for t in (START, START - timedelta(hours=1))]
+    finally:
+        await conn.close()
+    assert resent == control and resent > 0
 
 
-async def test_empty_stream_sends_nothing(fake: tuple[FakeIngest, str]) -> None:
-    servicer, addr = fake
-    async with _client(addr) as client:
+async def test_empty_stream_sends_nothing(ingest_addr: str) -> None:
+    async with _watched(ingest_addr) as (client, log):
         response = await client.stream_records(_batches([], []))
-    assert response == ingest_pb2.StreamRecordsResponse() and servicer.calls == 0
-
-
-def test_config_from_env() -> None:
-    config = ClientConfig.from_env(
-        {"LLMMETER_INGEST_ADDR": "i:1", "LLMMETER_QUERY_ADDR": " ", "LLMMETER_TIMEOUT": "2.5"}
-    )
-    assert (config.ingest_addr, config.query_addr, config.alerts_addr, config.timeout) == (
-        "i:1",
-        "localhost:50052",
-        "localhost:50053",
-        2.5,
-    )
-    assert ClientConfig.from_env({}) == ClientConfig()
-    with pytest.raises(ConfigError):
-        ClientConfig.from_env({"LLMMETER_TIMEOUT": "soon"})
-    with pytest.raises(ConfigError):
-        RetryPolicy(max_attempts=0)
-    assert [RetryPolicy().backoff(n) for n in (1, 2, 3, 10)] == [0.2, 0.4, 0.8, 5.0]
-
-
-async def _run_cli(*argv: str) -> int:
-    return await asyncio.to_thread(main, list(argv))
-
-
-async def test_cli_ingest_maps_every_outcome_to_its_line(
-    fake: tuple[FakeIngest, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    servicer, addr = fake
-    lines = [
-        json.dumps({"request_id": "a", "model": "m", "start_time": "2025-06-01T00:00:00Z"}),
-        "",
-        "{broken",
-        json.dumps({"requestId": "b", "model": ""}),
-        json.dumps({"request_id": "a", "model": "m", "start_time": "2025-06-01T00:00:00Z"}),
-        json.dumps({"request_id": "c", "model": "m"}),
-    ]
-    path = tmp_path / "records.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    code = await _run_cli("--ingest-addr", addr, "ingest", str(path), "--format", "json", "--batch-size", "2")
-    report = json.loads(capsys.readouterr().out)
-    assert code == 1
-    assert (report["accepted"], report["duplicates"], report["rejected"]) == (2, 1, 2)
-    assert [(r["line"], r["request_id"], r["field"]) for r in report["rejections"]] == [
-        (3, "", ""),
-        (4, "b", "model"),
-    ]
-    assert len(servicer.stored) == 2
-
-
-async def test_cli_ingest_all_good_exits_0_and_reads_stdin(
-    fake: tuple[FakeIngest, str],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _, addr = fake
-    data = "\n".join(json.dumps({"request_id": f"r{i}", "model": "m"}) for i in range(5)).encode()
-    monkeypatch.setattr("sys.stdin", type("Stdin", (), {"buffer": io.BytesIO(data)})())
-    monkeypatch.setenv("LLMMETER_INGEST_ADDR", addr)
-    assert await _run_cli("ingest", "-", "--quiet") == 0
-    out = capsys.readouterr().out
-    assert "accepted" in out and "5" in out
-
-
-async def test_cli_demo_sends_the_generated_records(
-    fake: tuple[FakeIngest, str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    servicer, addr = fake
-    code = await _run_cli(
-        "demo",
-        "--ingest-addr",
-        addr,
-        "--records",
-        "250",
-        "--batch-size",
-        "100",
-        "--seed",
-        "1",
-        "--format",
-        "json",
-    )
-    assert code == 0
-    assert json.loads(capsys.readouterr().out) == {
-        "accepted": 250,
-        "duplicates": 0,
-        "rejected": 0,
-        "rejections": [],
-    }
-    assert len(servicer.stored) == 250
-
-
-@pytest.mark.parametrize(
-    ("argv", "env", "code", "message"),
-    [
-        (["--ingest-addr", "127.0.0.1:1", "--timeout", "1", "ingest", "__FILE__"], {}, 1, "UNAVAILABLE"),
-        (
-            ["ingest", "/nonexistent/records.jsonl"],
-            {},
-            1,
-            "No such file or directory: /nonexistent/records.jsonl",
-        ),
-        (["ingest", "__FILE__"], {"LLMMETER_TIMEOUT": "later"}, 2, "LLMMETER_TIMEOUT must be a number"),
-        (["ingest", "__FILE__", "--batch-size", "0"], {}, 2, "--batch-size: must be at least 1"),
-        (["frobnicate"], {}, 2, "invalid choice"),
-    ],
-)
-def test_cli_errors_are_one_line(
-    argv: list[str],
-    env: dict[str, str],
-    code: int,
-    message: str,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    path = tmp_path / "one.jsonl"
-    path.write_text(json.dumps({"request_id": "r", "model": "m"}) + "\n")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert main([str(path) if a == "__FILE__" else a for a in argv]) == code
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    if code == 1:
-        assert err.count("\n") == 1 and err.startswith("llmmeter: error: ")
-
-
-def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["ingest", "--help"], ["demo", "--help"]):
-        assert main(argv) == 0
-        assert "examples:" in capsys.readouterr().out
+    assert response == ingest_pb2.StreamRecordsResponse() and log.calls == []
