@@ -9,6 +9,7 @@ test's event loop on port 0, exactly as `python -m` runs them.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import tempfile
@@ -129,8 +130,6 @@ async def ingest_stub(ingest_addr: str) -> AsyncIterator[ingest_pb2_grpc.IngestS
 @pytest.fixture
 async def own_cluster() -> AsyncIterator[LocalCluster]:
     """A PostgreSQL server of this test's own, so it can be stopped without hurting others."""
-    import asyncio
-
     with tempfile.TemporaryDirectory(prefix="llmmeter-restart-") as tmp:
         cluster = LocalCluster(Path(tmp) / "pgdata", free_port())
         await asyncio.to_thread(cluster.init)

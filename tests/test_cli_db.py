@@ -6,9 +6,10 @@ import asyncio
 import json
 
 import asyncpg
-from conftest import create_database
 
 from llmmeter.cli.main import main
+
+from conftest import create_database
 
 
 async def test_db_migrate_applies_once(pg_server_url: str, capsys) -> None:

@@ -4,9 +4,6 @@ and migrations run twice or by two processes at once."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -14,24 +11,11 @@ import pytest
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.migrate import migrate
-from llmmeter_common.pgcluster import LocalCluster, free_port
+from llmmeter_common.pgcluster import LocalCluster
 from llmmeter_ingest.server import IngestServer
 
 from conftest import create_database, ingest_settings
 from records import record
-
-
-@pytest.fixture
-async def own_cluster() -> AsyncIterator[LocalCluster]:
-    """A PostgreSQL server of this test's own, so it can be stopped without hurting others."""
-    with tempfile.TemporaryDirectory(prefix="llmmeter-restart-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "pgdata", free_port())
-        await asyncio.to_thread(cluster.init)
-        await asyncio.to_thread(cluster.start)
-        try:
-            yield cluster
-        finally:
-            await asyncio.to_thread(cluster.destroy)
 
 
 async def _batch(stub, recs) -> ingest_pb2.WriteRecordsResponse:
