@@ -20,11 +20,13 @@ import asyncpg
 import grpc
 import pytest
 
-from llmmeter.v1 import ingest_pb2_grpc
+from llmmeter.v1 import ingest_pb2_grpc, query_pb2_grpc
 from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster, free_port
 from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
+from llmmeter_query.server import QueryServer
+from llmmeter_query.settings import QuerySettings
 
 _TEMPLATE = "llmmeter_template"
 _counter = itertools.count()
@@ -138,3 +140,22 @@ async def own_cluster() -> AsyncIterator[LocalCluster]:
             yield cluster
         finally:
             await asyncio.to_thread(cluster.destroy)
+
+
+@pytest.fixture
+async def query_server(db_url: str) -> AsyncIterator[QueryServer]:
+    """A running query service on this test's database."""
+    server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0,
+                                       shutdown_grace_seconds=2.0))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def query_stub(query_server: QueryServer) -> AsyncIterator[query_pb2_grpc.QueryServiceStub]:
+    """The generated stub on a real channel to the running query service."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{query_server.port}") as channel:
+        yield query_pb2_grpc.QueryServiceStub(channel)

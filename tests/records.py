@@ -62,3 +62,12 @@ def bad_request_fields(err: Any) -> list[tuple[str, str]]:
         if detail.Unpack(br):
             out += [(v.field, v.description) for v in br.field_violations]
     return out
+
+
+async def ingest(stub: Any, recs: list[usage_pb2.UsageRecord]) -> None:
+    """Store records through the real ingest service, asserting all were accepted."""
+    from llmmeter.v1 import ingest_pb2
+
+    for i in range(0, len(recs), 5000):
+        resp = await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 5000]))
+        assert resp.accepted_count == len(recs[i:i + 5000]), resp

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from llmmeter.v1 import usage_pb2
+from llmmeter_common.timeutil import from_us
 from llmmeter_ingest.validation import Rejected, duration_us, timestamp_us
 
 #: Columns of `usage_records` filled by COPY, in tuple order.
@@ -32,15 +32,9 @@ RECORD_COLUMNS: tuple[str, ...] = (
 #: Columns of `usage_payloads`, in tuple order.
 PAYLOAD_COLUMNS: tuple[str, ...] = ("start_time", "request_id", "request", "response")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ZERO = Decimal(0)
 
 Row = tuple[Any, ...]
-
-
-def to_datetime(us: int) -> datetime:
-    """A UTC datetime from microseconds since the epoch."""
-    return _EPOCH + timedelta(microseconds=us)
 
 
 @lru_cache(maxsize=65_536)
@@ -76,7 +70,7 @@ def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool) -> tuple[Row, Row | Non
     """The `usage_records` row of a valid record, and its `usage_payloads` row if it has one."""
     start_us = timestamp_us(rec.start_time)
     latency = timestamp_us(rec.end_time) - start_us
-    start = to_datetime(start_us)
+    start = from_us(start_us)
     ttft = duration_us(rec.time_to_first_token) if rec.HasField("time_to_first_token") else None
     itl: float | None = None
     if rec.HasField("mean_inter_token_latency"):
@@ -92,7 +86,7 @@ def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool) -> tuple[Row, Row | Non
     media = rec.media
     has_payload = rec.HasField("payload")
     row = (
-        start, rec.request_id, to_datetime(start_us + latency), latency, ttft, itl, tpot,
+        start, rec.request_id, from_us(start_us + latency), latency, ttft, itl, tpot,
         rec.streaming, rec.output_chunks, rec.status_code, rec.error_type, rec.error_message,
         rec.model, rec.response_model, rec.model_alias, rec.provider, rec.call_type, rec.model_id,
         rec.api_base, rec.user, rec.team, rec.account,

@@ -22,3 +22,18 @@ class QuerySettings(BaseSettings):
 
     port: int = 50052
     """gRPC port (0 picks a free one, for tests)."""
+
+    pool_max_size: int = 10
+    """Database connections of the pool."""
+
+    exact_window_seconds: float = 3600.0
+    """Windows up to this long are answered from raw rows, with exact percentiles."""
+
+    tail_queue_size: int = 10_000
+    """Rows a live-tail watcher may fall behind before it is disconnected."""
+
+    statement_timeout_seconds: float = 30.0
+    """A query running longer than this fails (DEADLINE_EXCEEDED for the caller)."""
+
+    shutdown_grace_seconds: float = 10.0
+    """On SIGTERM, in-flight calls get this long to finish."""

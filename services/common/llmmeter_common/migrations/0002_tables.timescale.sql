@@ -1,6 +1,6 @@
 -- TimescaleDB (2.13+): hypertables instead of range partitions, and the
--- rollups usage_1m / usage_1h / usage_1d as (hierarchical) continuous
--- aggregates instead of tables the ingest service upserts. Relation and column
+-- rollups usage_1m / usage_1h / usage_1d as views over (hierarchical)
+-- continuous aggregates instead of tables the ingest service upserts. Relation and column
 -- names, column order and column types match 0002_tables.postgres.sql, so the
 -- query code reads either flavour the same way (tests/test_schema_flavors.py
 -- checks this). The whole file runs in one transaction (see migrate.py), which
@@ -170,141 +170,176 @@ CREATE OR REPLACE AGGREGATE llmmeter_hist_merge_counts_agg(integer[], bigint[]) 
 
 -- Rollups -------------------------------------------------------------------
 --
--- Measures are rollups.MEASURES: SUM(raw_expr) in usage_1m, SUM(column) of the
--- level below in usage_1h and usage_1d, each cast to the PostgreSQL rollup
--- column's type (sum(bigint) is numeric). time_bucket's default origin
+-- Each rollup holds the grouping sets of rollups.GROUPING_SETS (all
+-- dimensions, each alone, none), told apart by dims_mask (see
+-- 0002_tables.postgres.sql). Continuous aggregates cannot GROUP BY GROUPING
+-- SETS (timescale/timescaledb#2679), so each set has its own continuous
+-- aggregate per level, grouped by the bucket and the dimensions the set keeps
+-- only, hierarchical per set: usage_1m_s<mask> reads usage_records,
+-- usage_1h_s<mask> reads usage_1m_s<mask>, usage_1d_s<mask> reads
+-- usage_1h_s<mask>. usage_1m, usage_1h and usage_1d are plain views: the
+-- UNION ALL of their level's aggregates, adding dims_mask and the dropped
+-- dimensions ('' or 0) as constants in rollup_columns() order. Being
+-- constants, a `WHERE dims_mask = <constant>` lets the planner skip every
+-- other aggregate.
+--
+-- Measures are rollups.MEASURES: SUM(raw_expr) in usage_1m_s*, SUM(column) of
+-- the level below in usage_1h_s* and usage_1d_s*, each cast to the PostgreSQL
+-- rollup column's type (sum(bigint) is numeric). time_bucket's default origin
 -- (2000-01-03 UTC) is 2 days after the PostgreSQL flavour's date_bin origin
 -- (2000-01-01 UTC), so minute, hour and day buckets are the same UTC-aligned
--- buckets. GROUP BY repeats the time_bucket expression: in usage_1h and
--- usage_1d a bare "GROUP BY bucket" would mean the INPUT column bucket.
+-- buckets. GROUP BY repeats the time_bucket expression: above the first
+-- level a bare "GROUP BY bucket" would mean the INPUT column bucket.
+--
+-- Refresh: usage_1m_s* re-materialise the last 14 days (the raw retention),
+-- so late records still stored raw reach them. A refresh window only covers
+-- whole buckets inside it, so each level above looks back one of its own
+-- buckets further plus a margin, to cover every bucket a late record can
+-- change below.
+--
+-- llmmeter_rollup_ddl() writes all these statements, policies included; the
+-- DO block below runs them. tests/test_schema_flavors.py checks the functions
+-- against rollups.py and runs the generated queries on plain PostgreSQL.
 
-CREATE MATERIALIZED VIEW usage_1m
-WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-SELECT time_bucket(INTERVAL '1 minute', start_time) AS bucket,
-       model, model_alias, provider, user_name, team, account, status_code, error_type, call_type,
-       sum(1)::bigint                                                         AS request_count,
-       sum(CASE WHEN llmmeter_is_error(status_code) THEN 1 ELSE 0 END)::bigint AS error_count,
-       sum(CASE WHEN streaming THEN 1 ELSE 0 END)::bigint                     AS streaming_count,
-       sum(CASE WHEN cache_hit THEN 1 ELSE 0 END)::bigint                     AS cache_hit_count,
-       sum(retries)::bigint                                                   AS retries,
-       sum(input_tokens)::bigint                                              AS input_tokens,
-       sum(output_tokens)::bigint                                             AS output_tokens,
-       sum(cache_read_tokens)::bigint                                         AS cache_read_tokens,
-       sum(cache_write_tokens)::bigint                                        AS cache_write_tokens,
-       sum(reasoning_tokens)::bigint                                          AS reasoning_tokens,
-       sum(images)::bigint                                                    AS images,
-       sum(audio_seconds)::numeric                                            AS audio_seconds,
-       sum(video_seconds)::numeric                                            AS video_seconds,
-       sum(characters)::bigint                                                AS characters,
-       sum(cost)::numeric                                                     AS cost,
-       sum(latency_us)::bigint                                                AS latency_us_sum,
-       sum(coalesce(ttft_us, 0))::bigint                                      AS ttft_us_sum,
-       sum(CASE WHEN ttft_us IS NULL THEN 0 ELSE 1 END)::bigint               AS ttft_count,
-       sum(coalesce(itl_us, 0))::double precision                             AS itl_us_sum,
-       sum(CASE WHEN itl_us IS NULL THEN 0 ELSE 1 END)::bigint                AS itl_count,
-       sum(coalesce(tpot_us, 0))::double precision                            AS tpot_us_sum,
-       sum(CASE WHEN tpot_us IS NULL THEN 0 ELSE 1 END)::bigint               AS tpot_count,
-       llmmeter_hist_keys_agg(latency_us)                                     AS lat_keys,
-       llmmeter_hist_counts_agg(latency_us)                                   AS lat_counts,
-       llmmeter_hist_keys_agg(ttft_us)                                        AS ttft_keys,
-       llmmeter_hist_counts_agg(ttft_us)                                      AS ttft_counts
-FROM usage_records
-GROUP BY time_bucket(INTERVAL '1 minute', start_time),
-         model, model_alias, provider, user_name, team, account, status_code, error_type, call_type
-WITH NO DATA;
+-- rollups.DIMENSIONS, in order.
+CREATE OR REPLACE FUNCTION llmmeter_rollup_dims() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['model', 'model_alias', 'provider', 'user_name', 'team', 'account',
+                 'status_code', 'error_type', 'call_type']
+$$;
 
-CREATE MATERIALIZED VIEW usage_1h
-WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-SELECT time_bucket(INTERVAL '1 hour', bucket) AS bucket,
-       model, model_alias, provider, user_name, team, account, status_code, error_type, call_type,
-       sum(request_count)::bigint                           AS request_count,
-       sum(error_count)::bigint                             AS error_count,
-       sum(streaming_count)::bigint                         AS streaming_count,
-       sum(cache_hit_count)::bigint                         AS cache_hit_count,
-       sum(retries)::bigint                                 AS retries,
-       sum(input_tokens)::bigint                            AS input_tokens,
-       sum(output_tokens)::bigint                           AS output_tokens,
-       sum(cache_read_tokens)::bigint                       AS cache_read_tokens,
-       sum(cache_write_tokens)::bigint                      AS cache_write_tokens,
-       sum(reasoning_tokens)::bigint                        AS reasoning_tokens,
-       sum(images)::bigint                                  AS images,
-       sum(audio_seconds)::numeric                          AS audio_seconds,
-       sum(video_seconds)::numeric                          AS video_seconds,
-       sum(characters)::bigint                              AS characters,
-       sum(cost)::numeric                                   AS cost,
-       sum(latency_us_sum)::bigint                          AS latency_us_sum,
-       sum(ttft_us_sum)::bigint                             AS ttft_us_sum,
-       sum(ttft_count)::bigint                              AS ttft_count,
-       sum(itl_us_sum)::double precision                    AS itl_us_sum,
-       sum(itl_count)::bigint                               AS itl_count,
-       sum(tpot_us_sum)::double precision                   AS tpot_us_sum,
-       sum(tpot_count)::bigint                              AS tpot_count,
-       llmmeter_hist_merge_keys_agg(lat_keys, lat_counts)   AS lat_keys,
-       llmmeter_hist_merge_counts_agg(lat_keys, lat_counts) AS lat_counts,
-       llmmeter_hist_merge_keys_agg(ttft_keys, ttft_counts)   AS ttft_keys,
-       llmmeter_hist_merge_counts_agg(ttft_keys, ttft_counts) AS ttft_counts
-FROM usage_1m
-GROUP BY time_bucket(INTERVAL '1 hour', bucket),
-         model, model_alias, provider, user_name, team, account, status_code, error_type, call_type
-WITH NO DATA;
+-- The dims_mask of each stored grouping set, in rollups.GROUPING_SETS order:
+-- all dimensions, each alone, none. Dimension i (1-based) of n is bit n - i.
+CREATE OR REPLACE FUNCTION llmmeter_rollup_masks() RETURNS SETOF integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT m FROM (
+        SELECT 0 AS o, (1 << n) - 1 AS m FROM cardinality(llmmeter_rollup_dims()) AS n
+        UNION ALL
+        SELECT i, 1 << (n - i) FROM cardinality(llmmeter_rollup_dims()) AS n, generate_series(1, n) AS i
+        UNION ALL
+        SELECT n + 1, 0 FROM cardinality(llmmeter_rollup_dims()) AS n
+    ) AS s ORDER BY o
+$$;
 
-CREATE MATERIALIZED VIEW usage_1d
-WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
-SELECT time_bucket(INTERVAL '1 day', bucket) AS bucket,
-       model, model_alias, provider, user_name, team, account, status_code, error_type, call_type,
-       sum(request_count)::bigint                           AS request_count,
-       sum(error_count)::bigint                             AS error_count,
-       sum(streaming_count)::bigint                         AS streaming_count,
-       sum(cache_hit_count)::bigint                         AS cache_hit_count,
-       sum(retries)::bigint                                 AS retries,
-       sum(input_tokens)::bigint                            AS input_tokens,
-       sum(output_tokens)::bigint                           AS output_tokens,
-       sum(cache_read_tokens)::bigint                       AS cache_read_tokens,
-       sum(cache_write_tokens)::bigint                      AS cache_write_tokens,
-       sum(reasoning_tokens)::bigint                        AS reasoning_tokens,
-       sum(images)::bigint                                  AS images,
-       sum(audio_seconds)::numeric                          AS audio_seconds,
-       sum(video_seconds)::numeric                          AS video_seconds,
-       sum(characters)::bigint                              AS characters,
-       sum(cost)::numeric                                   AS cost,
-       sum(latency_us_sum)::bigint                          AS latency_us_sum,
-       sum(ttft_us_sum)::bigint                             AS ttft_us_sum,
-       sum(ttft_count)::bigint                              AS ttft_count,
-       sum(itl_us_sum)::double precision                    AS itl_us_sum,
-       sum(itl_count)::bigint                               AS itl_count,
-       sum(tpot_us_sum)::double precision                   AS tpot_us_sum,
-       sum(tpot_count)::bigint                              AS tpot_count,
-       llmmeter_hist_merge_keys_agg(lat_keys, lat_counts)   AS lat_keys,
-       llmmeter_hist_merge_counts_agg(lat_keys, lat_counts) AS lat_counts,
-       llmmeter_hist_merge_keys_agg(ttft_keys, ttft_counts)   AS ttft_keys,
-       llmmeter_hist_merge_counts_agg(ttft_keys, ttft_counts) AS ttft_counts
-FROM usage_1h
-GROUP BY time_bucket(INTERVAL '1 day', bucket),
-         model, model_alias, provider, user_name, team, account, status_code, error_type, call_type
-WITH NO DATA;
+-- The continuous aggregates, their policies and the union views, in the order
+-- they must run (each level reads the one below).
+CREATE FUNCTION llmmeter_rollup_ddl() RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    dims constant text[] := llmmeter_rollup_dims();
+    -- rollups.MEASURES: column, expression over a raw row, PostgreSQL rollup column type
+    measures constant text[] := ARRAY[
+        ['request_count',      '1',                                                          'bigint'],
+        ['error_count',        'CASE WHEN llmmeter_is_error(status_code) THEN 1 ELSE 0 END', 'bigint'],
+        ['streaming_count',    'CASE WHEN streaming THEN 1 ELSE 0 END',                      'bigint'],
+        ['cache_hit_count',    'CASE WHEN cache_hit THEN 1 ELSE 0 END',                      'bigint'],
+        ['retries',            'retries',                                                    'bigint'],
+        ['input_tokens',       'input_tokens',                                               'bigint'],
+        ['output_tokens',      'output_tokens',                                              'bigint'],
+        ['cache_read_tokens',  'cache_read_tokens',                                          'bigint'],
+        ['cache_write_tokens', 'cache_write_tokens',                                         'bigint'],
+        ['reasoning_tokens',   'reasoning_tokens',                                           'bigint'],
+        ['images',             'images',                                                     'bigint'],
+        ['audio_seconds',      'audio_seconds',                                              'numeric'],
+        ['video_seconds',      'video_seconds',                                              'numeric'],
+        ['characters',         'characters',                                                 'bigint'],
+        ['cost',               'cost',                                                       'numeric'],
+        ['latency_us_sum',     'latency_us',                                                 'bigint'],
+        ['ttft_us_sum',        'coalesce(ttft_us, 0)',                                       'bigint'],
+        ['ttft_count',         'CASE WHEN ttft_us IS NULL THEN 0 ELSE 1 END',                'bigint'],
+        ['itl_us_sum',         'coalesce(itl_us, 0)',                                        'double precision'],
+        ['itl_count',          'CASE WHEN itl_us IS NULL THEN 0 ELSE 1 END',                 'bigint'],
+        ['tpot_us_sum',        'coalesce(tpot_us, 0)',                                       'double precision'],
+        ['tpot_count',         'CASE WHEN tpot_us IS NULL THEN 0 ELSE 1 END',                'bigint']];
+    -- rollups.HISTOGRAMS: column prefix, raw column
+    hists constant text[] := ARRAY[['lat', 'latency_us'], ['ttft', 'ttft_us']];
+    -- levels: n, rollup, bucket width, the rollup it reads per set (NULL: usage_records),
+    -- its time column, refresh window start and end offsets, refresh interval
+    lv record;
+    mask integer;
+    agg text;        -- name of one continuous aggregate
+    bucket text;     -- its time_bucket expression
+    part text;
+    kept text;       -- ', ' before each dimension the set keeps
+    outs text;       -- select list of measures and histograms
+    names text;      -- their column names, for the union view
+    dim_cols text;   -- the union view's dims_mask and dimensions
+    branches text[];
+BEGIN
+    FOR lv IN SELECT * FROM (VALUES
+        (1, 'usage_1m', '1 minute', NULL,       'start_time', '14 days', '1 minute', '1 minute'),
+        (2, 'usage_1h', '1 hour',   'usage_1m', 'bucket',     '15 days', '1 hour',   '5 minutes'),
+        (3, 'usage_1d', '1 day',    'usage_1h', 'bucket',     '16 days', '1 day',    '1 hour')
+    ) AS l(n, rollup, width, below, time_col, refresh_start, refresh_end, refresh_every) ORDER BY n
+    LOOP
+        outs := '';
+        names := '';
+        FOR i IN 1 .. array_length(measures, 1) LOOP
+            outs := outs || format(', sum(%s)::%s AS %I',
+                CASE lv.n WHEN 1 THEN measures[i][2] ELSE quote_ident(measures[i][1]) END,
+                measures[i][3], measures[i][1]);
+            names := names || ', ' || quote_ident(measures[i][1]);
+        END LOOP;
+        FOR i IN 1 .. array_length(hists, 1) LOOP
+            FOREACH part IN ARRAY ARRAY['keys', 'counts'] LOOP
+                outs := outs || CASE lv.n
+                    WHEN 1 THEN format(', llmmeter_hist_%s_agg(%I)', part, hists[i][2])
+                    ELSE format(', llmmeter_hist_merge_%s_agg(%I, %I)', part,
+                                hists[i][1] || '_keys', hists[i][1] || '_counts')
+                    END || format(' AS %I', hists[i][1] || '_' || part);
+                names := names || format(', %I', hists[i][1] || '_' || part);
+            END LOOP;
+        END LOOP;
+        branches := '{}';
+        FOR mask IN SELECT llmmeter_rollup_masks() LOOP
+            agg := lv.rollup || '_s' || mask;
+            bucket := format('time_bucket(INTERVAL %L, %I)', lv.width, lv.time_col);
+            kept := '';
+            dim_cols := mask || '::smallint AS dims_mask';
+            FOR i IN 1 .. cardinality(dims) LOOP
+                IF mask & (1 << (cardinality(dims) - i)) <> 0 THEN
+                    kept := kept || ', ' || quote_ident(dims[i]);
+                    dim_cols := dim_cols || ', ' || quote_ident(dims[i]);
+                ELSE
+                    dim_cols := dim_cols || format(', %s AS %I',
+                        CASE dims[i] WHEN 'status_code' THEN '0' ELSE '''''::text' END, dims[i]);
+                END IF;
+            END LOOP;
+            RETURN NEXT format('CREATE MATERIALIZED VIEW %I WITH (timescaledb.continuous, '
+                               'timescaledb.materialized_only = false) AS SELECT %s AS bucket%s%s '
+                               'FROM %I GROUP BY %s%s WITH NO DATA',
+                               agg, bucket, kept, outs,
+                               coalesce(lv.below || '_s' || mask, 'usage_records'),
+                               bucket, kept);
+            RETURN NEXT format('SELECT add_continuous_aggregate_policy(%L, start_offset => INTERVAL %L, '
+                               'end_offset => INTERVAL %L, schedule_interval => INTERVAL %L)',
+                               agg, lv.refresh_start, lv.refresh_end, lv.refresh_every);
+            RETURN NEXT format('SELECT add_retention_policy(%L, drop_after => INTERVAL %L)', agg, '400 days');
+            branches := branches || format('SELECT bucket, %s%s FROM %I', dim_cols, names, agg);
+        END LOOP;
+        RETURN NEXT format('CREATE VIEW %I AS %s', lv.rollup, array_to_string(branches, ' UNION ALL '));
+    END LOOP;
+END
+$$;
 
--- Refresh: usage_1m re-materialises the last 14 days (the raw retention), so
--- late records still stored raw reach it. A refresh window only covers whole
--- buckets inside it, so each level above looks back one of its own buckets
--- further plus a margin, to cover every bucket a late record can change below.
-SELECT add_continuous_aggregate_policy('usage_1m',
-    start_offset => INTERVAL '14 days', end_offset => INTERVAL '1 minute',
-    schedule_interval => INTERVAL '1 minute');
-SELECT add_continuous_aggregate_policy('usage_1h',
-    start_offset => INTERVAL '15 days', end_offset => INTERVAL '1 hour',
-    schedule_interval => INTERVAL '5 minutes');
-SELECT add_continuous_aggregate_policy('usage_1d',
-    start_offset => INTERVAL '16 days', end_offset => INTERVAL '1 day',
-    schedule_interval => INTERVAL '1 hour');
+DO $$
+DECLARE
+    stmt text;
+BEGIN
+    FOR stmt IN SELECT llmmeter_rollup_ddl() LOOP
+        EXECUTE stmt;
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION llmmeter_rollup_ddl();
 
 -- Retention: whole chunks past the horizon are dropped by background jobs.
 -- The defaults equal the ingest service's (raw and payloads 14 days, rollups
--- 400 days); llmmeter_apply_retention below applies its configured horizons.
+-- 400 days, each continuous aggregate's policy comes from
+-- llmmeter_rollup_ddl() above); llmmeter_apply_retention below applies its
+-- configured horizons.
 SELECT add_retention_policy('usage_records', drop_after => INTERVAL '14 days');
 SELECT add_retention_policy('usage_payloads', drop_after => INTERVAL '14 days');
-SELECT add_retention_policy('usage_1m', drop_after => INTERVAL '400 days');
-SELECT add_retention_policy('usage_1h', drop_after => INTERVAL '400 days');
-SELECT add_retention_policy('usage_1d', drop_after => INTERVAL '400 days');
 
 -- Same signatures as the PostgreSQL flavour (the ingest service calls both) --
 
@@ -316,15 +351,20 @@ BEGIN
 END
 $$;
 
--- Drops the chunks wholly older than each horizon; returns their names.
+-- Drops the chunks wholly older than each horizon, in the raw hypertables and
+-- every continuous aggregate of every rollup; returns their names.
 CREATE OR REPLACE FUNCTION llmmeter_apply_retention(raw_keep interval, payload_keep interval,
                                                     rollup_keep interval)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    agg text;
 BEGIN
     RETURN QUERY SELECT drop_chunks('usage_records', older_than => raw_keep);
     RETURN QUERY SELECT drop_chunks('usage_payloads', older_than => payload_keep);
-    RETURN QUERY SELECT drop_chunks('usage_1m', older_than => rollup_keep);
-    RETURN QUERY SELECT drop_chunks('usage_1h', older_than => rollup_keep);
-    RETURN QUERY SELECT drop_chunks('usage_1d', older_than => rollup_keep);
+    FOR agg IN SELECT r || '_s' || m
+               FROM unnest(ARRAY['usage_1m', 'usage_1h', 'usage_1d']) AS r, llmmeter_rollup_masks() AS m
+    LOOP
+        RETURN QUERY SELECT drop_chunks(agg::regclass, older_than => rollup_keep);
+    END LOOP;
 END
 $$;

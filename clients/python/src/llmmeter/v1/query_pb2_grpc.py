@@ -31,7 +31,8 @@ class QueryServiceStub:
     Every call takes a time range `[start_time, end_time)` (end defaults to now,
     start to end minus 24 hours) and an AIP-160 `filter`. The filter grammar:
 
-    expr  := term { ("AND" | "OR") term }      AND binds tighter than OR
+    expr  := or { ["AND"] or }        juxtaposition means AND
+    or    := term { "OR" term }        OR binds tighter than AND, as in AIP-160
     term  := ["NOT" | "-"] ( "(" expr ")" | field op value )
     op    := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":" (has / contains)
     field := model | model_alias | provider | user | team | account | call_type
@@ -39,8 +40,11 @@ class QueryServiceStub:
     | metadata.<key>
     value := "quoted string" | bare_word | number | true | false
 
-    `status_code` also takes a class: `status_code = "4xx"`. `metadata.<key>:*`
-    means the key is present. A filter that does not parse is INVALID_ARGUMENT
+    `status_code` also takes a class: `status_code = "4xx"`. `:` on a string is a
+    case-insensitive substring match; `*` in an `=` value is a wildcard
+    (`model = "gpt-4*"`); `metadata.<key>:*` means the key is present. The
+    rollups answer filters on the nine dimensions; `request_id`, `streaming`,
+    `cache_hit` and `metadata.*` are answered from the raw rows. A filter that does not parse is INVALID_ARGUMENT
     with a BadRequest naming `filter` and the position of the problem.
     """
 
@@ -98,7 +102,8 @@ class QueryServiceServicer:
     Every call takes a time range `[start_time, end_time)` (end defaults to now,
     start to end minus 24 hours) and an AIP-160 `filter`. The filter grammar:
 
-    expr  := term { ("AND" | "OR") term }      AND binds tighter than OR
+    expr  := or { ["AND"] or }        juxtaposition means AND
+    or    := term { "OR" term }        OR binds tighter than AND, as in AIP-160
     term  := ["NOT" | "-"] ( "(" expr ")" | field op value )
     op    := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":" (has / contains)
     field := model | model_alias | provider | user | team | account | call_type
@@ -106,8 +111,11 @@ class QueryServiceServicer:
     | metadata.<key>
     value := "quoted string" | bare_word | number | true | false
 
-    `status_code` also takes a class: `status_code = "4xx"`. `metadata.<key>:*`
-    means the key is present. A filter that does not parse is INVALID_ARGUMENT
+    `status_code` also takes a class: `status_code = "4xx"`. `:` on a string is a
+    case-insensitive substring match; `*` in an `=` value is a wildcard
+    (`model = "gpt-4*"`); `metadata.<key>:*` means the key is present. The
+    rollups answer filters on the nine dimensions; `request_id`, `streaming`,
+    `cache_hit` and `metadata.*` are answered from the raw rows. A filter that does not parse is INVALID_ARGUMENT
     with a BadRequest naming `filter` and the position of the problem.
     """
 
@@ -224,7 +232,8 @@ class QueryService:
     Every call takes a time range `[start_time, end_time)` (end defaults to now,
     start to end minus 24 hours) and an AIP-160 `filter`. The filter grammar:
 
-    expr  := term { ("AND" | "OR") term }      AND binds tighter than OR
+    expr  := or { ["AND"] or }        juxtaposition means AND
+    or    := term { "OR" term }        OR binds tighter than AND, as in AIP-160
     term  := ["NOT" | "-"] ( "(" expr ")" | field op value )
     op    := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":" (has / contains)
     field := model | model_alias | provider | user | team | account | call_type
@@ -232,8 +241,11 @@ class QueryService:
     | metadata.<key>
     value := "quoted string" | bare_word | number | true | false
 
-    `status_code` also takes a class: `status_code = "4xx"`. `metadata.<key>:*`
-    means the key is present. A filter that does not parse is INVALID_ARGUMENT
+    `status_code` also takes a class: `status_code = "4xx"`. `:` on a string is a
+    case-insensitive substring match; `*` in an `=` value is a wildcard
+    (`model = "gpt-4*"`); `metadata.<key>:*` means the key is present. The
+    rollups answer filters on the nine dimensions; `request_id`, `streaming`,
+    `cache_hit` and `metadata.*` are answered from the raw rows. A filter that does not parse is INVALID_ARGUMENT
     with a BadRequest naming `filter` and the position of the problem.
     """
 

@@ -1,0 +1,122 @@
+"""Exports: the filtered request log (CSV or NDJSON) and grouped metrics (CSV), in chunks.
+
+The request log is read through a server-side cursor and written out in
+chunks of about 256 KiB, so an export of any size holds one chunk in memory.
+Text cells that a spreadsheet would run as a formula (starting with `=`, `+`,
+`-`, `@`, tab or carriage return) are prefixed with `'`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_query import metrics
+from llmmeter_query.aggregate import Aggregator, Grouping
+from llmmeter_query.filters import Filter
+from llmmeter_query.window import Window
+
+CHUNK_BYTES = 256 * 1024
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+#: Columns of a request export, in order.
+EXPORT_COLUMNS = (
+    "request_id", "start_time", "end_time", "status_code", "error_type", "error_message", "model",
+    "response_model", "model_alias", "provider", "call_type", "user_name", "team", "account",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "latency_us", "ttft_us", "cost", "cache_hit", "retries", "streaming", "metadata",
+)
+
+
+def neutralise(cell: Any) -> Any:
+    """Make a text cell inert in spreadsheets; other values pass unchanged."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _csv_line(writer: Any, buf: io.StringIO, cells: Iterable[Any]) -> None:
+    writer.writerow([neutralise(_plain(c)) if c is not None else "" for c in cells])
+
+
+async def export_requests(pool: asyncpg.Pool, window: Window, filt: Filter, ndjson: bool,
+                          ) -> AsyncIterator[tuple[bytes, int]]:
+    """Yield (chunk, rows so far) of the filtered request log, oldest first."""
+    params: list[Any] = [window.start, window.end]
+    sql = (f"SELECT {', '.join(EXPORT_COLUMNS)} FROM usage_records "
+           f"WHERE start_time >= $1 AND start_time < $2 AND {filt.sql(params)} "
+           "ORDER BY start_time, request_id")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if not ndjson:
+        writer.writerow(EXPORT_COLUMNS)
+    rows = 0
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        async for rec in conn.cursor(sql, *params, prefetch=2000):
+            if ndjson:
+                obj = {k: _plain(rec[k]) for k in EXPORT_COLUMNS}
+                obj["metadata"] = json.loads(rec["metadata"])
+                buf.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            else:
+                _csv_line(writer, buf, (rec[k] for k in EXPORT_COLUMNS))
+            rows += 1
+            if buf.tell() >= CHUNK_BYTES:
+                yield buf.getvalue().encode(), rows
+                buf.seek(0)
+                buf.truncate()
+    if buf.tell() or rows == 0:
+        yield buf.getvalue().encode(), rows
+
+
+_AGG_COLUMNS = (
+    "request_count", "success_count", "failure_count", "input_tokens", "output_tokens",
+    "total_tokens", "cost", "latency_avg_ms", "latency_p95_ms", "ttft_avg_ms", "ttft_p95_ms",
+)
+
+
+async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter,
+                            groups: list[Grouping], bucket: Any) -> AsyncIterator[tuple[bytes, int]]:
+    """Yield CSV chunks of metrics per combination of `groups` (and per bucket, if given)."""
+    if not groups:
+        raise InvalidArgument("group_by: at least one grouping column is required",
+                              [FieldViolation("group_by", "at least one")])
+    sep = "\x1f"
+    combined = Grouping(
+        "+".join(g.name for g in groups),
+        " || '\x1f' || ".join(f"({g.expr})::text" for g in groups),
+        None if any(g.dims is None for g in groups) else frozenset().union(*(g.dims or () for g in groups)),
+    )
+    result = await aggregator.run(window, filt, combined, bucket)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = [g.name for g in groups] + (["bucket"] if bucket is not None else []) + list(_AGG_COLUMNS)
+    writer.writerow(header)
+    rows = 0
+    ordered = sorted(result.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or window.start))
+    for (key, tb), stats in ordered:
+        row = metrics.breakdown_row("", stats, window.minutes)
+        row["cost"] = metrics.cost(stats)  # exact, for chargeback
+        cells = [*key.split(sep), *([tb] if bucket is not None else []), *(row[c] for c in _AGG_COLUMNS)]
+        _csv_line(writer, buf, cells)
+        rows += 1
+        if buf.tell() >= CHUNK_BYTES:
+            yield buf.getvalue().encode(), rows
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode(), rows

@@ -1,0 +1,142 @@
+"""Derived numbers: rates, averages and percentiles from aggregated stats, by metric name.
+
+Cards, breakdown columns and series points all derive from the same `Stats`,
+so "success rate" or "p95 latency" means the same thing everywhere. Values
+come out as plain dicts keyed by the proto field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from llmmeter_query.aggregate import Stats
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _ms(us: float | None) -> float:
+    return us / 1000 if us is not None else 0.0
+
+
+def requests(s: Stats) -> int:
+    """All requests."""
+    return int(s.get("request_count"))
+
+
+def failures(s: Stats) -> int:
+    """Requests outside 200..399."""
+    return int(s.get("error_count"))
+
+
+def successes(s: Stats) -> int:
+    """Requests with 200 <= status < 400."""
+    return requests(s) - failures(s)
+
+
+def cost(s: Stats) -> Decimal:
+    """Total cost, exact."""
+    value = s.get("cost")
+    return value if isinstance(value, Decimal) else Decimal(value)
+
+
+def total_tokens(s: Stats) -> int:
+    """Input plus output tokens."""
+    return int(s.get("input_tokens")) + int(s.get("output_tokens"))
+
+
+def latency_avg_ms(s: Stats) -> float:
+    """Mean latency."""
+    return _ratio(float(s.get("latency_us_sum")), requests(s)) / 1000
+
+
+def ttft_avg_ms(s: Stats) -> float:
+    """Mean time to first token, over calls that measured it."""
+    return _ratio(float(s.get("ttft_us_sum")), float(s.get("ttft_count"))) / 1000
+
+
+def percentile_ms(s: Stats, prefix: str, q: float) -> float:
+    """A latency (`lat`) or TTFT (`ttft`) percentile in ms; 0 without data."""
+    return _ms(s.percentile(prefix, q))
+
+
+def summary(s: Stats) -> dict[str, Any]:
+    """The summary cards."""
+    c = cost(s)
+    return {
+        "request_count": requests(s), "success_count": successes(s), "error_count": failures(s),
+        "success_rate": _ratio(successes(s), requests(s)),
+        "input_tokens": int(s.get("input_tokens")), "output_tokens": int(s.get("output_tokens")),
+        "cache_read_tokens": int(s.get("cache_read_tokens")),
+        "cache_write_tokens": int(s.get("cache_write_tokens")),
+        "reasoning_tokens": int(s.get("reasoning_tokens")), "total_tokens": total_tokens(s),
+        "cost": float(c), "cost_exact": str(c),
+        "latency_avg_ms": latency_avg_ms(s), "latency_p95_ms": percentile_ms(s, "lat", 0.95),
+        "ttft_avg_ms": ttft_avg_ms(s), "ttft_p95_ms": percentile_ms(s, "ttft", 0.95),
+        "images": int(s.get("images")), "audio_seconds": float(s.get("audio_seconds")),
+        "video_seconds": float(s.get("video_seconds")), "characters": int(s.get("characters")),
+    }
+
+
+def breakdown_row(group: str, s: Stats, minutes: float) -> dict[str, Any]:
+    """One row of a per-group table."""
+    return {
+        "group": group, "request_count": requests(s), "success_count": successes(s),
+        "failure_count": failures(s), "success_rate": _ratio(successes(s), requests(s)),
+        "rpm": _ratio(requests(s), minutes), "tpm": _ratio(total_tokens(s), minutes),
+        "input_tokens": int(s.get("input_tokens")), "output_tokens": int(s.get("output_tokens")),
+        "total_tokens": total_tokens(s), "cost": float(cost(s)),
+        "latency_avg_ms": latency_avg_ms(s),
+        "latency_p50_ms": percentile_ms(s, "lat", 0.5), "latency_p90_ms": percentile_ms(s, "lat", 0.9),
+        "latency_p95_ms": percentile_ms(s, "lat", 0.95), "latency_p99_ms": percentile_ms(s, "lat", 0.99),
+        "ttft_avg_ms": ttft_avg_ms(s), "ttft_p50_ms": percentile_ms(s, "ttft", 0.5),
+        "ttft_p95_ms": percentile_ms(s, "ttft", 0.95),
+        "cache_read_tokens": int(s.get("cache_read_tokens")),
+    }
+
+
+#: BreakdownRow columns a breakdown can be sorted by.
+BREAKDOWN_COLUMNS = tuple(breakdown_row("", Stats(), 1.0))
+
+SeriesFn = Callable[[Stats, timedelta], "float | None"]
+
+
+def _pct(prefix: str, q: float) -> SeriesFn:
+    def value(s: Stats, _w: timedelta) -> float | None:
+        us = s.percentile(prefix, q)
+        return None if us is None else us / 1000
+
+    return value
+
+
+def _avg(sum_col: str, count_col: str) -> SeriesFn:
+    return lambda s, _w: (float(s.get(sum_col)) / float(s.get(count_col)) / 1000
+                          if s.get(count_col) else None)
+
+
+#: Series metric name (Metric enum without the prefix) -> value of a bucket, None when undefined.
+SERIES: dict[str, SeriesFn] = {
+    "REQUESTS": lambda s, _w: requests(s),
+    "REQUESTS_PER_SECOND": lambda s, w: requests(s) / w.total_seconds(),
+    "SUCCESSES": lambda s, _w: successes(s),
+    "FAILURES": lambda s, _w: failures(s),
+    "FAILURE_RATE": lambda s, _w: _ratio(failures(s), requests(s)) if requests(s) else None,
+    "SUCCESS_RATE": lambda s, _w: _ratio(successes(s), requests(s)) if requests(s) else None,
+    "LATENCY_AVG": _avg("latency_us_sum", "request_count"),
+    "TTFT_AVG": _avg("ttft_us_sum", "ttft_count"),
+    "ITL_AVG": _avg("itl_us_sum", "itl_count"),
+    "TPOT_AVG": _avg("tpot_us_sum", "tpot_count"),
+    "COST": lambda s, _w: float(cost(s)),
+    "INPUT_TOKENS": lambda s, _w: int(s.get("input_tokens")),
+    "OUTPUT_TOKENS": lambda s, _w: int(s.get("output_tokens")),
+    "CACHE_READ_TOKENS": lambda s, _w: int(s.get("cache_read_tokens")),
+    "CACHE_WRITE_TOKENS": lambda s, _w: int(s.get("cache_write_tokens")),
+    "TOTAL_TOKENS": lambda s, _w: total_tokens(s),
+    "TOKENS_PER_MINUTE": lambda s, w: total_tokens(s) / (w.total_seconds() / 60),
+    **{f"LATENCY_P{int(q * 100)}": _pct("lat", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
+    **{f"TTFT_P{int(q * 100)}": _pct("ttft", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
+}

@@ -1,0 +1,191 @@
+"""QueryService over gRPC: parse the request, call the domain, shape the answer.
+
+The domain modules (aggregate, request_log, export, tail) know nothing of
+gRPC; this file only converts, and every error leaves as a domain exception
+that the shared interceptor maps to a status with details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+
+from llmmeter.v1 import query_pb2, query_pb2_grpc
+from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_query import metrics
+from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, parse_group
+from llmmeter_query.convert import opt_time, request_row, ts, usage_record
+from llmmeter_query.export import export_aggregates, export_requests
+from llmmeter_query.filters import parse_filter
+from llmmeter_query.request_log import RequestLog
+from llmmeter_query.tail import TailHub
+from llmmeter_query.window import Window, floor_to, parse_granularity, resolve_window
+
+_EXACT = query_pb2.PERCENTILE_METHOD_EXACT
+_ESTIMATED = query_pb2.PERCENTILE_METHOD_ESTIMATED
+
+
+def _window(req: Any) -> Window:
+    return resolve_window(opt_time(req, "start_time"), opt_time(req, "end_time"), datetime.now(UTC))
+
+
+def _method(agg: Aggregates) -> query_pb2.PercentileMethod.ValueType:
+    if not agg.groups:
+        return query_pb2.PERCENTILE_METHOD_UNSPECIFIED
+    return _EXACT if agg.exact else _ESTIMATED
+
+
+def _order(order_by: str) -> tuple[str, bool]:
+    """`cost`, `-cost`, `cost desc`, `group asc` -> (column, descending)."""
+    text = order_by.strip() or "request_count"
+    desc: bool | None = None
+    if text.startswith("-"):
+        text, desc = text[1:], True
+    parts = text.split()
+    if len(parts) == 2 and parts[1].lower() in ("asc", "desc"):
+        text, desc = parts[0], parts[1].lower() == "desc"
+    if text not in metrics.BREAKDOWN_COLUMNS:
+        raise InvalidArgument(f"order_by: unknown column {text!r}",
+                              [FieldViolation("order_by", f"one of {', '.join(metrics.BREAKDOWN_COLUMNS)}")])
+    return text, (text != "group") if desc is None else desc
+
+
+def _buckets(window: Window, width: timedelta) -> list[datetime]:
+    t, out = floor_to(window.start, width), []
+    while t < window.end:
+        out.append(t)
+        t += width
+    return out
+
+
+def _fold(agg: Aggregates, top_n: int) -> tuple[list[str], dict[tuple[str, datetime | None], Stats]]:
+    """Keep the top_n groups by requests; add the rest up as "other"."""
+    totals: dict[str, int] = {}
+    for (g, _), s in agg.groups.items():
+        totals[g] = totals.get(g, 0) + metrics.requests(s)
+    ranked = sorted(totals, key=lambda g: (-totals[g], g))
+    if top_n <= 0 or len(ranked) <= top_n:
+        return ranked, agg.groups
+    keep = set(ranked[:top_n])
+    folded: dict[tuple[str, datetime | None], Stats] = {}
+    for (g, tb), s in agg.groups.items():
+        key = (g if g in keep else "other", tb)
+        if key not in folded:
+            folded[key] = Stats()
+        folded[key].add(s)
+    return [*ranked[:top_n], "other"], folded
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    """The gRPC face of the query domain."""
+
+    def __init__(self, pool: asyncpg.Pool, aggregator: Aggregator, hub: TailHub) -> None:
+        self._pool = pool
+        self._agg = aggregator
+        self._log = RequestLog(pool)
+        self._hub = hub
+
+    async def GetSummary(self, request: query_pb2.GetSummaryRequest,
+                         context: grpc.aio.ServicerContext) -> query_pb2.GetSummaryResponse:
+        """The summary cards."""
+        agg = await self._agg.run(_window(request), parse_filter(request.filter), None, None)
+        stats = agg.groups.get(("", None), Stats())
+        return query_pb2.GetSummaryResponse(summary=query_pb2.Summary(
+            **metrics.summary(stats), percentile_method=_method(agg)))
+
+    async def ListRequests(self, request: query_pb2.ListRequestsRequest,
+                           context: grpc.aio.ServicerContext) -> query_pb2.ListRequestsResponse:
+        """One page of the request log."""
+        given = request.HasField("start_time") or request.HasField("end_time")
+        page = await self._log.page(_window(request), parse_filter(request.filter), request.page_size,
+                                    request.page_token, given)
+        return query_pb2.ListRequestsResponse(requests=[request_row(r) for r in page.rows],
+                                              next_page_token=page.next_token)
+
+    async def GetRequest(self, request: query_pb2.GetRequestRequest,
+                         context: grpc.aio.ServicerContext) -> query_pb2.GetRequestResponse:
+        """One request in full."""
+        row = await self._log.get(request.request_id, opt_time(request, "start_time"))
+        return query_pb2.GetRequestResponse(
+            record=usage_record(row), latency_ms=row["latency_us"] / 1000,
+            itl_ms=(row["itl_us"] or 0) / 1000, tpot_ms=(row["tpot_us"] or 0) / 1000,
+            ingest_time=ts(row["ingested_at"]))
+
+    async def GetTimeSeries(self, request: query_pb2.GetTimeSeriesRequest,
+                            context: grpc.aio.ServicerContext) -> query_pb2.GetTimeSeriesResponse:
+        """Metrics per bucket, per group."""
+        if not request.metrics or query_pb2.METRIC_UNSPECIFIED in request.metrics:
+            raise InvalidArgument("metrics: at least one metric is required",
+                                  [FieldViolation("metrics", "at least one, not METRIC_UNSPECIFIED")])
+        window = _window(request)
+        name, width = parse_granularity(request.granularity, window)
+        group = parse_group(request.group_by)
+        top_n = request.top_n if request.top_n > 0 else 10
+        agg = await self._agg.run(window, parse_filter(request.filter), group, width,
+                                  fold_limit=top_n if group else None)
+        groups, stats = _fold(agg, top_n) if group else ([""], agg.groups)
+        buckets = _buckets(window, width)
+        series = []
+        for metric in request.metrics:
+            fn = metrics.SERIES[query_pb2.Metric.Name(metric).removeprefix("METRIC_")]
+            for g in groups:
+                points = []
+                for b in buckets:
+                    value = fn(stats.get((g, b), Stats()), width)
+                    points.append(query_pb2.Point(time=ts(b), value=value or 0.0, present=value is not None))
+                series.append(query_pb2.Series(metric=metric, group=g, points=points))
+        return query_pb2.GetTimeSeriesResponse(series=series, granularity=name,
+                                               percentile_method=_method(agg))
+
+    async def GetBreakdown(self, request: query_pb2.GetBreakdownRequest,
+                           context: grpc.aio.ServicerContext) -> query_pb2.GetBreakdownResponse:
+        """Metrics per group, sorted, top N."""
+        window = _window(request)
+        column, desc = _order(request.order_by)
+        if request.top_n < 0:
+            raise InvalidArgument("top_n: must not be negative", [FieldViolation("top_n", ">= 0")])
+        agg = await self._agg.run(window, parse_filter(request.filter),
+                                  parse_group(request.group_by or "model"), None)
+        rows = [metrics.breakdown_row(g, s, window.minutes) for (g, _), s in agg.groups.items()]
+        rows.sort(key=lambda r: r["group"])
+        rows.sort(key=lambda r: r[column], reverse=desc)
+        cut = rows[: request.top_n] if request.top_n else rows
+        return query_pb2.GetBreakdownResponse(
+            rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(rows) - len(cut),
+            percentile_method=_method(agg))
+
+    async def ExportRequests(self, request: query_pb2.ExportRequestsRequest,
+                             context: grpc.aio.ServicerContext,
+                             ) -> AsyncIterator[query_pb2.ExportRequestsResponse]:
+        """The filtered log as CSV or NDJSON chunks."""
+        ndjson = request.format == query_pb2.EXPORT_FORMAT_NDJSON
+        async for data, rows in export_requests(self._pool, _window(request),
+                                                parse_filter(request.filter), ndjson):
+            yield query_pb2.ExportRequestsResponse(data=data, rows_written=rows)
+
+    async def ExportAggregates(self, request: query_pb2.ExportAggregatesRequest,
+                               context: grpc.aio.ServicerContext,
+                               ) -> AsyncIterator[query_pb2.ExportAggregatesResponse]:
+        """Grouped metrics as CSV chunks."""
+        window = _window(request)
+        bucket = parse_granularity(request.granularity, window)[1] if request.granularity else None
+        groups = [g for g in (parse_group(name) for name in request.group_by) if g is not None]
+        async for data, rows in export_aggregates(self._agg, window, parse_filter(request.filter),
+                                                  groups, bucket):
+            yield query_pb2.ExportAggregatesResponse(data=data, rows_written=rows)
+
+    async def TailRequests(self, request: query_pb2.TailRequestsRequest,
+                           context: grpc.aio.ServicerContext,
+                           ) -> AsyncIterator[query_pb2.TailRequestsResponse]:
+        """New matching requests as they are stored; headers go out once the watch is live."""
+        subscription = await self._hub.subscribe(parse_filter(request.filter))
+        try:
+            await context.send_initial_metadata((("llmmeter-tail", "live"),))
+            async for row in subscription:
+                yield query_pb2.TailRequestsResponse(request=request_row(row))
+        finally:
+            subscription.close()

@@ -1,0 +1,138 @@
+"""Live tail: new requests pushed to watchers as their transaction commits.
+
+The ingest service announces each commit on the `llmmeter_records` channel
+with its transaction id and the hours its rows fall in. One listening
+connection per query service receives those; when anybody is watching, one
+query fetches exactly that transaction's rows (by `xmin`, within those
+hours, using the primary key) and hands each row to the watchers whose
+filter it matches. The database is never polled, however many watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from llmmeter_common.timeutil import from_us
+from llmmeter_query.filters import Filter
+from llmmeter_query.request_log import LOG_COLUMNS
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "llmmeter_records"
+_FETCH = (
+    f"SELECT {', '.join(LOG_COLUMNS)}, account, model_alias, call_type, streaming, cache_hit, metadata "
+    "FROM usage_records AS r JOIN unnest($2::timestamptz[]) AS h(hour) "
+    "ON r.start_time >= h.hour AND r.start_time < h.hour + interval '1 hour' "
+    "WHERE r.xmin::text::bigint = $1 ORDER BY r.start_time"
+)
+
+
+class TailHub:
+    """One LISTEN connection shared by every watcher of this process."""
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, queue_size: int = 10_000) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._queue_size = queue_size
+        self._watchers: dict[asyncio.Queue[dict[str, Any] | None], Filter] = {}
+        self._conn: asyncpg.Connection | None = None
+        self._notes: asyncio.Queue[str] = asyncio.Queue()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Begin listening (reconnecting by itself if the database goes away)."""
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._deliver_loop())]
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                lost = asyncio.Event()
+                self._conn = await asyncpg.connect(self._dsn)
+                self._conn.add_termination_listener(lambda _conn, ev=lost: ev.set())
+                await self._conn.add_listener(CHANNEL, self._on_notify)
+                self._ready.set()
+                await lost.wait()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("tail listener lost the database: %s; reconnecting", exc)
+            self._ready.clear()
+            await asyncio.sleep(1.0)
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+        if self._watchers:
+            self._notes.put_nowait(str(payload))
+
+    async def _deliver_loop(self) -> None:
+        """Fetch and fan out commits one at a time, in commit order."""
+        while True:
+            payload = await self._notes.get()
+            try:
+                await self._deliver(payload)
+            except Exception:
+                log.exception("tail delivery failed")
+
+    async def _deliver(self, payload: str) -> None:
+        note = json.loads(payload)
+        hours = [from_us(h * 3_600_000_000) for h in note["hours"]]
+        rows = await self._pool.fetch(_FETCH, int(note["xid"]), hours)
+        for rec in rows:
+            row = dict(rec)
+            row["metadata"] = json.loads(row["metadata"])
+            for queue, filt in list(self._watchers.items()):
+                if filt.matches(row):
+                    if queue.full():  # a watcher that does not read is dropped, not waited for
+                        self._watchers.pop(queue, None)
+                        queue.put_nowait(None)
+                        continue
+                    queue.put_nowait(row)
+
+    async def subscribe(self, filt: Filter, ready_timeout: float = 10.0) -> Subscription:
+        """Start receiving rows matching `filt` stored from now on (once listening)."""
+        await asyncio.wait_for(self._ready.wait(), ready_timeout)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=self._queue_size)
+        self._watchers[queue] = filt
+        return Subscription(self, queue)
+
+    def _unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._watchers.pop(queue, None)
+
+    async def stop(self) -> None:
+        """Stop listening and end every watch."""
+        for queue in list(self._watchers):
+            queue.put_nowait(None)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+
+
+class Subscription:
+    """Rows for one watcher; iterate, and close when done."""
+
+    def __init__(self, hub: TailHub, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._hub = hub
+        self._queue = queue
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            while True:
+                row = await self._queue.get()
+                if row is None:
+                    return
+                yield row
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop receiving."""
+        self._hub._unsubscribe(self._queue)

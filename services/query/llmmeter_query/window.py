@@ -1,0 +1,124 @@
+"""Time windows: defaults, bucket widths, and which table answers which stretch of a window.
+
+Long windows must read rollups, not millions of raw rows, yet totals must
+equal what the raw rows give. So a window is cut into stretches: whole days
+from the day rollup, the hours around them from the hour rollup, the minutes
+around those from the minute rollup, and the sub-minute edges from the raw
+rows. Every record's start time falls in exactly one stretch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from llmmeter_common.errors import FieldViolation, InvalidArgument
+
+ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+DEFAULT_SPAN = timedelta(hours=24)
+
+#: Bucket widths a time series may use, by name.
+GRANULARITIES: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1), "6h": timedelta(hours=6), "1d": timedelta(days=1),
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """A rollup table and its bucket width."""
+
+    table: str
+    width: timedelta
+
+
+LEVELS: tuple[Level, ...] = (
+    Level("usage_1d", timedelta(days=1)),
+    Level("usage_1h", timedelta(hours=1)),
+    Level("usage_1m", timedelta(minutes=1)),
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """[start, end) in UTC."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def minutes(self) -> float:
+        """Length in minutes (for per-minute rates)."""
+        return (self.end - self.start).total_seconds() / 60
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """[start, end) answered by `level` (None: the raw rows)."""
+
+    level: Level | None
+    start: datetime
+    end: datetime
+
+
+def resolve_window(start: datetime | None, end: datetime | None, now: datetime) -> Window:
+    """Apply the defaults (end = now, start = end - 24h) and check the order."""
+    end = end or now
+    start = start or end - DEFAULT_SPAN
+    if start >= end:
+        raise InvalidArgument("start_time must be before end_time",
+                              [FieldViolation("start_time", "must be before end_time")])
+    return Window(start, end)
+
+
+def floor_to(t: datetime, width: timedelta) -> datetime:
+    """The bucket start at or before t."""
+    return ORIGIN + ((t - ORIGIN) // width) * width
+
+
+def ceil_to(t: datetime, width: timedelta) -> datetime:
+    """The bucket start at or after t."""
+    f = floor_to(t, width)
+    return f if f == t else f + width
+
+
+def parse_granularity(name: str, window: Window, max_points: int = 200) -> tuple[str, timedelta]:
+    """A named bucket width, or (empty / `auto`) the finest giving at most `max_points` points."""
+    if name in ("", "auto"):
+        span = window.end - window.start
+        for key, width in GRANULARITIES.items():
+            if span / width <= max_points:
+                return key, width
+        return "1d", GRANULARITIES["1d"]
+    if name not in GRANULARITIES:
+        raise InvalidArgument(
+            f"granularity: {name!r} is not one of {', '.join(GRANULARITIES)} or auto",
+            [FieldViolation("granularity", f"one of {', '.join(GRANULARITIES)}, auto")],
+        )
+    width = GRANULARITIES[name]
+    if (window.end - window.start) / width > 20_000:
+        raise InvalidArgument(
+            f"granularity: {name} gives more than 20000 points over this window",
+            [FieldViolation("granularity", "too fine for the window")],
+        )
+    return name, width
+
+
+def usable_levels(bucket: timedelta | None) -> tuple[Level, ...]:
+    """Rollup levels whose buckets nest inside time-series buckets of width `bucket`."""
+    if bucket is None:
+        return LEVELS
+    return tuple(lv for lv in LEVELS if lv.width <= bucket and bucket % lv.width == timedelta(0))
+
+
+def plan(start: datetime, end: datetime, levels: tuple[Level, ...]) -> list[Stretch]:
+    """Cut [start, end) into stretches, coarsest rollup in the middle, raw rows at the edges."""
+    if start >= end:
+        return []
+    if not levels:
+        return [Stretch(None, start, end)]
+    level, finer = levels[0], levels[1:]
+    a, b = ceil_to(start, level.width), floor_to(end, level.width)
+    if a >= b:
+        return plan(start, end, finer)
+    return [*plan(start, a, finer), Stretch(level, a, b), *plan(b, end, finer)]

@@ -1,0 +1,138 @@
+"""GetSummary: hand-computed cards, window boundaries, rollup versus raw, filters, bad filters."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import grpc
+import pytest
+from records import bad_request_fields, ingest, record, ts
+
+from llmmeter.v1 import query_pb2
+
+HOUR = timedelta(hours=1)
+
+
+def _at(minutes_ago: float) -> datetime:
+    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
+
+
+async def summary(stub, start: datetime, end: datetime, filt: str = "") -> query_pb2.GetSummaryResponse:
+    return await stub.GetSummary(query_pb2.GetSummaryRequest(start_time=ts(start), end_time=ts(end),
+                                                             filter=filt))
+
+
+async def test_cards_by_hand(ingest_stub, query_stub) -> None:
+    t0 = _at(30)
+    recs = [
+        record(t0, latency_ms=1000, ttft_ms=200, model="gpt-4o", input_tokens=100, output_tokens=50,
+               cost=0.01, cache_read_tokens=40),
+        record(t0 + timedelta(seconds=5), latency_ms=2000, ttft_ms=400, model="gpt-4o", input_tokens=300,
+               output_tokens=150, cost=0.02),
+        record(t0 + timedelta(seconds=9), latency_ms=500, ttft_ms=None, model="claude", status_code=429,
+               error_type="RateLimitError", input_tokens=10, output_tokens=0, cost=0),
+        record(t0 + timedelta(seconds=12), latency_ms=3000, ttft_ms=None, model="gpt-4o", status_code=500,
+               input_tokens=20, output_tokens=0, cost=0.005),
+    ]
+    await ingest(ingest_stub, recs)
+    s = (await summary(query_stub, t0, t0 + timedelta(minutes=5))).summary
+    assert (s.request_count, s.success_count, s.error_count) == (4, 2, 2)
+    assert s.success_rate == 0.5
+    assert (s.input_tokens, s.output_tokens, s.total_tokens, s.cache_read_tokens) == (430, 200, 630, 40)
+    assert Decimal(s.cost_exact) == Decimal("0.035")
+    assert s.latency_avg_ms == pytest.approx(1625.0)
+    assert s.latency_p95_ms == pytest.approx(3000.0)  # nearest rank: 4th of 4
+    assert s.ttft_avg_ms == pytest.approx(300.0)
+    assert s.ttft_p95_ms == pytest.approx(400.0)
+    assert s.percentile_method == query_pb2.PERCENTILE_METHOD_EXACT
+
+
+async def test_window_is_half_open(ingest_stub, query_stub) -> None:
+    start = _at(50) + timedelta(seconds=17, microseconds=250)
+    end = start + timedelta(minutes=20)
+    await ingest(ingest_stub, [
+        record(start, request_id="at-start"),
+        record(end - timedelta(microseconds=1), request_id="just-before-end", latency_ms=1, ttft_ms=None),
+        record(end, request_id="at-end", latency_ms=1, ttft_ms=None),
+        record(start - timedelta(microseconds=1), request_id="just-before-start"),
+    ])
+    assert (await summary(query_stub, start, end)).summary.request_count == 2
+
+
+async def test_long_window_uses_rollups_and_equals_raw(ingest_stub, query_stub, db_pool) -> None:
+    rng = random.Random(3)
+    now = datetime.now(UTC)
+    lat = [rng.lognormvariate(6.5, 0.9) for _ in range(3000)]
+    recs = [record(now - timedelta(minutes=rng.uniform(2, 3 * 24 * 60)),
+                   latency_ms=lat[i], ttft_ms=lat[i] * rng.uniform(0.1, 0.6),
+                   model=rng.choice(["gpt-4o", "claude", "gemini"]), team=rng.choice(["payments", "search"]),
+                   status_code=rng.choice([200, 200, 200, 429, 500]), input_tokens=rng.randint(1, 900),
+                   cost=round(rng.uniform(0, 0.1), 7)) for i in range(3000)]
+    await ingest(ingest_stub, recs)
+    # odd edges so that every level of the plan (days, hours, minutes, raw) is used
+    start, end = now - timedelta(days=2, hours=5, minutes=7, seconds=13), now - timedelta(seconds=41)
+    s = (await summary(query_stub, start, end)).summary
+    exact = await db_pool.fetchrow(
+        "SELECT count(*) AS n, sum(input_tokens) AS tokens, sum(cost) AS cost, "
+        "count(*) FILTER (WHERE status_code >= 400) AS errors, "
+        "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_us) AS p95 "
+        "FROM usage_records WHERE start_time >= $1 AND start_time < $2", start, end)
+    assert s.request_count == exact["n"] and s.error_count == exact["errors"]
+    assert s.input_tokens == exact["tokens"]
+    assert Decimal(s.cost_exact) == exact["cost"]
+    assert s.percentile_method == query_pb2.PERCENTILE_METHOD_ESTIMATED
+    assert math.isclose(s.latency_p95_ms, exact["p95"] / 1000, rel_tol=0.005)
+
+    filtered = (await summary(query_stub, start, end, 'team = "payments" AND status_code >= 500')).summary
+    n = await db_pool.fetchval(
+        "SELECT count(*) FROM usage_records WHERE start_time >= $1 AND start_time < $2 "
+        "AND team = 'payments' AND status_code >= 500", start, end)
+    assert filtered.request_count == n > 0
+
+
+@pytest.mark.parametrize(("filt", "expected"), [
+    ('model = "gpt-4o"', {"a", "d"}),
+    ('status_code = "4xx"', {"c"}),
+    ('status_code = "5xx" OR status_code = "4xx"', {"c", "d"}),
+    ('model = "gpt-*" AND NOT status_code >= 400', {"a", "b"}),
+    ("user:AN", {"a", "c"}),
+    ('metadata.tenant = "acme"', {"a", "d"}),
+    ("metadata.tenant:*", {"a", "b", "d"}),
+    ('-metadata.tenant = "acme"', {"b", "c"}),
+    ('team = "payments" model = "gpt-4o"', {"a"}),
+    ('team = "payments" AND model = "claude" OR status_code = 500', {"c"}),
+    ('request_id = "b"', {"b"}),
+])
+async def test_filters(ingest_stub, query_stub, filt, expected) -> None:
+    t0 = _at(20)
+    await ingest(ingest_stub, [
+        record(t0, request_id="a", model="gpt-4o", user="ana", team="payments", metadata={"tenant": "acme"}),
+        record(t0, request_id="b", model="gpt-4o-mini", user="bo", team="search", metadata={"tenant": "x"}),
+        record(t0, request_id="c", model="claude", user="dana", team="payments", status_code=429),
+        record(t0, request_id="d", model="gpt-4o", user="eve", team="search", status_code=500,
+               metadata={"tenant": "acme"}),
+    ])
+    s = (await summary(query_stub, t0 - HOUR, t0 + HOUR, filt)).summary
+    assert s.request_count == len(expected)
+    page = await query_stub.ListRequests(query_pb2.ListRequestsRequest(
+        start_time=ts(t0 - HOUR), end_time=ts(t0 + HOUR), filter=filt))
+    assert {r.request_id for r in page.requests} == expected
+
+
+@pytest.mark.parametrize("filt", ['model = ', 'nope = "x"', '(model = "a"', 'status_code = "abc"',
+                                  'model = "a" AND', 'streaming = maybe'])
+async def test_bad_filter_is_invalid_argument(query_stub, filt) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query_stub.GetSummary(query_pb2.GetSummaryRequest(filter=filt))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value)[0][0] == "filter"
+
+
+async def test_start_after_end_is_invalid(query_stub) -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await summary(query_stub, now, now - HOUR)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
