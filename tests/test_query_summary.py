@@ -9,9 +9,10 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from records import bad_request_fields, ingest, record, ts
 
 from llmmeter.v1 import query_pb2
+
+from records import bad_request_fields, ingest, record, ts
 
 HOUR = timedelta(hours=1)
 

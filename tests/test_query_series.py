@@ -1,0 +1,132 @@
+"""GetTimeSeries and GetBreakdown against hand-computed expectations."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from llmmeter.v1 import query_pb2
+
+from records import bad_request_fields, ingest, record, ts
+
+M = query_pb2
+
+
+def _hour(h_ago: int) -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=h_ago)
+
+
+async def test_hourly_series_grouped_with_top_n_and_other(ingest_stub, query_stub) -> None:
+    h = _hour(5)
+    recs = []
+    for i in range(3):  # a: 3/hour, b: 2/hour, c and d: 1 each in hour 1 only
+        recs += [record(h + timedelta(minutes=5 * i), model="a", latency_ms=100 * (i + 1), ttft_ms=None)]
+        recs += [record(h + timedelta(hours=1, minutes=5 * i), model="a", latency_ms=100, ttft_ms=None)]
+    recs += [record(h + timedelta(minutes=1 + i), model="b", ttft_ms=None) for i in range(2)]
+    recs += [record(h + timedelta(hours=1, minutes=2 + i), model="b", ttft_ms=None) for i in range(2)]
+    recs += [record(h + timedelta(hours=1, minutes=30), model="c", status_code=500, ttft_ms=None),
+             record(h + timedelta(hours=1, minutes=31), model="d", status_code=429, ttft_ms=None)]
+    await ingest(ingest_stub, recs)
+    resp = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(
+        start_time=ts(h), end_time=ts(h + timedelta(hours=3)), granularity="1h", group_by="model", top_n=2,
+        metrics=[M.METRIC_REQUESTS, M.METRIC_FAILURE_RATE, M.METRIC_LATENCY_P50]))
+    assert resp.granularity == "1h"
+    by = {(query_pb2.Metric.Name(s.metric), s.group): s for s in resp.series}
+    assert [p.value for p in by[("METRIC_REQUESTS", "a")].points] == [3, 3, 0]
+    assert [p.value for p in by[("METRIC_REQUESTS", "b")].points] == [2, 2, 0]
+    assert [p.value for p in by[("METRIC_REQUESTS", "other")].points] == [0, 2, 0]
+    assert [p.present for p in by[("METRIC_FAILURE_RATE", "other")].points] == [False, True, False]
+    assert by[("METRIC_FAILURE_RATE", "other")].points[1].value == 1.0
+    assert by[("METRIC_FAILURE_RATE", "a")].points[0].value == 0.0
+    p50 = by[("METRIC_LATENCY_P50", "a")].points[0].value
+    assert math.isclose(p50, 200, rel_tol=0.005)  # 100, 200, 300 ms
+    assert [p.time.ToDatetime(tzinfo=UTC) for p in by[("METRIC_REQUESTS", "a")].points] == [
+        h, h + timedelta(hours=1), h + timedelta(hours=2)]
+
+
+async def test_failures_by_status_class_and_error_type(ingest_stub, query_stub) -> None:
+    h = _hour(3)
+    await ingest(ingest_stub, [
+        record(h, status_code=429, error_type="RateLimitError"),
+        record(h, status_code=429, error_type="RateLimitError"),
+        record(h, status_code=503, error_type="ServiceUnavailable"),
+        record(h, status_code=200),
+    ])
+    common = {"start_time": ts(h), "end_time": ts(h + timedelta(hours=1)), "granularity": "1h",
+              "metrics": [M.METRIC_FAILURES]}
+    by_class = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(group_by="status_class", **common))
+    assert {s.group: s.points[0].value for s in by_class.series} == {"4xx": 2, "5xx": 1, "2xx": 0}
+    by_type = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(group_by="error_type", **common))
+    assert {s.group: s.points[0].value for s in by_type.series} == {
+        "RateLimitError": 2, "ServiceUnavailable": 1, "": 0}
+
+
+async def test_long_series_from_rollups_matches_raw_counts(ingest_stub, query_stub, db_pool) -> None:
+    now = datetime.now(UTC)
+    await ingest(ingest_stub, [record(now - timedelta(minutes=37 * i + 3), cost=0.001 * i,
+                                      output_tokens=i, ttft_ms=None) for i in range(120)])
+    start = now - timedelta(days=3)
+    resp = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(
+        start_time=ts(start), end_time=ts(now), metrics=[M.METRIC_REQUESTS, M.METRIC_COST]))
+    assert resp.granularity == "1h"  # auto: 72 points
+    requests = {p.time.ToDatetime(tzinfo=UTC): p.value for p in resp.series[0].points}
+    rows = await db_pool.fetch(
+        "SELECT date_bin('1 hour', start_time, TIMESTAMPTZ '2000-01-01Z') AS h, count(*) AS n "
+        "FROM usage_records WHERE start_time >= $1 AND start_time < $2 GROUP BY 1", start, now)
+    assert {r["h"]: r["n"] for r in rows} == {t: v for t, v in requests.items() if v}
+    cost = await db_pool.fetchval(
+        "SELECT sum(cost) FROM usage_records WHERE start_time >= $1 AND start_time < $2", start, now)
+    assert sum(p.value for p in resp.series[1].points) == pytest.approx(float(cost))
+
+
+async def test_bad_series_requests(query_stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query_stub.GetTimeSeries(M.GetTimeSeriesRequest())
+    assert bad_request_fields(err.value)[0][0] == "metrics"
+    for field, req in (("granularity", {"granularity": "7m"}), ("group_by", {"group_by": "colour"})):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(metrics=[M.METRIC_REQUESTS], **req))
+        assert bad_request_fields(err.value)[0][0] == field
+
+
+async def test_breakdown_by_model_sorted_with_top_n(ingest_stub, query_stub) -> None:
+    t = datetime.now(UTC) - timedelta(minutes=30)
+    await ingest(ingest_stub, [
+        record(t, model="a", cost=0.5, input_tokens=10, output_tokens=5, latency_ms=100, ttft_ms=None),
+        record(t, model="a", cost=0.5, input_tokens=10, output_tokens=5, latency_ms=300, status_code=500,
+               ttft_ms=None),
+        record(t, model="b", cost=2.0, input_tokens=1, output_tokens=1, latency_ms=50, ttft_ms=None),
+        record(t, model="c", cost=0.1, input_tokens=1, output_tokens=1, latency_ms=50, ttft_ms=None),
+    ])
+    window = {"start_time": ts(t - timedelta(minutes=5)), "end_time": ts(t + timedelta(minutes=55))}
+    resp = await query_stub.GetBreakdown(M.GetBreakdownRequest(order_by="cost desc", top_n=2, **window))
+    assert [(r.group, r.cost) for r in resp.rows] == [("b", 2.0), ("a", 1.0)]
+    assert resp.omitted_groups == 1
+    a = resp.rows[1]
+    assert (a.request_count, a.success_count, a.failure_count, a.success_rate) == (2, 1, 1, 0.5)
+    assert (a.total_tokens, a.rpm, a.tpm) == (30, 2 / 60, 30 / 60)
+    assert (a.latency_avg_ms, a.latency_p50_ms, a.latency_p99_ms) == (200, 100, 300)
+    assert resp.percentile_method == M.PERCENTILE_METHOD_EXACT
+    by_name = await query_stub.GetBreakdown(M.GetBreakdownRequest(order_by="group", **window))
+    assert [r.group for r in by_name.rows] == ["a", "b", "c"]
+
+
+async def test_a_users_model_usage(ingest_stub, query_stub) -> None:
+    t = datetime.now(UTC) - timedelta(days=2)
+    await ingest(ingest_stub, [record(t, user="ana", model="a"), record(t, user="ana", model="a", status_code=500),
+                               record(t, user="ana", model="b"), record(t, user="bo", model="a")])
+    resp = await query_stub.GetBreakdown(M.GetBreakdownRequest(
+        start_time=ts(t - timedelta(days=1)), end_time=ts(t + timedelta(days=1)), filter='user = "ana"',
+        group_by="model"))
+    assert [(r.group, r.request_count, r.success_count, r.failure_count) for r in resp.rows] == [
+        ("a", 2, 1, 1), ("b", 1, 1, 0)]
+    assert resp.percentile_method == M.PERCENTILE_METHOD_ESTIMATED
+
+
+async def test_breakdown_bad_order(query_stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query_stub.GetBreakdown(M.GetBreakdownRequest(order_by="colour"))
+    assert bad_request_fields(err.value)[0][0] == "order_by"
