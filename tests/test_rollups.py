@@ -111,7 +111,7 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool) -> None:
                 assert row[col] == exp[col], (rollup.table, col)
             assert dict(zip(row["lat_keys"], row["lat_counts"], strict=True)) == exp["lat"]
             assert dict(zip(row["ttft_keys"], row["ttft_counts"], strict=True)) == exp["ttft"]
-            assert list(row["lat_keys"]) == sorted(row["lat_keys"])
+            assert len(set(row["lat_keys"])) == len(row["lat_keys"])  # each key once
     total_cost = await db_pool.fetchval("SELECT sum(cost) FROM usage_1d WHERE dims_mask = 0")
     assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
 

@@ -118,30 +118,66 @@ def _grouping_sets() -> str:
     return "GROUPING SETS (" + ", ".join(f"({', '.join(g)})" for g in GROUPING_SETS) + ")"
 
 
-def _upsert_cte(rollup: Rollup, source: str) -> str:
-    """CTEs adding the rows of `source` into one rollup table, every grouping set at once."""
+def _base_ctes(source: str) -> str:
+    """One pass over the new rows: their minute, dimensions, measure terms and histogram keys,
+    then per-minute sums and per-minute key counts at full dimensionality. Every rollup level
+    and grouping set is derived from these, which are much smaller than the rows when traffic
+    is live (many calls share a minute and a dimension combination)."""
+    dims = ", ".join(DIMENSIONS)
+    terms = ", ".join(f"{m.raw_expr} AS {m.column}" for m in MEASURES)
+    keys = ", ".join(f"llmmeter_hist_key({col}) AS {p}_k" for p, col in HISTOGRAMS)
+    sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
+    parts = [
+        f"""nb AS (
+    SELECT date_bin('1 minute', start_time, {ORIGIN}) AS minute, {dims}, {terms}, {keys} FROM {source})""",
+        f"""nm AS (SELECT minute, {dims}, {sums} FROM nb GROUP BY minute, {dims})""",
+    ]
+    parts += [
+        f"""nh_{p} AS (SELECT minute, {dims}, {p}_k AS k, count(*) AS c FROM nb
+    WHERE {p}_k IS NOT NULL GROUP BY minute, {dims}, {p}_k)"""
+        for p, _ in HISTOGRAMS
+    ]
+    return ",\n".join(parts)
+
+
+def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
+    """CTEs adding the new rows into one rollup table, every grouping set at once.
+
+    The finest level groups the per-minute rows into every grouping set; each
+    coarser level only re-buckets the level below it (same sets, one hash
+    step), which is much cheaper than grouping sets again.
+    A histogram's keys and counts are two array_agg calls of one aggregation step,
+    so they see the rows in the same order and stay aligned; their order is otherwise
+    arbitrary (sorting them cost most of the write), and readers and the merge
+    function add counts up by key.
+    """
     t = rollup.table
     key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
-    sums = ",\n        ".join(f"sum({m.raw_expr}) AS {m.column}" for m in MEASURES)
-    parts = [
-        f"""{t}_src AS (
-    SELECT date_bin('{rollup.width}', start_time, {ORIGIN}) AS bucket, * FROM {source})""",
-        f"""{t}_agg AS (
-    SELECT bucket, {_grouped_dims()},
-        {sums}
-    FROM {t}_src GROUP BY bucket, {_grouping_sets()})""",
-    ]
+    dims = ", ".join(DIMENSIONS)
+    if finer is None:
+        bucket = f"date_bin('{rollup.width}', minute, {ORIGIN})"
+        sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
+        parts = [f"""{t}_agg AS (
+    SELECT {bucket} AS bucket, {_grouped_dims()}, {sums}
+    FROM nm GROUP BY 1, {_grouping_sets()})"""]
+        parts += [f"""{t}_pairs_{p} AS (
+    SELECT {bucket} AS bucket, {_grouped_dims()}, k, sum(c)::bigint AS c
+    FROM nh_{p} GROUP BY 1, k, {_grouping_sets()})""" for p, _ in HISTOGRAMS]
+    else:
+        f = finer.table
+        bucket = f"date_bin('{rollup.width}', bucket, {ORIGIN})"
+        sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
+        parts = [f"""{t}_agg AS (
+    SELECT {bucket} AS bucket, dims_mask, {dims}, {sums}
+    FROM {f}_agg GROUP BY 1, dims_mask, {dims})"""]
+        parts += [f"""{t}_pairs_{p} AS (
+    SELECT {bucket} AS bucket, dims_mask, {dims}, k, sum(c)::bigint AS c
+    FROM {f}_pairs_{p} GROUP BY 1, dims_mask, {dims}, k)""" for p, _ in HISTOGRAMS]
     joins = []
     hist_cols = []
-    for prefix, col in HISTOGRAMS:
-        parts.append(
-            f"""{t}_{prefix} AS (
-    SELECT {key}, array_agg(k ORDER BY k) AS keys, array_agg(c ORDER BY k) AS counts
-    FROM (SELECT bucket, {_grouped_dims()}, llmmeter_hist_key({col}) AS k, count(*) AS c
-          FROM {t}_src WHERE {col} IS NOT NULL
-          GROUP BY bucket, llmmeter_hist_key({col}), {_grouping_sets()}) AS x
-    GROUP BY {key})"""
-        )
+    for prefix, _ in HISTOGRAMS:
+        parts.append(f"""{t}_{prefix} AS (
+    SELECT {key}, array_agg(k) AS keys, array_agg(c) AS counts FROM {t}_pairs_{prefix} GROUP BY {key})""")
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
         hist_cols += [
             f"coalesce({prefix}.keys, '{{}}'::integer[])",
@@ -174,4 +210,5 @@ def rollup_ctes(source: str) -> str:
     Rows are upserted in key order so that concurrent writers lock rollup rows
     in the same order and cannot deadlock each other.
     """
-    return ",\n".join(_upsert_cte(r, source) for r in ROLLUPS)
+    levels = [_upsert_cte(r, ROLLUPS[i - 1] if i else None) for i, r in enumerate(ROLLUPS)]
+    return ",\n".join([_base_ctes(source), *levels])

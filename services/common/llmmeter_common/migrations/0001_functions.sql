@@ -13,7 +13,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
                 ELSE ceil(ln(us::double precision) / 0.010000083334583179)::integer END
 $$;
 
--- Adds two sparse histograms given as (sorted keys, counts) pairs.
+-- Adds two sparse histograms given as (keys, counts) pairs; the result has each key once, sorted.
 CREATE OR REPLACE FUNCTION llmmeter_hist_merge(
     a_keys integer[], a_counts bigint[], b_keys integer[], b_counts bigint[],
     OUT keys integer[], OUT counts bigint[])
