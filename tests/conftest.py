@@ -23,6 +23,7 @@ import pytest
 from llmmeter.v1 import ingest_pb2_grpc, query_pb2_grpc
 from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster, free_port
+from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_query.server import QueryServer
@@ -159,3 +160,12 @@ async def query_stub(query_server: QueryServer) -> AsyncIterator[query_pb2_grpc.
     """The generated stub on a real channel to the running query service."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{query_server.port}") as channel:
         yield query_pb2_grpc.QueryServiceStub(channel)
+
+
+async def drain_rollups(db_url: str) -> None:
+    """Move every queued row into the rollups now, as the ingest service's worker would."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
+    try:
+        await RollupWorker(pool, 1_000_000, 0.1).drain()
+    finally:
+        await pool.close()

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from records import ingest, record
 
 from llmmeter.cli.main import main
 from llmmeter.timeparse import TimePoint, parse_span, parse_time, resolve_window
 from llmmeter.v1 import query_pb2
 from llmmeter_common.pgcluster import free_port
+
+from records import ingest, record
 
 SUMMARY_KEYS = {f.name for f in query_pb2.Summary.DESCRIPTOR.fields}
 ROW_KEYS = {f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields}
@@ -30,6 +31,10 @@ ROW_KEYS = {f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields}
 def _base() -> datetime:
     """A whole minute about 40 minutes ago, so every record sits well inside `--since 1h`."""
     return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=40)
+
+
+def _listing(directory: Path) -> list[Path]:
+    return sorted(directory.iterdir())
 
 
 def _rfc3339(when: datetime) -> str:
@@ -53,21 +58,81 @@ def addr(query_server: Any) -> str:
 async def stored(ingest_stub: Any) -> datetime:
     """Six records over three teams and two models; returns the base time."""
     t0 = _base()
-    await ingest(ingest_stub, [
-        record(t0, latency_ms=1000, ttft_ms=200, request_id="u-1", model="gpt-4o", team="payments",
-               input_tokens=100, output_tokens=50, cost=0.01, cache_read_tokens=40),
-        record(t0 + timedelta(seconds=5), latency_ms=2000, ttft_ms=400, request_id="u-2", model="gpt-4o",
-               team="payments", input_tokens=300, output_tokens=150, cost=0.02),
-        record(t0 + timedelta(seconds=9), latency_ms=500, ttft_ms=None, request_id="u-3", model="claude",
-               team="payments", status_code=503, error_type="ServiceUnavailable", input_tokens=10,
-               output_tokens=0, cost=0),
-        record(t0 + timedelta(minutes=2), latency_ms=3000, ttft_ms=None, request_id="u-4", model="gpt-4o",
-               team="search", status_code=500, input_tokens=20, output_tokens=0, cost=0.005),
-        record(t0 + timedelta(minutes=3), latency_ms=800, ttft_ms=100, request_id="u-5", model="claude",
-               team="search", input_tokens=1000, output_tokens=500, cost=0.3),
-        record(t0 + timedelta(minutes=4), latency_ms=600, ttft_ms=None, request_id="u-6", model="claude",
-               team="=HYPERLINK(\"http://x\")", input_tokens=7, output_tokens=3, cost=0.0001),
-    ])
+    await ingest(
+        ingest_stub,
+        [
+            record(
+                t0,
+                latency_ms=1000,
+                ttft_ms=200,
+                request_id="u-1",
+                model="gpt-4o",
+                team="payments",
+                input_tokens=100,
+                output_tokens=50,
+                cost=0.01,
+                cache_read_tokens=40,
+            ),
+            record(
+                t0 + timedelta(seconds=5),
+                latency_ms=2000,
+                ttft_ms=400,
+                request_id="u-2",
+                model="gpt-4o",
+                team="payments",
+                input_tokens=300,
+                output_tokens=150,
+                cost=0.02,
+            ),
+            record(
+                t0 + timedelta(seconds=9),
+                latency_ms=500,
+                ttft_ms=None,
+                request_id="u-3",
+                model="claude",
+                team="payments",
+                status_code=503,
+                error_type="ServiceUnavailable",
+                input_tokens=10,
+                output_tokens=0,
+                cost=0,
+            ),
+            record(
+                t0 + timedelta(minutes=2),
+                latency_ms=3000,
+                ttft_ms=None,
+                request_id="u-4",
+                model="gpt-4o",
+                team="search",
+                status_code=500,
+                input_tokens=20,
+                output_tokens=0,
+                cost=0.005,
+            ),
+            record(
+                t0 + timedelta(minutes=3),
+                latency_ms=800,
+                ttft_ms=100,
+                request_id="u-5",
+                model="claude",
+                team="search",
+                input_tokens=1000,
+                output_tokens=500,
+                cost=0.3,
+            ),
+            record(
+                t0 + timedelta(minutes=4),
+                latency_ms=600,
+                ttft_ms=None,
+                request_id="u-6",
+                model="claude",
+                team='=HYPERLINK("http://x")',
+                input_tokens=7,
+                output_tokens=3,
+                cost=0.0001,
+            ),
+        ],
+    )
     return t0
 
 
@@ -92,15 +157,34 @@ async def test_summary_json_has_exact_numbers_and_every_key(capsys, addr, stored
 
 async def test_summary_filter_and_absolute_window(capsys, addr, stored) -> None:
     t0 = stored
-    code, out, _ = await cli(capsys, addr, "usage", "summary", "--since", "1h", "--format", "json",
-                             "--filter", 'team = "payments" AND status_code >= 500')
+    code, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "summary",
+        "--since",
+        "1h",
+        "--format",
+        "json",
+        "--filter",
+        'team = "payments" AND status_code >= 500',
+    )
     assert code == 0
     s = json.loads(out)["summary"]
     assert (s["request_count"], s["error_count"], s["input_tokens"]) == ("1", "1", "10")
     # [t0 + 5s, t0 + 3m): u-2, u-3, u-4
-    code, out, _ = await cli(capsys, addr, "usage", "summary", "--format", "json",
-                             "--from", _rfc3339(t0 + timedelta(seconds=5)),
-                             "--to", _rfc3339(t0 + timedelta(minutes=3)))
+    code, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "summary",
+        "--format",
+        "json",
+        "--from",
+        _rfc3339(t0 + timedelta(seconds=5)),
+        "--to",
+        _rfc3339(t0 + timedelta(minutes=3)),
+    )
     assert code == 0
     s = json.loads(out)["summary"]
     assert (s["request_count"], s["cost_exact"]) == ("3", "0.025")
@@ -108,8 +192,9 @@ async def test_summary_filter_and_absolute_window(capsys, addr, stored) -> None:
     code, out, _ = await cli(capsys, addr, "usage", "summary", "--format", "json", "--from", "45m")
     assert json.loads(out)["summary"]["request_count"] == "6"
     # a window that ends before anything was stored
-    code, out, _ = await cli(capsys, addr, "usage", "summary", "--format", "json", "--since", "10m",
-                             "--to", "50m")
+    code, out, _ = await cli(
+        capsys, addr, "usage", "summary", "--format", "json", "--since", "10m", "--to", "50m"
+    )
     assert json.loads(out)["summary"]["request_count"] == "0"
 
 
@@ -131,8 +216,20 @@ async def test_summary_table_and_csv(capsys, addr, stored) -> None:
 
 
 async def test_breakdown_by_team_sorted_by_cost(capsys, addr, stored) -> None:
-    code, out, _ = await cli(capsys, addr, "usage", "breakdown", "--since", "1h", "--by", "team",
-                             "--sort", "cost", "--format", "json")
+    code, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "breakdown",
+        "--since",
+        "1h",
+        "--by",
+        "team",
+        "--sort",
+        "cost",
+        "--format",
+        "json",
+    )
     assert code == 0
     body = json.loads(out)
     assert set(body) == {"rows", "omitted_groups", "percentile_method"}
@@ -142,11 +239,24 @@ async def test_breakdown_by_team_sorted_by_cost(capsys, addr, stored) -> None:
     assert [r["cost"] for r in body["rows"]] == pytest.approx([0.305, 0.03, 0.0001])
     assert body["omitted_groups"] == "0"
     # ascending, then top 2 of the default sort (request_count desc)
-    _, out, _ = await cli(capsys, addr, "usage", "breakdown", "--since", "1h", "--by", "team",
-                          "--sort", "cost asc", "--format", "json")
+    _, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "breakdown",
+        "--since",
+        "1h",
+        "--by",
+        "team",
+        "--sort",
+        "cost asc",
+        "--format",
+        "json",
+    )
     assert [r["group"] for r in json.loads(out)["rows"]] == ['=HYPERLINK("http://x")', "payments", "search"]
-    _, out, _ = await cli(capsys, addr, "usage", "breakdown", "--since", "1h", "--by", "team",
-                          "--top", "2", "--format", "json")
+    _, out, _ = await cli(
+        capsys, addr, "usage", "breakdown", "--since", "1h", "--by", "team", "--top", "2", "--format", "json"
+    )
     body = json.loads(out)
     assert [r["group"] for r in body["rows"]] == ["payments", "search"] and body["omitted_groups"] == "1"
 
@@ -157,18 +267,22 @@ async def test_breakdown_default_by_model_table_and_csv(capsys, addr, stored) ->
     table_rows = [line for line in out.splitlines() if "claude" in line or "gpt-4o" in line]
     assert len(table_rows) == 2 and "claude" in table_rows[0] and "1,017" in table_rows[0]
     assert "gpt-4o" in table_rows[1] and "$0.035" in table_rows[1]
-    code, out, _ = await cli(capsys, addr, "usage", "breakdown", "--since", "1h", "--by", "team",
-                             "--format", "csv")
+    code, out, _ = await cli(
+        capsys, addr, "usage", "breakdown", "--since", "1h", "--by", "team", "--format", "csv"
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [r["group"] for r in rows] == ["payments", "search", "'=HYPERLINK(\"http://x\")"]
+    assert [r["group"] for r in rows] == ["payments", "search", '\'=HYPERLINK("http://x")']
     assert [r["total_tokens"] for r in rows] == ["610", "1520", "10"]
     assert rows[0]["failure_count"] == "1" and float(rows[0]["success_rate"]) == pytest.approx(2 / 3)
 
 
 async def test_breakdown_empty_window_and_bad_sort(capsys, addr, stored) -> None:
-    code, out, _ = await cli(capsys, addr, "usage", "breakdown", "--since", "5m", "--to", "2h",
-                             "--format", "csv")
-    assert code == 0 and out.splitlines() == [",".join(f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields)]
+    code, out, _ = await cli(
+        capsys, addr, "usage", "breakdown", "--since", "5m", "--to", "2h", "--format", "csv"
+    )
+    assert code == 0 and out.splitlines() == [
+        ",".join(f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields)
+    ]
     code, out, err = await cli(capsys, addr, "usage", "breakdown", "--since", "1h", "--sort", "colour")
     assert code == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("llmmeter: error: GetBreakdown on the query service") and "order_by" in err
@@ -179,16 +293,39 @@ async def test_breakdown_empty_window_and_bad_sort(capsys, addr, stored) -> None
 
 async def test_series_json_by_model(capsys, addr, stored) -> None:
     t0 = stored
-    code, out, _ = await cli(capsys, addr, "usage", "series", "--format", "json", "--granularity", "1m",
-                             "--from", _rfc3339(t0), "--to", _rfc3339(t0 + timedelta(minutes=5)),
-                             "--metric", "requests", "--metric", "cost", "--by", "model")
+    code, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "series",
+        "--format",
+        "json",
+        "--granularity",
+        "1m",
+        "--from",
+        _rfc3339(t0),
+        "--to",
+        _rfc3339(t0 + timedelta(minutes=5)),
+        "--metric",
+        "requests",
+        "--metric",
+        "cost",
+        "--by",
+        "model",
+    )
     assert code == 0
     body = json.loads(out)
     assert set(body) == {"series", "granularity", "percentile_method"} and body["granularity"] == "1m"
     keyed = {(s["metric"], s["group"]): s["points"] for s in body["series"]}
-    assert list(keyed) == [("METRIC_REQUESTS", "claude"), ("METRIC_REQUESTS", "gpt-4o"),
-                           ("METRIC_COST", "claude"), ("METRIC_COST", "gpt-4o")]
-    assert all(len(points) == 5 and set(points[0]) == {"time", "value", "present"} for points in keyed.values())
+    assert list(keyed) == [
+        ("METRIC_REQUESTS", "claude"),
+        ("METRIC_REQUESTS", "gpt-4o"),
+        ("METRIC_COST", "claude"),
+        ("METRIC_COST", "gpt-4o"),
+    ]
+    assert all(
+        len(points) == 5 and set(points[0]) == {"time", "value", "present"} for points in keyed.values()
+    )
     assert [p["value"] for p in keyed["METRIC_REQUESTS", "claude"]] == [1, 0, 0, 1, 1]
     assert [p["value"] for p in keyed["METRIC_REQUESTS", "gpt-4o"]] == [2, 0, 1, 0, 0]
     assert [p["value"] for p in keyed["METRIC_COST", "gpt-4o"]] == pytest.approx([0.03, 0, 0.005, 0, 0])
@@ -198,8 +335,23 @@ async def test_series_json_by_model(capsys, addr, stored) -> None:
 async def test_series_metric_names_top_and_csv(capsys, addr, stored) -> None:
     t0 = stored
     window = ["--from", _rfc3339(t0), "--to", _rfc3339(t0 + timedelta(minutes=5)), "--granularity", "1m"]
-    code, out, _ = await cli(capsys, addr, "usage", "series", *window, "--metric", "failure_rate",
-                             "--metric", "rps", "--metric", "latency_p95", "--metric", "tpm", "--format", "csv")
+    code, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "series",
+        *window,
+        "--metric",
+        "failure_rate",
+        "--metric",
+        "rps",
+        "--metric",
+        "latency_p95",
+        "--metric",
+        "tpm",
+        "--format",
+        "csv",
+    )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 4 * 5 and set(rows[0]) == {"metric", "group", "time", "value", "present"}
@@ -211,17 +363,31 @@ async def test_series_metric_names_top_and_csv(capsys, addr, stored) -> None:
     empty = [r for r in rows if r["metric"] == "latency_p95" and r["present"] == "false"]
     assert len(empty) == 1 and empty[0]["time"] == _rfc3339(t0 + timedelta(minutes=1))
     # --top 1 folds the other teams into "other"
-    _, out, _ = await cli(capsys, addr, "usage", "series", *window, "--by", "team", "--top", "1",
-                          "--format", "json")
+    _, out, _ = await cli(
+        capsys, addr, "usage", "series", *window, "--by", "team", "--top", "1", "--format", "json"
+    )
     groups = [(s["group"], sum(p["value"] for p in s["points"])) for s in json.loads(out)["series"]]
     assert groups == [("payments", 3), ("other", 3)]
 
 
 async def test_series_chart(capsys, addr, stored) -> None:
     t0 = stored
-    code, out, _ = await cli(capsys, addr, "usage", "series", "--from", _rfc3339(t0), "--to",
-                             _rfc3339(t0 + timedelta(minutes=5)), "--granularity", "1m",
-                             "--metric", "requests", "--by", "model")
+    code, out, _ = await cli(
+        capsys,
+        addr,
+        "usage",
+        "series",
+        "--from",
+        _rfc3339(t0),
+        "--to",
+        _rfc3339(t0 + timedelta(minutes=5)),
+        "--granularity",
+        "1m",
+        "--metric",
+        "requests",
+        "--by",
+        "model",
+    )
     assert code == 0
     assert "buckets 5 x 1m" in out
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("requests")}
@@ -247,14 +413,28 @@ async def test_bad_metric_and_granularity_are_usage_errors(capsys, addr) -> None
 
 async def test_export_aggregates_to_file(capsys, addr, stored, tmp_path: Path) -> None:
     target = tmp_path / "chargeback.csv"
-    code, out, err = await cli(capsys, addr, "usage", "export", "--since", "1h", "--by", "team", "--by", "model",
-                               "--output", str(target), "--format", "json")
+    code, out, err = await cli(
+        capsys,
+        addr,
+        "usage",
+        "export",
+        "--since",
+        "1h",
+        "--by",
+        "team",
+        "--by",
+        "model",
+        "--output",
+        str(target),
+        "--format",
+        "json",
+    )
     assert code == 0 and err == ""
     assert json.loads(out) == {"output": str(target), "rows_written": 5, "bytes": target.stat().st_size}
-    assert list(tmp_path.iterdir()) == [target]  # no .part left behind
+    assert _listing(tmp_path) == [target]  # no .part left behind
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [(r["team"], r["model"], r["request_count"], r["cost"]) for r in rows] == [
-        ("'=HYPERLINK(\"http://x\")", "claude", "1", "0.0001"),
+        ('\'=HYPERLINK("http://x")', "claude", "1", "0.0001"),
         ("payments", "claude", "1", "0"),
         ("payments", "gpt-4o", "2", "0.03"),
         ("search", "claude", "1", "0.3"),
@@ -269,7 +449,7 @@ async def test_export_aggregates_default_team_to_stdout(capsys, addr, stored) ->
     code, out, err = await cli(capsys, addr, "usage", "export", "--since", "1h", "--output", "-")
     assert code == 0 and "wrote 3 rows" in err and "to stdout" in err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [r["team"] for r in rows] == ["'=HYPERLINK(\"http://x\")", "payments", "search"]
+    assert [r["team"] for r in rows] == ['\'=HYPERLINK("http://x")', "payments", "search"]
     assert [r["request_count"] for r in rows] == ["1", "3", "2"]
 
 
@@ -277,7 +457,7 @@ async def test_export_failure_leaves_no_file(capsys, addr, tmp_path: Path) -> No
     target = tmp_path / "x.csv"
     code, _, err = await cli(capsys, addr, "usage", "export", "--by", "colour", "--output", str(target))
     assert code == 1 and err.count("\n") == 1 and "group_by" in err
-    assert list(tmp_path.iterdir()) == []
+    assert _listing(tmp_path) == []
 
 
 # errors

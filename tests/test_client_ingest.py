@@ -37,7 +37,7 @@ from llmmeter_common.serving import MAX_MESSAGE_BYTES
 from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
 
-from conftest import ingest_settings
+from conftest import drain_rollups, ingest_settings
 from records import record
 
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
@@ -315,6 +315,7 @@ async def test_stream_resends_a_failed_window_and_stores_each_record_once(db_url
     assert response.accepted_count + response.duplicate_count == 12 and response.duplicate_count >= 3
     assert sum(sent) == 12  # progress is not reported twice for a re-sent window
     assert await _stored(db_url) == 24
+    await drain_rollups(db_url)
     rollup = "SELECT sum(request_count) FROM usage_1m WHERE bucket = date_trunc('minute', $1::timestamptz)"
     conn = await asyncpg.connect(db_url)
     try:  # no double counts: the re-sent minute adds up exactly like the control minute

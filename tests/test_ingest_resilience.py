@@ -14,7 +14,7 @@ from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster
 from llmmeter_ingest.server import IngestServer
 
-from conftest import create_database, ingest_settings
+from conftest import create_database, drain_rollups, ingest_settings
 from records import record
 
 
@@ -56,6 +56,7 @@ async def test_database_restart_during_ingest_loses_nothing_accepted(own_cluster
         await server.stop()
     assert unavailable >= 1, "the restart did not hit any call"
     assert acked == 6000
+    await drain_rollups(own_cluster.dsn())
     conn = await asyncpg.connect(own_cluster.dsn())
     try:
         assert await conn.fetchval("SELECT count(*) FROM usage_records") == 6000

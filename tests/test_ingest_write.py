@@ -13,6 +13,7 @@ import pytest
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
 
+from conftest import drain_rollups
 from records import bad_request_fields, dur, record, ts
 
 
@@ -129,7 +130,9 @@ async def test_mixed_batch_stores_the_valid_records(ingest_stub, db_pool) -> Non
     assert ids == {"ok-1", "ok-2"}
 
 
-async def test_duplicates_within_and_across_batches_are_stored_and_counted_once(ingest_stub, db_pool) -> None:
+async def test_duplicates_within_and_across_batches_are_stored_and_counted_once(
+    ingest_stub, db_pool, db_url
+) -> None:
     a, b = record(request_id="dup-a"), record(request_id="dup-b")
     first = await write(ingest_stub, a, b, a)
     assert (first.accepted_count, first.duplicate_count) == (2, 1)
@@ -139,6 +142,7 @@ async def test_duplicates_within_and_across_batches_are_stored_and_counted_once(
     other_start = record(datetime.fromtimestamp(a.start_time.seconds - 60, UTC), request_id="dup-a")
     assert (await write(ingest_stub, other_start)).accepted_count == 1
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 4
+    await drain_rollups(db_url)
     for table in ("usage_1m", "usage_1h", "usage_1d"):
         assert await db_pool.fetchval(f"SELECT sum(request_count) FROM {table} WHERE dims_mask = 0") == 4
         assert await db_pool.fetchval(f"SELECT sum(input_tokens) FROM {table} WHERE dims_mask = 511") == 400

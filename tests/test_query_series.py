@@ -116,8 +116,10 @@ async def test_breakdown_by_model_sorted_with_top_n(ingest_stub, query_stub) -> 
 
 async def test_a_users_model_usage(ingest_stub, query_stub) -> None:
     t = datetime.now(UTC) - timedelta(days=2)
-    await ingest(ingest_stub, [record(t, user="ana", model="a"), record(t, user="ana", model="a", status_code=500),
-                               record(t, user="ana", model="b"), record(t, user="bo", model="a")])
+    await ingest(ingest_stub, [
+        record(t, user="ana", model="a"), record(t, user="ana", model="a", status_code=500),
+        record(t, user="ana", model="b"), record(t, user="bo", model="a"),
+    ])
     resp = await query_stub.GetBreakdown(M.GetBreakdownRequest(
         start_time=ts(t - timedelta(days=1)), end_time=ts(t + timedelta(days=1)), filter='user = "ana"',
         group_by="model"))

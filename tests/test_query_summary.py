@@ -10,8 +10,10 @@ from decimal import Decimal
 import grpc
 import pytest
 
-from llmmeter.v1 import query_pb2
+from llmmeter.v1 import ingest_pb2_grpc, query_pb2
+from llmmeter_ingest.server import IngestServer
 
+from conftest import drain_rollups, ingest_settings
 from records import bad_request_fields, ingest, record, ts
 
 HOUR = timedelta(hours=1)
@@ -137,3 +139,25 @@ async def test_start_after_end_is_invalid(query_stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await summary(query_stub, now, now - HOUR)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_totals_are_exact_while_rollups_lag(db_url, db_pool, query_stub) -> None:
+    server = IngestServer(ingest_settings(db_url, rollup_idle_seconds=3600))  # the worker idles
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            now = datetime.now(UTC)
+            recs = [record(now - timedelta(hours=3 * i + 1), cost=0.01 * i) for i in range(40)]
+            await ingest(ingest_pb2_grpc.IngestServiceStub(ch), recs)
+    finally:
+        await server.stop()
+    start, end = now - timedelta(days=6), now
+    assert await db_pool.fetchval("SELECT count(*) FROM usage_rollup_pending") == 40
+    lagging = (await summary(query_stub, start, end)).summary
+    await drain_rollups(db_url)
+    assert await db_pool.fetchval("SELECT count(*) FROM usage_rollup_pending") == 0
+    caught_up = (await summary(query_stub, start, end)).summary
+    assert lagging.request_count == caught_up.request_count == 40
+    assert Decimal(lagging.cost_exact) == Decimal(caught_up.cost_exact) == sum(
+        Decimal(str(0.01 * i)) for i in range(40))
+    assert lagging.latency_p95_ms == caught_up.latency_p95_ms

@@ -14,6 +14,7 @@ from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
 from llmmeter_common.rollups import DIMENSIONS, GROUPING_SETS, ROLLUPS, mask_of
 
+from conftest import drain_rollups
 from records import record
 
 _WIDTH = {"1 minute": timedelta(minutes=1), "1 hour": timedelta(hours=1), "1 day": timedelta(days=1)}
@@ -79,7 +80,7 @@ def _expected(raw: list, width: timedelta) -> dict[tuple, dict]:
     return groups
 
 
-async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool) -> None:
+async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool, db_url) -> None:
     rng = random.Random(7)
     recs = _traffic(rng, 1500)
     batches = [recs[i:i + 100] for i in range(0, len(recs), 100)]
@@ -98,6 +99,7 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool) -> None:
     assert sum(r.accepted_count for r in results) == 1500
     assert sum(r.duplicate_count for r in results) == sum(len(b) for b in batches) - 1500
 
+    await drain_rollups(db_url)
     raw = await db_pool.fetch("SELECT * FROM usage_records")
     assert len(raw) == 1500
     for rollup in ROLLUPS:
@@ -116,11 +118,12 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool) -> None:
     assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
 
 
-async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, db_pool) -> None:
+async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, db_pool, db_url) -> None:
     rng = random.Random(11)
     recs = _traffic(rng, 3000)
     for i in range(0, len(recs), 500):
         await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 500]))
+    await drain_rollups(db_url)
     rows = await db_pool.fetch(
         "SELECT lat_keys, lat_counts, ttft_keys, ttft_counts FROM usage_1d WHERE dims_mask = 511")
     lat = sketch.merge((r["lat_keys"], r["lat_counts"]) for r in rows)

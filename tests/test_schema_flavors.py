@@ -28,14 +28,16 @@ from llmmeter_common.rollups import (
     GROUPING_SETS,
     HISTOGRAMS,
     MEASURES,
+    PENDING_COLUMNS,
     ROLLUPS,
     mask_of,
     rollup_columns,
     rollup_ctes,
 )
 
-RELATIONS = ("usage_records", "usage_payloads", "usage_1m", "usage_1h", "usage_1d")
+RELATIONS = ("usage_records", "usage_payloads", "usage_rollup_pending", "usage_1m", "usage_1h", "usage_1d")
 RAW = ("usage_records", "usage_payloads")
+QUEUE = "usage_rollup_pending"  # plain table in both flavours (empty on TimescaleDB)
 SHARED_FUNCTIONS = ("llmmeter_ensure_partitions", "llmmeter_apply_retention")
 #: dims_mask of every grouping set, in rollups.GROUPING_SETS order.
 MASKS = [mask_of(g) for g in GROUPING_SETS]
@@ -155,7 +157,7 @@ def test_postgres_file_parses_and_creates_every_relation_once() -> None:
 
 def test_timescale_file_creates_the_raw_tables_and_runs_the_generated_rollup_ddl() -> None:
     stmts = _stmts("timescale")
-    assert sorted(s.relation.relname for s in stmts if isinstance(s, ast.CreateStmt)) == sorted(RAW)
+    assert sorted(s.relation.relname for s in stmts if isinstance(s, ast.CreateStmt)) == sorted([*RAW, QUEUE])
     # Every rollup relation comes from llmmeter_rollup_ddl() (checked live below), none statically.
     assert not [s for s in stmts if isinstance(s, ast.CreateTableAsStmt | ast.ViewStmt)]
     kinds = [type(s).__name__ for s in stmts]
@@ -179,6 +181,12 @@ def test_raw_tables_are_identical_in_both_flavors() -> None:
         assert ts_pk == pg_pk == ["PRIMARY KEY (start_time, request_id)"], table
     assert [n for n, _ in _declared("timescale", "usage_payloads")] == [
         "start_time", "request_id", "request", "response"]
+
+
+def test_rollup_queue_is_identical_in_both_flavors_and_holds_what_rollups_need() -> None:
+    pg = [_sql(c) for c in _column_defs("postgres", QUEUE)]
+    assert [_sql(c) for c in _column_defs("timescale", QUEUE)] == pg
+    assert [n for n, _ in _declared("postgres", QUEUE)] == list(PENDING_COLUMNS)
 
 
 def test_request_id_index_in_both_flavors() -> None:
@@ -266,7 +274,7 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
         for table in RELATIONS:
             live = await _columns(conn, table)
             assert live == _declared("postgres", table), table
-            if table in RAW:
+            if table in RAW or table == QUEUE:
                 assert live == _declared("timescale", table), table
             else:
                 assert [n for n, _ in live] == rollup_columns(), table
@@ -340,7 +348,7 @@ async def test_generated_ddl_creates_an_aggregate_per_set_and_level_then_the_vie
     # level by level, each level's aggregates before its view (and before the level above reads them)
     assert created == [name for r in ROLLUPS
                        for name in [*(_aggregate(r.table, g) for g in GROUPING_SETS), r.table]]
-    assert {s.view.relname for s in stmts if isinstance(s, ast.ViewStmt)} == set(RELATIONS) - set(RAW)
+    assert {s.view.relname for s in stmts if isinstance(s, ast.ViewStmt)} == set(RELATIONS) - {*RAW, QUEUE}
 
 
 async def test_generated_continuous_aggregates_group_by_their_set_only(db_pool: asyncpg.Pool) -> None:

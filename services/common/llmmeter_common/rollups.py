@@ -1,10 +1,14 @@
 """The rollup tables' shape, in one place, and the SQL that keeps them exact.
 
-The PostgreSQL path has no continuous aggregates, so every stored batch adds
-its newly inserted rows to the minute, hour and day rollups in the same
-transaction. The grouping dimensions and the measures are listed here once;
-the ingest statement is generated from them, the query side reads the same
-names, and a test checks them against the migrations (both flavours).
+The PostgreSQL path has no continuous aggregates. Each stored batch also
+writes its newly inserted rows (the columns the rollups need) to
+`usage_rollup_pending` in the same transaction; a background worker moves
+pending rows into the minute, hour and day rollups, deleting them in the same
+transaction. So at every moment each stored record is counted exactly once,
+either in the rollups or in the pending table, and queries read both. The
+grouping dimensions and the measures are listed here once; the SQL is
+generated from them, the query side reads the same names, and a test checks
+them against the migrations (both flavours).
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ MEASURES: tuple[Measure, ...] = (
 
 #: Sparse histograms: (prefix, raw column). Columns are `<prefix>_keys`, `<prefix>_counts`.
 HISTOGRAMS: tuple[tuple[str, str], ...] = (("lat", "latency_us"), ("ttft", "ttft_us"))
+
+
+#: Columns of `usage_rollup_pending`: what the rollups need of a raw row.
+PENDING_COLUMNS: tuple[str, ...] = (
+    "start_time", *DIMENSIONS, "streaming", "cache_hit", "retries", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "images", "audio_seconds",
+    "video_seconds", "characters", "cost", "latency_us", "ttft_us", "itl_us", "tpot_us",
+)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
 from llmmeter_ingest.ingestor import Ingestor
+from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.store import Store
@@ -37,6 +38,8 @@ class IngestServer:
         self._writer: BatchWriter | None = None
         self._grpc: GrpcServer | None = None
         self._retention: asyncio.Task[None] | None = None
+        self.rollups: RollupWorker | None = None
+        """The rollup worker (PostgreSQL flavour only)."""
 
     @property
     def writer(self) -> BatchWriter:
@@ -55,7 +58,10 @@ class IngestServer:
             command_timeout=s.db_command_timeout_seconds,
         )
         flavor = await self._pool.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1")
-        store = Store(self._pool, maintain_rollups=flavor != "timescale")
+        store = Store(self._pool, queue_for_rollups=flavor != "timescale")
+        if flavor != "timescale":
+            self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds)
+            self.rollups.start()
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         servicer = IngestServicer(Ingestor(s, self._writer), s)
         self._grpc = GrpcServer([SERVICE_NAME])
@@ -86,6 +92,8 @@ class IngestServer:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
         if self._writer is not None:
             await self._writer.close()
+        if self.rollups is not None:
+            await self.rollups.stop()
         if self._pool is not None:
             await self._pool.close()
         log.info("ingest service stopped")

@@ -53,6 +53,12 @@ class IngestSettings(BaseSettings):
     db_command_timeout_seconds: float = 60.0
     """A database statement running longer than this fails the batch (UNAVAILABLE)."""
 
+    rollup_chunk_records: int = 200_000
+    """Most queued rows the rollup worker adds to the rollups in one transaction."""
+
+    rollup_idle_seconds: float = 1.0
+    """Pause of the rollup worker once it has caught up (the rollups' usual lag)."""
+
     raw_retention_days: int = 14
     """Raw records are kept this long; older records are refused."""
 

@@ -2,9 +2,9 @@
 
 The shape of a write: COPY the rows into session-local staging tables, then
 one statement inserts them into `usage_records` skipping keys already stored,
-stores the payloads of the rows actually inserted, adds exactly those rows to
-the rollups (PostgreSQL flavour; TimescaleDB's continuous aggregates do it
-there), and returns their keys so callers can tell accepted from duplicate.
+stores the payloads of the rows actually inserted, queues exactly those rows
+for the rollups (PostgreSQL flavour; TimescaleDB's continuous aggregates need
+no queue), and returns their keys so callers can tell accepted from duplicate.
 A notification names the transaction and the hours it touched, for live
 tails. No per-row statements; a failure rolls the whole batch back.
 """
@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from llmmeter_common.rollups import rollup_ctes
+from llmmeter_common.rollups import PENDING_COLUMNS
 from llmmeter_ingest.rows import PAYLOAD_COLUMNS, RECORD_COLUMNS, Row
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,13 @@ SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
 """
 
 
-def write_sql(maintain_rollups: bool) -> str:
-    """The batch statement; rollups are maintained here only where no continuous aggregates do it."""
-    rollups = f",\n{rollup_ctes('ins')}" if maintain_rollups else ""
+def write_sql(queue_for_rollups: bool) -> str:
+    """The batch statement; new rows are queued for the rollups only where no continuous
+    aggregates maintain them (the PostgreSQL flavour)."""
+    pending = ", ".join(PENDING_COLUMNS)
+    rollups = (f""",
+pend AS (INSERT INTO usage_rollup_pending ({pending}) SELECT {pending} FROM ins)"""
+               if queue_for_rollups else "")
     return f"""
 WITH ins AS (
     INSERT INTO usage_records ({_COLS})
@@ -71,9 +75,9 @@ def _days(times: Sequence[datetime]) -> set[datetime]:
 class Store:
     """Batch writer over a connection pool; knows which partitions exist."""
 
-    def __init__(self, pool: asyncpg.Pool, maintain_rollups: bool) -> None:
+    def __init__(self, pool: asyncpg.Pool, queue_for_rollups: bool) -> None:
         self._pool = pool
-        self._sql = write_sql(maintain_rollups)
+        self._sql = write_sql(queue_for_rollups)
         self._days_ready: set[datetime] = set()
 
     async def ensure_partitions(self, start_times: Sequence[datetime]) -> None:

@@ -2,8 +2,9 @@
 
 A request becomes (window, filter, grouping, time bucket). The window is cut
 into stretches (see `window.plan`): rollup stretches read the narrowest
-grouping set that keeps the filtered and grouped dimensions, raw stretches
-read `usage_records`; sums are added up in SQL, histograms merged key by key.
+grouping set that keeps the filtered and grouped dimensions plus the rows of
+that stretch still queued for the rollups, raw stretches read
+`usage_records`; sums are added up in SQL, histograms merged key by key.
 Counts, tokens and cost are therefore exact; percentiles are exact when the
 whole window was answered from raw rows and estimated (within 0.5%) from the
 merged histograms otherwise, and the result says which.
@@ -11,7 +12,6 @@ merged histograms otherwise, and the result says which.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -26,6 +26,8 @@ from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.window import Stretch, Window, plan, usable_levels
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
+RAW = "usage_records"
+PENDING = "usage_rollup_pending"
 _ORIGIN_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 
 
@@ -116,38 +118,44 @@ class Aggregator:
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None,
                   bucket: timedelta | None, fold_limit: int | None = None) -> Aggregates:
-        """Aggregate; percentiles are exact when only raw rows were read and no groups fold."""
+        """Aggregate; percentiles are exact when only raw rows were read and no groups fold.
+
+        All statements of one call read one snapshot, so a row the rollup worker moves
+        meanwhile is counted once in the sums and the histograms alike.
+        """
         stretches, mask = self._stretches(window, filt, group, bucket)
         query = _Query(filt, group, bucket, stretches, mask)
         all_raw = all(s.level is None for s in stretches)
-        measures = await self._fetch(query.measures())
-        groups: dict[Key, Stats] = {}
-        for row in measures:
-            groups[(row[0], row[1])] = Stats(
-                measures={m.column: _num(row[i + 2]) for i, m in enumerate(MEASURES)})
-        exact = all_raw and (fold_limit is None or len({k[0] for k in groups}) <= fold_limit)
-        if exact:
-            for row in await self._fetch(query.exact_percentiles()):
-                stats = groups.get((row[0], row[1]))
-                if stats is None:
-                    continue
-                for i, (prefix, _) in enumerate(HISTOGRAMS):
-                    for q, v in zip(QUANTILES, row[2 + i] or (), strict=False):
-                        if v is not None:
-                            stats.exact[(prefix, q)] = float(v)
-        else:
-            results = await asyncio.gather(*(self._fetch(query.histogram(p, c)) for p, c in HISTOGRAMS))
-            for (prefix, _), rows in zip(HISTOGRAMS, results, strict=True):
-                for g, tb, k, c in rows:
-                    stats = groups.get((g, tb))
-                    if stats is not None:
-                        stats.hists[prefix][k] = int(c)
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                 readonly=True):
+            groups: dict[Key, Stats] = {}
+            sql, params = query.measures()
+            for row in await conn.fetch(sql, *params):
+                groups[(row[0], row[1])] = Stats(
+                    measures={m.column: _num(row[i + 2]) for i, m in enumerate(MEASURES)})
+            exact = all_raw and (fold_limit is None or len({k[0] for k in groups}) <= fold_limit)
+            if exact:
+                sql, params = query.exact_percentiles()
+                _add_exact(groups, list(await conn.fetch(sql, *params)))
+            else:
+                for prefix, col in HISTOGRAMS:
+                    sql, params = query.histogram(prefix, col)
+                    for g, tb, k, c in await conn.fetch(sql, *params):
+                        stats = groups.get((g, tb))
+                        if stats is not None:
+                            stats.hists[prefix][k] = int(c)
         return Aggregates(groups, exact)
 
-    async def _fetch(self, sql_params: tuple[str, list[Any]]) -> list[asyncpg.Record]:
-        sql, params = sql_params
-        async with self._pool.acquire() as conn:
-            return list(await conn.fetch(sql, *params))
+
+def _add_exact(groups: dict[Key, Stats], rows: list[asyncpg.Record]) -> None:
+    for row in rows:
+        stats = groups.get((row[0], row[1]))
+        if stats is None:
+            continue
+        for i, (prefix, _) in enumerate(HISTOGRAMS):
+            for q, v in zip(QUANTILES, row[2 + i] or (), strict=False):
+                if v is not None:
+                    stats.exact[(prefix, q)] = float(v)
 
 
 def _num(v: Any) -> Any:
@@ -175,27 +183,38 @@ class _Query:
             tb = f"date_bin('{int(self.bucket.total_seconds())} seconds', {time_col}, {_ORIGIN_SQL})"
         return f"{g} AS g, {tb} AS tb"
 
-    def _where(self, s: Stretch, params: list[Any]) -> str:
+    def _where(self, s: Stretch, rollup: bool, params: list[Any]) -> str:
         params += [s.start, s.end]
         a, b = len(params) - 1, len(params)
         cond = self.filt.sql(params)
-        if s.level is None:
+        if not rollup:
             return f"start_time >= ${a} AND start_time < ${b} AND {cond}"
         return f"dims_mask = {self.mask} AND bucket >= ${a} AND bucket < ${b} AND {cond}"
+
+    def _sources(self) -> list[tuple[Stretch, str | None]]:
+        """(stretch, rollup table) or (stretch, None) for rows read raw-style: the raw rows of raw
+        stretches, and the rows of rollup stretches still queued for the rollups."""
+        out: list[tuple[Stretch, str | None]] = []
+        for s in self.stretches:
+            if s.level is None:
+                out.append((s, None))
+            else:
+                out += [(s, s.level.table), (s, PENDING)]
+        return out
 
     def measures(self) -> tuple[str, list[Any]]:
         """Summed measures per (g, tb)."""
         params: list[Any] = []
         parts = []
-        for s in self.stretches:
-            if s.level is None:
+        for s, table in self._sources():
+            if table is None or table == PENDING:
                 sums = ", ".join(f"sum({m.raw_expr}) AS {m.column}" for m in MEASURES)
-                parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM usage_records "
-                             f"WHERE {self._where(s, params)} GROUP BY 1, 2")
+                parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM {table or RAW} "
+                             f"WHERE {self._where(s, False, params)} GROUP BY 1, 2")
             else:
                 sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
-                parts.append(f"SELECT {self._keys('bucket')}, {sums} FROM {s.level.table} "
-                             f"WHERE {self._where(s, params)} GROUP BY 1, 2")
+                parts.append(f"SELECT {self._keys('bucket')}, {sums} FROM {table} "
+                             f"WHERE {self._where(s, True, params)} GROUP BY 1, 2")
         outer = ", ".join(f"sum({m.column})" for m in MEASURES)
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
@@ -203,17 +222,17 @@ class _Query:
         """Merged histogram rows (g, tb, key, count)."""
         params: list[Any] = []
         parts = []
-        for s in self.stretches:
-            if s.level is None:
+        for s, table in self._sources():
+            if table is None or table == PENDING:
                 parts.append(
                     f"SELECT {self._keys('start_time')}, llmmeter_hist_key({raw_col}) AS k, count(*) AS c "
-                    f"FROM usage_records WHERE {raw_col} IS NOT NULL AND {self._where(s, params)} "
+                    f"FROM {table or RAW} WHERE {raw_col} IS NOT NULL AND {self._where(s, False, params)} "
                     "GROUP BY 1, 2, 3")
             else:
                 parts.append(
-                    f"SELECT {self._keys('bucket')}, u.k, sum(u.c) AS c FROM {s.level.table}, "
+                    f"SELECT {self._keys('bucket')}, u.k, sum(u.c) AS c FROM {table}, "
                     f"unnest({prefix}_keys, {prefix}_counts) AS u(k, c) "
-                    f"WHERE {self._where(s, params)} GROUP BY 1, 2, 3")
+                    f"WHERE {self._where(s, True, params)} GROUP BY 1, 2, 3")
         return (f"SELECT g, tb, k, sum(c) FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb, k",
                 params)
 
@@ -222,6 +241,6 @@ class _Query:
         params: list[Any] = []
         qs = "ARRAY[" + ", ".join(str(q) for q in QUANTILES) + "]::float8[]"
         cols = ", ".join(f"percentile_disc({qs}) WITHIN GROUP (ORDER BY {c})" for _, c in HISTOGRAMS)
-        parts = [f"SELECT {self._keys('start_time')}, {cols} FROM usage_records "
-                 f"WHERE {self._where(s, params)} GROUP BY 1, 2" for s in self.stretches]
+        parts = [f"SELECT {self._keys('start_time')}, {cols} FROM {RAW} "
+                 f"WHERE {self._where(s, False, params)} GROUP BY 1, 2" for s in self.stretches]
         return " UNION ALL ".join(parts), params

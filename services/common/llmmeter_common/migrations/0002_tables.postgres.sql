@@ -65,6 +65,38 @@ CREATE TABLE usage_payloads (
     PRIMARY KEY (start_time, request_id)
 ) PARTITION BY RANGE (start_time);
 
+-- Rows stored but not yet added to the rollups (see rollups.py). Queries read
+-- it beside the rollups, so totals stay exact while the rollup worker catches up.
+CREATE TABLE usage_rollup_pending (
+    start_time          timestamptz NOT NULL,
+    model               text COLLATE "C" NOT NULL,
+    model_alias         text COLLATE "C" NOT NULL,
+    provider            text COLLATE "C" NOT NULL,
+    user_name           text COLLATE "C" NOT NULL,
+    team                text COLLATE "C" NOT NULL,
+    account             text COLLATE "C" NOT NULL,
+    status_code         integer     NOT NULL,
+    error_type          text COLLATE "C" NOT NULL,
+    call_type           text COLLATE "C" NOT NULL,
+    streaming           boolean     NOT NULL,
+    cache_hit           boolean     NOT NULL,
+    retries             integer     NOT NULL,
+    input_tokens        bigint      NOT NULL,
+    output_tokens       bigint      NOT NULL,
+    cache_read_tokens   bigint      NOT NULL,
+    cache_write_tokens  bigint      NOT NULL,
+    reasoning_tokens    bigint      NOT NULL,
+    images              bigint      NOT NULL,
+    audio_seconds       numeric     NOT NULL,
+    video_seconds       numeric     NOT NULL,
+    characters          bigint      NOT NULL,
+    cost                numeric     NOT NULL,
+    latency_us          bigint      NOT NULL,
+    ttft_us             bigint,
+    itl_us              double precision,
+    tpot_us             double precision
+);
+
 CREATE TABLE usage_1m (
     bucket             timestamptz NOT NULL,
     dims_mask          smallint NOT NULL,
