@@ -512,3 +512,13 @@ async def test_token_with_an_absolute_window(capsys, addr, seven) -> None:
     other = ["--from", _rfc3339(t0), "--to", _rfc3339(t0 + timedelta(seconds=45))]
     code, out, err = await cli(capsys, addr, "logs", "list", *other, "--page-token", token)
     assert code == 1 and out == "" and "another time window" in err and err.count("\n") == 1
+
+
+async def test_tail_ended_by_the_server_is_an_error(capsys, addr, query_server) -> None:
+    capsys.readouterr()
+    tail = asyncio.ensure_future(asyncio.to_thread(main, ["logs", "tail", "--query-addr", addr]))
+    await _wait_for(capsys, "Ctrl-C to stop", tail)
+    await query_server.stop()
+    assert await asyncio.wait_for(tail, 15) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ended the stream after 0 rows" in err

@@ -36,6 +36,7 @@ from llmmeter.cli.render import (
 from llmmeter.cli.usage_cmd import print_report, write_export
 from llmmeter.client import QueryClient
 from llmmeter.config import ClientConfig
+from llmmeter.errors import LlmmeterError
 from llmmeter.timeparse import TimePoint, format_time, format_timestamp, parse_time, timestamp
 from llmmeter.v1 import query_pb2
 
@@ -440,13 +441,22 @@ async def run_tail(args: argparse.Namespace, config: ClientConfig) -> int:
                 sys.stdout.flush()
                 shown += 1
                 if args.max_rows and shown >= args.max_rows:
-                    break
+                    return 0
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is None or not task.cancelling():
             raise
-        print(f"stopped after {shown:,} {'row' if shown == 1 else 'rows'}", file=sys.stderr, flush=True)
-    return 0
+        print(f"stopped after {shown:,} {_rows(shown)}", file=sys.stderr, flush=True)
+        return 0
+    # A live tail has no end of its own: the server shut down, or dropped this watcher for falling behind.
+    raise LlmmeterError(
+        f"TailRequests on the query service at {config.query_addr} ended the stream after {shown:,} "
+        f"{_rows(shown)} (service stopping, or this client fell too far behind); run it again to resume"
+    )
+
+
+def _rows(n: int) -> str:
+    return "row" if n == 1 else "rows"
 
 
 # export
