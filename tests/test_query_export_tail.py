@@ -12,8 +12,10 @@ from decimal import Decimal
 import grpc
 import pytest
 
-from llmmeter.v1 import ingest_pb2, query_pb2
+from llmmeter.v1 import ingest_pb2, query_pb2, query_pb2_grpc
 from llmmeter_query.export import CHUNK_BYTES
+from llmmeter_query.server import QueryServer
+from llmmeter_query.settings import QuerySettings
 
 from records import ingest, record, ts
 
@@ -111,3 +113,23 @@ async def test_tail_with_a_bad_filter_is_invalid(query_stub) -> None:
         async for _ in call:
             pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_tail_ends_with_unavailable_when_the_service_stops(db_url) -> None:
+    server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0,
+                                       shutdown_grace_seconds=2.0))
+    await server.start()
+    stopped = False
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            call = query_pb2_grpc.QueryServiceStub(ch).TailRequests(query_pb2.TailRequestsRequest())
+            await asyncio.wait_for(call.initial_metadata(), 10)
+            await server.stop()
+            stopped = True
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if not stopped:
+            await server.stop()

@@ -39,3 +39,7 @@ class Unavailable(LlmmeterError):
 
 class ResourceExhausted(LlmmeterError):
     """The service is saturated (a full queue); retry with backoff."""
+
+
+class DeadlineExceeded(LlmmeterError):
+    """The work took longer than allowed (e.g. a statement timeout); narrow the request or retry."""

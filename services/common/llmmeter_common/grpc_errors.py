@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -26,7 +27,27 @@ _CODES: list[tuple[type[errors.LlmmeterError], int]] = [
     (errors.NotFound, code_pb2.NOT_FOUND),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
 ]
+
+#: Infrastructure failures that callers should see as a retryable status, not UNKNOWN.
+_UNAVAILABLE = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def as_domain_error(exc: BaseException) -> errors.LlmmeterError | None:
+    """The domain error a raised exception stands for, if any."""
+    if isinstance(exc, errors.LlmmeterError):
+        return exc
+    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
+        return errors.DeadlineExceeded(f"the query took too long: {exc}")
+    if isinstance(exc, _UNAVAILABLE):
+        return errors.Unavailable(f"database unavailable: {exc}")
+    if isinstance(exc, TimeoutError):
+        return errors.Unavailable("timed out waiting for a dependency")
+    return None
 
 
 def to_status(exc: errors.LlmmeterError) -> grpc.Status:
@@ -53,8 +74,11 @@ def _wrap_unary(
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(request, context)
-        except errors.LlmmeterError as exc:
-            await _abort(context, exc)
+        except Exception as exc:
+            domain = as_domain_error(exc)
+            if domain is None:
+                raise
+            await _abort(context, domain)
 
     return handler
 
@@ -64,8 +88,11 @@ def _wrap_stream(fn: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Callable
         try:
             async for item in fn(request, context):
                 yield item
-        except errors.LlmmeterError as exc:
-            await _abort(context, exc)
+        except Exception as exc:
+            domain = as_domain_error(exc)
+            if domain is None:
+                raise
+            await _abort(context, domain)
 
     return handler
 

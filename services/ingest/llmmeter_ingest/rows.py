@@ -8,11 +8,11 @@ exact decimal cost) and nothing else; everything is aggregated in SQL.
 from __future__ import annotations
 
 import ipaddress
-import json
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from google.protobuf import json_format
 
 from llmmeter.v1 import usage_pb2
@@ -54,7 +54,7 @@ def _decimal(value: float) -> Decimal:
 
 
 def _json_map(m: Any) -> str:
-    return json.dumps(dict(m), separators=(",", ":")) if m else "{}"
+    return orjson.dumps(dict(m)).decode() if m else "{}"
 
 
 def _payload_json(value: Any, present: bool) -> str | None:

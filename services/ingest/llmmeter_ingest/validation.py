@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal
 
 from llmmeter.v1 import usage_pb2
 
@@ -19,7 +18,7 @@ _ERROR_MESSAGE = 4096
 _METADATA_KEYS = 64
 _METADATA_VALUE = 1024
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_TOLERANCE = Decimal("1e-9")
+_TOLERANCE = 1e-9
 
 _SHORT_FIELDS = (
     "model", "response_model", "model_alias", "provider", "call_type", "model_id", "api_base",
@@ -85,15 +84,23 @@ def _check_time(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
                 raise Rejected(name, "time_to_first_token exceeds the latency (end_time - start_time)")
 
 
+def _first_bad(names: tuple[str, ...], obj: object, bad: object) -> str:
+    """The first field of `names` whose value is bad (the slow path, once a fast check failed)."""
+    return next(n for n in names if bad(getattr(obj, n)))  # type: ignore[operator]
+
+
 def _check_usage(rec: usage_pb2.UsageRecord) -> None:
-    for name in _COUNTS:
-        if getattr(rec, name) < 0:
-            raise Rejected(name, f"{name} must not be negative")
+    if min(rec.input_tokens, rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
+           rec.reasoning_tokens, rec.output_chunks, rec.retries) < 0:
+        name = _first_bad(_COUNTS, rec, lambda v: v < 0)
+        raise Rejected(name, f"{name} must not be negative")
     if rec.cache_read_tokens + rec.cache_write_tokens > rec.input_tokens:
         raise Rejected("cache_read_tokens",
                        "cache_read_tokens + cache_write_tokens exceed input_tokens (which includes them)")
     if rec.reasoning_tokens > rec.output_tokens:
         raise Rejected("reasoning_tokens", "reasoning_tokens exceed output_tokens (which includes them)")
+    if not rec.HasField("media"):
+        return
     media = rec.media
     for name in ("images", "audio_seconds", "video_seconds", "characters"):
         value = getattr(media, name)
@@ -104,15 +111,15 @@ def _check_usage(rec: usage_pb2.UsageRecord) -> None:
 def _check_cost(rec: usage_pb2.UsageRecord) -> None:
     if not math.isfinite(rec.cost) or rec.cost < 0:
         raise Rejected("cost", "cost must be a finite, non-negative number")
-    if not rec.cost_breakdown:
+    breakdown = rec.cost_breakdown
+    if not breakdown:
         return
-    total = Decimal(0)
-    for key, value in rec.cost_breakdown.items():
+    for key, value in breakdown.items():
         if not math.isfinite(value) or value < 0:
             raise Rejected(f"cost_breakdown.{key}", "cost components must be finite and non-negative")
-        total += Decimal(repr(value))
-    if abs(total - Decimal(repr(rec.cost))) > _TOLERANCE:
-        raise Rejected("cost_breakdown", f"cost components add up to {total}, not to cost {rec.cost!r}")
+    total = math.fsum(breakdown.values())  # exactly rounded, so the tolerance is all that is allowed
+    if abs(total - rec.cost) > _TOLERANCE:
+        raise Rejected("cost_breakdown", f"cost components add up to {total!r}, not to cost {rec.cost!r}")
 
 
 def _check_text(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
@@ -122,14 +129,19 @@ def _check_text(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
         raise Rejected("request_id", f"request_id is longer than {_SHORT_TEXT} characters")
     if not rec.model:
         raise Rejected("model", "model is required")
-    for name in _SHORT_FIELDS:
-        if len(getattr(rec, name)) > _SHORT_TEXT:
-            raise Rejected(name, f"{name} is longer than {_SHORT_TEXT} characters")
+    if max(map(len, (rec.model, rec.response_model, rec.model_alias, rec.provider, rec.call_type,
+                     rec.model_id, rec.api_base, rec.user, rec.team, rec.account, rec.error_type,
+                     rec.client_ip))) > _SHORT_TEXT:
+        name = _first_bad(_SHORT_FIELDS, rec, lambda v: len(v) > _SHORT_TEXT)
+        raise Rejected(name, f"{name} is longer than {_SHORT_TEXT} characters")
     if len(rec.error_message) > _ERROR_MESSAGE:
         raise Rejected("error_message", f"error_message is longer than {_ERROR_MESSAGE} characters")
-    if len(rec.metadata) > _METADATA_KEYS:
+    metadata = rec.metadata
+    if not metadata:
+        pass
+    elif len(metadata) > _METADATA_KEYS:
         raise Rejected("metadata", f"more than {_METADATA_KEYS} metadata keys")
-    for key, value in rec.metadata.items():
+    for key, value in dict(metadata).items():
         if not _METADATA_KEY.match(key):
             raise Rejected(f"metadata.{key}", "metadata keys are 1..64 characters of [A-Za-z0-9_.-]")
         if len(value) > _METADATA_VALUE:

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from llmmeter_common.errors import LlmmeterError, ResourceExhausted, Unavailable
 from llmmeter_common.timeutil import from_us
 from llmmeter_query.filters import Filter
 from llmmeter_query.request_log import LOG_COLUMNS
@@ -41,7 +42,7 @@ class TailHub:
         self._dsn = dsn
         self._pool = pool
         self._queue_size = queue_size
-        self._watchers: dict[asyncio.Queue[dict[str, Any] | None], Filter] = {}
+        self._watchers: dict[asyncio.Queue[dict[str, Any] | LlmmeterError], Filter] = {}
         self._conn: asyncpg.Connection | None = None
         self._notes: asyncio.Queue[str] = asyncio.Queue()
         self._ready = asyncio.Event()
@@ -87,26 +88,30 @@ class TailHub:
             row["metadata"] = json.loads(row["metadata"])
             for queue, filt in list(self._watchers.items()):
                 if filt.matches(row):
-                    if queue.full():  # a watcher that does not read is dropped, not waited for
+                    if queue.qsize() >= self._queue_size:  # a watcher that does not read is dropped
                         self._watchers.pop(queue, None)
-                        queue.put_nowait(None)
+                        queue.put_nowait(ResourceExhausted(
+                            f"live tail fell more than {self._queue_size} rows behind; start it again"))
                         continue
                     queue.put_nowait(row)
 
     async def subscribe(self, filt: Filter, ready_timeout: float = 10.0) -> Subscription:
         """Start receiving rows matching `filt` stored from now on (once listening)."""
-        await asyncio.wait_for(self._ready.wait(), ready_timeout)
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=self._queue_size)
+        try:
+            await asyncio.wait_for(self._ready.wait(), ready_timeout)
+        except TimeoutError:
+            raise Unavailable("live tail is not connected to the database; retry later") from None
+        queue: asyncio.Queue[dict[str, Any] | LlmmeterError] = asyncio.Queue()
         self._watchers[queue] = filt
         return Subscription(self, queue)
 
-    def _unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    def _unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | LlmmeterError]) -> None:
         self._watchers.pop(queue, None)
 
     async def stop(self) -> None:
         """Stop listening and end every watch."""
         for queue in list(self._watchers):
-            queue.put_nowait(None)
+            queue.put_nowait(Unavailable("the query service is shutting down; reconnect"))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -119,7 +124,7 @@ class TailHub:
 class Subscription:
     """Rows for one watcher; iterate, and close when done."""
 
-    def __init__(self, hub: TailHub, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    def __init__(self, hub: TailHub, queue: asyncio.Queue[dict[str, Any] | LlmmeterError]) -> None:
         self._hub = hub
         self._queue = queue
 
@@ -127,8 +132,8 @@ class Subscription:
         try:
             while True:
                 row = await self._queue.get()
-                if row is None:
-                    return
+                if isinstance(row, LlmmeterError):
+                    raise row  # the stream ends with a status saying why, never silently
                 yield row
         finally:
             self.close()
