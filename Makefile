@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install run test lint lint-protos protos check-protos bench bench-ingest clean
+.PHONY: install run test lint lint-protos protos check-protos bench bench-ingest bench-query clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,13 @@ check-protos: protos  ## fail if the checked-in generated code differs from prot
 	  (echo "generated code is out of date: run 'make protos' and commit" >&2; exit 1)
 	test -z "$$(git status --porcelain -- clients/python/src/llmmeter/v1)"
 
-bench: bench-ingest  ## every benchmark
+bench: bench-ingest bench-query  ## every benchmark
 
 bench-ingest: $(STAMP)  ## end-to-end ingest throughput versus raw COPY
 	$(PY) bench/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) .tools .llmmeter .pytest_cache .mypy_cache .ruff_cache
+
+bench-query: $(STAMP)  ## query latency at 10M records versus raw-scan SQL, percentile error
+	$(PY) bench/bench_query.py

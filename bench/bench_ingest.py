@@ -381,13 +381,13 @@ async def _all_dims_filter(conn: Any, table: str) -> str:
     return f" WHERE dims_mask = {(1 << len(rollups.DIMENSIONS)) - 1}"
 
 
-async def wait_rollups_drained(dsn: str, timeout: float = 600.0) -> None:
+async def wait_rollups_drained(dsn: str, max_wait: float = 600.0) -> None:
     """Rollups are maintained by the service's background worker: wait until it has caught up."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max_wait
         while await conn.fetchval("SELECT count(*) FROM usage_rollup_pending"):
             if time.monotonic() > deadline:
                 raise BenchFailure("the rollup worker did not catch up")
