@@ -22,7 +22,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -71,22 +71,20 @@ OnSent = Callable[[int], None]
 """Progress callback: called with the number of records just handed to gRPC (never twice for a retry)."""
 
 
-class IngestClient:
-    """Async client of `llmmeter.v1.IngestService`; use it as an `async with` context manager."""
+class _ServiceClient:
+    """What every llmmeter client shares: its channel, retry policy and `async with` use."""
 
-    SERVICE = "ingest service"
+    SERVICE = ""
+    """The service's name in error messages."""
 
-    def __init__(
-        self, config: ClientConfig | None = None, *, channel: grpc.aio.Channel | None = None
-    ) -> None:
-        """Dials `config.ingest_addr` (plaintext) unless a `channel` is given, which is then not closed."""
-        self._config = config or ClientConfig.from_env()
+    def __init__(self, address: str, config: ClientConfig, channel: grpc.aio.Channel | None) -> None:
+        """Dials `address` (plaintext) unless a `channel` is given, which is then not closed."""
+        self._config = config
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(self._config.ingest_addr)
-        self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
-        self._retrier = Retrier(self._config.retry, service=self.SERVICE, target=self._config.ingest_addr)
+        self._channel = channel or grpc.aio.insecure_channel(address)
+        self._retrier = Retrier(config.retry, service=self.SERVICE, target=address)
 
-    async def __aenter__(self) -> IngestClient:
+    async def __aenter__(self) -> Self:
         """Returns the client itself; the channel is already usable."""
         return self
 
@@ -100,6 +98,20 @@ class IngestClient:
         """Closes the channel when the client created it, cancelling calls still in flight."""
         if self._owns_channel:
             await self._channel.close()
+
+
+class IngestClient(_ServiceClient):
+    """Async client of `llmmeter.v1.IngestService`; use it as an `async with` context manager."""
+
+    SERVICE = "ingest service"
+
+    def __init__(
+        self, config: ClientConfig | None = None, *, channel: grpc.aio.Channel | None = None
+    ) -> None:
+        """Dials `config.ingest_addr` (plaintext) unless a `channel` is given, which is then not closed."""
+        config = config or ClientConfig.from_env()
+        super().__init__(config.ingest_addr, config, channel)
+        self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
 
     async def write_records(
         self, records: Iterable[usage_pb2.UsageRecord]
@@ -174,7 +186,7 @@ class IngestClient:
         return response
 
 
-class QueryClient:
+class QueryClient(_ServiceClient):
     """Async client of `llmmeter.v1.QueryService`; use it as an `async with` context manager.
 
     Unary calls get the configured deadline and are retried like the ingest
@@ -190,26 +202,9 @@ class QueryClient:
         self, config: ClientConfig | None = None, *, channel: grpc.aio.Channel | None = None
     ) -> None:
         """Dials `config.query_addr` (plaintext) unless a `channel` is given, which is then not closed."""
-        self._config = config or ClientConfig.from_env()
-        self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(self._config.query_addr)
+        config = config or ClientConfig.from_env()
+        super().__init__(config.query_addr, config, channel)
         self._stub = query_pb2_grpc.QueryServiceStub(self._channel)
-        self._retrier = Retrier(self._config.retry, service=self.SERVICE, target=self._config.query_addr)
-
-    async def __aenter__(self) -> QueryClient:
-        """Returns the client itself; the channel is already usable."""
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Closes the channel when the client created it."""
-        await self.close()
-
-    async def close(self) -> None:
-        """Closes the channel when the client created it, cancelling calls still in flight."""
-        if self._owns_channel:
-            await self._channel.close()
 
     async def _unary(self, method: str, request: Any) -> Any:
         rpc = getattr(self._stub, method)
