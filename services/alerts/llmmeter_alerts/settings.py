@@ -22,3 +22,36 @@ class AlertsSettings(BaseSettings):
 
     port: int = 50053
     """gRPC port (0 picks a free one, for tests)."""
+
+    query_addr: str = "localhost:50052"
+    """host:port of the query service, where rule values come from."""
+
+    query_timeout_seconds: float = 10.0
+    """Deadline of each call to the query service."""
+
+    pool_max_size: int = 10
+    """Database connections of the pool."""
+
+    evaluate: bool = True
+    """Run the evaluation and delivery loops (tests drive them by hand with a fake clock)."""
+
+    poll_seconds: float = 1.0
+    """Longest sleep of the evaluation and delivery loops (also how soon a replica notices it may lead)."""
+
+    concurrency: int = 32
+    """Rules evaluated at the same time."""
+
+    webhook_timeout_seconds: float = 10.0
+    """A webhook or Slack target must answer within this long."""
+
+    webhook_max_attempts: int = 5
+    """Delivery attempts of one notification before giving up."""
+
+    webhook_initial_backoff_seconds: float = 5.0
+    """Wait after the first failed attempt; doubles after each, up to the maximum."""
+
+    webhook_max_backoff_seconds: float = 300.0
+    """Longest wait between two attempts."""
+
+    shutdown_grace_seconds: float = 5.0
+    """On SIGTERM, in-flight calls get this long to finish."""

@@ -1,0 +1,99 @@
+"""Assembles the alerts service: pool, query-service channel, evaluator, dispatcher, gRPC server.
+
+`AlertsServer` is what `python -m llmmeter_alerts` runs and what the tests
+start in-process on port 0 (with `evaluate=False` and a fake clock, driving
+`evaluator.tick()` and `dispatcher.run_due()` by hand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import asyncpg
+import grpc
+
+from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc, query_pb2_grpc
+from llmmeter_alerts.clock import Clock, SystemClock
+from llmmeter_alerts.evaluator import Evaluator
+from llmmeter_alerts.leader import Leader
+from llmmeter_alerts.metrics_source import MetricSource
+from llmmeter_alerts.notify import DeliveryPolicy, Dispatcher
+from llmmeter_alerts.servicer import AlertsServicer
+from llmmeter_alerts.settings import AlertsSettings
+from llmmeter_alerts.store import AlertStore
+from llmmeter_common.migrate import migrate
+from llmmeter_common.serving import GrpcServer, wait_for_database
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = alerts_pb2.DESCRIPTOR.services_by_name["AlertsService"].full_name
+
+
+class AlertsServer:
+    """One running alerts service replica."""
+
+    def __init__(self, settings: AlertsSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.port = 0
+        self._pool: asyncpg.Pool | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._grpc: GrpcServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.leader = Leader(settings.database_url)
+        self.evaluator: Evaluator
+        self.dispatcher: Dispatcher
+        self.store: AlertStore
+
+    async def start(self, db_wait_seconds: float = 120.0) -> int:
+        """Wait for the database, migrate, start serving (and evaluating); returns the port."""
+        s = self.settings
+        await wait_for_database(s.database_url, db_wait_seconds)
+        await migrate(s.database_url)
+        self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=s.pool_max_size)
+        self.store = AlertStore(self._pool)
+        self._channel = grpc.aio.insecure_channel(s.query_addr)
+        source = MetricSource(query_pb2_grpc.QueryServiceStub(self._channel), s.query_timeout_seconds)
+        self.dispatcher = Dispatcher(self.store, self.clock, self.leader, DeliveryPolicy(
+            timeout=s.webhook_timeout_seconds, max_attempts=s.webhook_max_attempts,
+            initial_backoff=timedelta(seconds=s.webhook_initial_backoff_seconds),
+            max_backoff=timedelta(seconds=s.webhook_max_backoff_seconds)))
+        self.evaluator = Evaluator(self.store, source, self.clock, self.leader, self.dispatcher.wake,
+                                   s.concurrency)
+        servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url)
+        self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc.add(lambda srv: alerts_pb2_grpc.add_AlertsServiceServicer_to_server(servicer, srv))
+        self.port = await self._grpc.start(s.host, s.port)
+        if s.evaluate:
+            self._tasks = [asyncio.create_task(self.evaluator.run(s.poll_seconds)),
+                           asyncio.create_task(self.dispatcher.run(s.poll_seconds))]
+        log.info("alerts service listening on %s:%d (query service at %s)", s.host, self.port, s.query_addr)
+        return self.port
+
+    async def tick(self) -> int:
+        """One evaluation round and the deliveries it queued, finished (tests, with a fake clock)."""
+        n = await self.evaluator.tick()
+        await self.dispatcher.run_due()
+        await self.dispatcher.drain()
+        return n
+
+    async def stop(self) -> None:
+        """Stop evaluating, give up leadership, finish in-flight calls, close connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._pool is not None:
+            await self.dispatcher.stop()
+        await self.leader.release()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.shutdown_grace_seconds)
+        if self._channel is not None:
+            await self._channel.close()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("alerts service stopped")
