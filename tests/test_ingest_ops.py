@@ -1,0 +1,75 @@
+"""Retention by dropping partitions, IP redaction switched off, and SIGTERM on the real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+
+import grpc
+
+from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
+from llmmeter_common.pgcluster import free_port
+from llmmeter_ingest.server import IngestServer
+from llmmeter_ingest.store import Store
+
+from conftest import ingest_settings
+from records import record
+
+
+async def test_retention_drops_whole_partitions_past_their_horizon(db_pool) -> None:
+    now = datetime.now(UTC)
+    await db_pool.execute("SELECT llmmeter_ensure_partitions($1, $2)", now - timedelta(days=40), now)
+    store = Store(db_pool, queue_for_rollups=True)
+    dropped = await store.apply_retention(raw_days=14, payload_days=7, rollup_days=400)
+    days = {name[-8:] for name in dropped if name.startswith("usage_records_p")}
+    payload_days = {name[-8:] for name in dropped if name.startswith("usage_payloads_p")}
+    oldest_kept = (now - timedelta(days=14)).strftime("%Y%m%d")
+    assert days and max(days) < oldest_kept
+    assert max(payload_days) >= max(days)  # payloads have the shorter horizon
+    assert not [n for n in dropped if n.startswith("usage_1")]  # rollups are kept 400 days
+    remaining = {r[0] for r in await db_pool.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'usage_records'")}
+    assert f"usage_records_p{now.strftime('%Y%m%d')}" in remaining
+    assert f"usage_records_p{oldest_kept}" in remaining
+    assert not remaining & set(dropped)
+    assert await store.apply_retention(14, 7, 400) == []  # nothing left to drop
+
+
+async def test_client_ip_kept_whole_when_redaction_is_off(db_url, db_pool) -> None:
+    server = IngestServer(ingest_settings(db_url, redact_client_ip=False))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            await ingest_pb2_grpc.IngestServiceStub(ch).WriteRecords(
+                ingest_pb2.WriteRecordsRequest(records=[record(client_ip="203.0.113.77")]))
+    finally:
+        await server.stop()
+    assert await db_pool.fetchval("SELECT client_ip FROM usage_records") == "203.0.113.77"
+
+
+async def test_sigterm_stops_the_process_cleanly_after_in_flight_work(db_url, db_pool) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "LLMMETER_INGEST_HOST": "127.0.0.1",
+           "LLMMETER_INGEST_PORT": str(port)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmmeter_ingest", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = ingest_pb2_grpc.IngestServiceStub(ch)
+            resp = await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(
+                records=[record() for _ in range(100)]), wait_for_ready=True, timeout=60)
+            assert resp.accepted_count == 100
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        output = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+        assert "shutdown signal received" in output and "ingest service stopped" in output
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 100
