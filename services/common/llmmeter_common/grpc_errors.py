@@ -8,6 +8,7 @@ callers receive the matching code, a one-line message, and for bad input a
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,10 +85,34 @@ def _wrap_unary(
 
 
 def _wrap_stream(fn: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(fn):
+        return _wrap_writer(fn)
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             async for item in fn(request, context):
                 yield item
+        except Exception as exc:
+            domain = as_domain_error(exc)
+            if domain is None:
+                raise
+            await _abort(context, domain)
+
+    return handler
+
+
+def _wrap_writer(fn: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Callable[..., Any]:
+    """A streaming handler that is a coroutine writing with `context.write` (as the aio health
+    service's Watch is), or a plain function returning an async iterator."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            result = fn(request, context)
+            if inspect.isawaitable(result):
+                await result
+                return
+            async for item in result:
+                await context.write(item)
         except Exception as exc:
             domain = as_domain_error(exc)
             if domain is None:

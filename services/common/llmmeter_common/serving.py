@@ -1,8 +1,9 @@
 """What every llmmeter gRPC service shares: server assembly, health, reflection, signals.
 
 Each service only registers its own servicers; the common parts (the error
-interceptor, `grpc.health.v1`, server reflection, waiting for the database,
-a clean stop on SIGTERM or Ctrl-C) are written once here.
+interceptor, `grpc.health.v1` following the database, server reflection,
+waiting for the database, a clean stop on SIGTERM or Ctrl-C) are written once
+here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from llmmeter_common.dbprobe import DatabaseProbe
 from llmmeter_common.grpc_errors import DomainErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._names = service_names
+        self._probe: DatabaseProbe | None = None
+        self._started = False
+        self._stopping = False
         reflection.enable_server_reflection(
             [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
@@ -72,24 +77,46 @@ class GrpcServer:
         """Register a servicer, e.g. `lambda s: add_FooServicer_to_server(impl, s)`."""
         register(self.server)
 
+    def follow_database(self, dsn: str, interval: float = 2.0, timeout: float = 1.0) -> None:
+        """Report NOT_SERVING while the database does not answer `SELECT 1` within `timeout`.
+
+        Call before `start`; the probe runs every `interval` seconds until `stop`.
+        """
+        self._probe = DatabaseProbe(dsn, self._database_changed, interval, timeout)
+
+    async def _database_changed(self, ok: bool) -> None:
+        await self.set_serving(ok)
+
     async def start(self, host: str, port: int) -> int:
         """Listen and serve; returns the bound port (useful with port 0)."""
         bound: int = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise RuntimeError(f"could not bind {host}:{port}")
         await self.server.start()
+        self._started = True
         await self.set_serving(True)
+        if self._probe is not None:
+            self._probe.start()
         return bound
 
     async def set_serving(self, serving: bool) -> None:
-        """Report SERVING or NOT_SERVING for the whole server and each service."""
+        """Report SERVING or NOT_SERVING for the whole server and each service.
+
+        SERVING needs a started server that is not shutting down and, when
+        followed, a reachable database; asking for it otherwise reports NOT_SERVING.
+        """
+        serving = (serving and self._started and not self._stopping
+                   and (self._probe is None or self._probe.ok))
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ["", *self._names]:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        """Stop taking calls, let in-flight ones finish within `grace` seconds."""
+        """Report NOT_SERVING, stop taking calls, let in-flight ones finish within `grace` seconds."""
+        self._stopping = True
+        if self._probe is not None:
+            await self._probe.stop()
         await self.set_serving(False)
         await self.server.stop(grace)
 

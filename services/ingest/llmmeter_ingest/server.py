@@ -65,6 +65,8 @@ class IngestServer:
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         servicer = IngestServicer(Ingestor(s, self._writer), s)
         self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
+                                   s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, srv))
         self.port = await self._grpc.start(s.host, s.port)
         self._retention = asyncio.create_task(self._retention_loop(store))

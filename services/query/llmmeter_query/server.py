@@ -48,6 +48,8 @@ class QueryServer:
         servicer = QueryServicer(
             self._pool, Aggregator(self._pool, timedelta(seconds=s.exact_window_seconds)), self._hub)
         self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
+                                   s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, srv))
         self.port = await self._grpc.start(s.host, s.port)
         log.info("query service listening on %s:%d", s.host, self.port)
