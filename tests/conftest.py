@@ -101,6 +101,7 @@ def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
     """Settings for an in-process ingest service on a free loopback port."""
     values: dict[str, object] = {
         "database_url": db_url, "host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 5.0,
+        "metrics_port": 0,
     }
     values.update(overrides)
     return IngestSettings(**values)  # type: ignore[arg-type]
@@ -147,7 +148,7 @@ async def own_cluster() -> AsyncIterator[LocalCluster]:
 async def query_server(db_url: str) -> AsyncIterator[QueryServer]:
     """A running query service on this test's database."""
     server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0,
-                                       shutdown_grace_seconds=2.0))
+                                       shutdown_grace_seconds=2.0, metrics_port=0))
     await server.start()
     try:
         yield server

@@ -1,9 +1,9 @@
 """What every llmmeter gRPC service shares: server assembly, health, reflection, signals.
 
 Each service only registers its own servicers; the common parts (the error
-interceptor, `grpc.health.v1` following the database, server reflection,
-waiting for the database, a clean stop on SIGTERM or Ctrl-C) are written once
-here.
+interceptor, RPC metrics served to Prometheus, `grpc.health.v1` following the
+database, server reflection, waiting for the database, a clean stop on SIGTERM
+or Ctrl-C) are written once here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llmmeter_common.dbprobe import DatabaseProbe
 from llmmeter_common.grpc_errors import DomainErrorInterceptor
+from llmmeter_common.metrics import MetricsInterceptor, ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,20 @@ async def wait_for_database(dsn: str, max_wait: float) -> None:
 
 
 class GrpcServer:
-    """A grpc.aio server with health checking, reflection and domain-error mapping."""
+    """A grpc.aio server with health checking, reflection, RPC metrics and domain-error mapping.
 
-    def __init__(self, service_names: list[str]) -> None:
+    `metrics` is the service's Prometheus registry (see `llmmeter_common.metrics`):
+    services add their own counters and gauges to it; `start(..., metrics_port=N)`
+    serves it over HTTP.
+    """
+
+    def __init__(self, service_names: list[str], metrics: ServiceMetrics | None = None) -> None:
+        self.metrics = metrics or ServiceMetrics()
+        self.metrics_port = 0
+        """The bound metrics HTTP port (0 when not served)."""
         self.server = grpc.aio.server(
-            interceptors=[DomainErrorInterceptor()],
+            # The first interceptor is the outermost: it sees the status the error mapping chose.
+            interceptors=[MetricsInterceptor(self.metrics), DomainErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -87,11 +97,16 @@ class GrpcServer:
     async def _database_changed(self, ok: bool) -> None:
         await self.set_serving(ok)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen and serve; returns the bound port (useful with port 0)."""
+    async def start(self, host: str, port: int, metrics_port: int = 0) -> int:
+        """Listen and serve; returns the bound port (useful with port 0).
+
+        With `metrics_port` (non-zero), `/metrics` is served over HTTP on that port.
+        """
         bound: int = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise RuntimeError(f"could not bind {host}:{port}")
+        if metrics_port:
+            self.metrics_port = self.metrics.serve(host, metrics_port)
         await self.server.start()
         self._started = True
         await self.set_serving(True)
@@ -119,6 +134,7 @@ class GrpcServer:
             await self._probe.stop()
         await self.set_serving(False)
         await self.server.stop(grace)
+        await asyncio.to_thread(self.metrics.stop)
 
 
 async def wait_for_shutdown_signal() -> None:

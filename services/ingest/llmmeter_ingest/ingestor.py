@@ -8,7 +8,7 @@ testable and reusable by other front doors such as an OTLP receiver.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from llmmeter.v1 import usage_pb2
@@ -53,11 +53,20 @@ class Prepared:
 
 
 class Ingestor:
-    """Turns batches of records into committed rows and outcomes."""
+    """Turns batches of records into committed rows and outcomes.
 
-    def __init__(self, settings: IngestSettings, writer: BatchWriter) -> None:
+    `on_outcome` sees the outcome of every finished batch (for counters);
+    `on_stored` the rows each commit newly stored (for exporters), called only
+    after the commit, so observers never see a row that might still roll back.
+    """
+
+    def __init__(self, settings: IngestSettings, writer: BatchWriter,
+                 on_outcome: Callable[[Outcome], None] | None = None,
+                 on_stored: Callable[[list[Row]], None] | None = None) -> None:
         self._settings = settings
         self._writer = writer
+        self._on_outcome = on_outcome
+        self._on_stored = on_stored
 
     def _limits(self) -> Limits:
         now_us = int(time.time() * 1_000_000)
@@ -98,13 +107,16 @@ class Ingestor:
             return self._writer.submit_nowait(prepared.rows, prepared.payloads)
         return await self._writer.submit(prepared.rows, prepared.payloads, wait)
 
-    @staticmethod
-    async def finish(prepared: Prepared, job: Job | None) -> Outcome:
+    async def finish(self, prepared: Prepared, job: Job | None) -> Outcome:
         """Wait for the commit and count stored versus already-stored rows."""
         if job is not None:
-            stored = len(await job.done)
-            prepared.outcome.accepted += stored
-            prepared.outcome.duplicates += len(prepared.rows) - stored
+            keys = await job.done
+            prepared.outcome.accepted += len(keys)
+            prepared.outcome.duplicates += len(prepared.rows) - len(keys)
+            if self._on_stored is not None and keys:
+                self._on_stored([r for r in prepared.rows if (r[1], r[0]) in keys])
+        if self._on_outcome is not None:
+            self._on_outcome(prepared.outcome)
         return prepared.outcome
 
     async def ingest(self, records: Sequence[usage_pb2.UsageRecord]) -> Outcome:

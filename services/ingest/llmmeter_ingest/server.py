@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
+from llmmeter_common.metrics import ServiceMetrics
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
-from llmmeter_ingest.ingestor import Ingestor
+from llmmeter_ingest.ingestor import Ingestor, Outcome
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
@@ -47,6 +49,12 @@ class IngestServer:
         assert self._writer is not None
         return self._writer
 
+    @property
+    def grpc(self) -> GrpcServer:
+        """The gRPC server (its `metrics` registry, health) once started."""
+        assert self._grpc is not None
+        return self._grpc
+
     async def start(self, db_wait_seconds: float = 120.0) -> int:
         """Migrate, connect, and start serving; returns the port."""
         s = self.settings
@@ -63,15 +71,35 @@ class IngestServer:
             self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds)
             self.rollups.start()
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
-        servicer = IngestServicer(Ingestor(s, self._writer), s)
         self._grpc = GrpcServer([SERVICE_NAME])
+        count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
+        servicer = IngestServicer(Ingestor(s, self._writer, on_outcome=count_outcome), s)
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, srv))
-        self.port = await self._grpc.start(s.host, s.port)
+        self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
         self._retention = asyncio.create_task(self._retention_loop(store))
         log.info("ingest service listening on %s:%d", s.host, self.port)
         return self.port
+
+    @staticmethod
+    def _ingest_metrics(metrics: ServiceMetrics, writer: BatchWriter) -> Callable[[Outcome], None]:
+        """Queue depth, read at each scrape, and a counter of records by outcome."""
+        metrics.gauge("llmmeter_ingest_queue_records",
+                      "Records validated and queued but not yet committed.",
+                      function=lambda: writer.queued_records)
+        records = metrics.counter(
+            "llmmeter_ingest_records_total",
+            "Records received, by outcome: accepted (newly stored), duplicate (already stored), "
+            "rejected (invalid).", ["outcome"])
+        accepted, duplicate, rejected = (records.labels(o) for o in ("accepted", "duplicate", "rejected"))
+
+        def count(outcome: Outcome) -> None:
+            accepted.inc(outcome.accepted)
+            duplicate.inc(outcome.duplicates)
+            rejected.inc(len(outcome.rejections))
+
+        return count
 
     async def _retention_loop(self, store: Store) -> None:
         s = self.settings

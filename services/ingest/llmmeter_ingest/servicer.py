@@ -84,9 +84,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 job = await self._ingestor.submit(prepared, self._settings.stream_queue_wait_seconds)
                 inflight.append((prepared, job))
                 while len(inflight) >= self._settings.stream_inflight_chunks:
-                    total.add(await Ingestor.finish(*inflight.popleft()))
+                    total.add(await self._ingestor.finish(*inflight.popleft()))
             while inflight:
-                total.add(await Ingestor.finish(*inflight.popleft()))
+                total.add(await self._ingestor.finish(*inflight.popleft()))
         finally:
             for _, job in inflight:  # commits still complete; nobody waits for their answer
                 if job is not None:

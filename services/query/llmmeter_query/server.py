@@ -34,6 +34,12 @@ class QueryServer:
         self._hub: TailHub | None = None
         self._grpc: GrpcServer | None = None
 
+    @property
+    def grpc(self) -> GrpcServer:
+        """The gRPC server (its `metrics` registry, health) once started."""
+        assert self._grpc is not None
+        return self._grpc
+
     async def start(self, db_wait_seconds: float = 120.0) -> int:
         """Wait for the database, migrate, start serving; returns the port."""
         s = self.settings
@@ -51,7 +57,7 @@ class QueryServer:
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, srv))
-        self.port = await self._grpc.start(s.host, s.port)
+        self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
         log.info("query service listening on %s:%d", s.host, self.port)
         return self.port
 

@@ -38,6 +38,9 @@ class QuerySettings(BaseSettings):
     shutdown_grace_seconds: float = 10.0
     """On SIGTERM, in-flight calls get this long to finish."""
 
+    metrics_port: int = 9465
+    """HTTP port serving Prometheus metrics at `/metrics` (0 = not served)."""
+
     health_probe_interval_seconds: float = 2.0
     """How often the database is probed (`SELECT 1`); health is NOT_SERVING while it fails."""
 
