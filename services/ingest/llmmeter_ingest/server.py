@@ -18,6 +18,7 @@ from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.metrics import ServiceMetrics
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
+from llmmeter_ingest import otlp_servicer
 from llmmeter_ingest.ingestor import Ingestor, Outcome
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
@@ -71,9 +72,13 @@ class IngestServer:
             self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds)
             self.rollups.start()
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
-        self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc = GrpcServer([SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])])
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
-        servicer = IngestServicer(Ingestor(s, self._writer, on_outcome=count_outcome), s)
+        ingestor = Ingestor(s, self._writer, on_outcome=count_outcome)
+        servicer = IngestServicer(ingestor, s)
+        if s.otlp_receiver:
+            receiver = otlp_servicer.OtlpTraceServicer(ingestor)
+            self._grpc.add(lambda srv: otlp_servicer.register(srv, receiver))
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, srv))

@@ -89,6 +89,9 @@ class IngestSettings(BaseSettings):
     shutdown_grace_seconds: float = 15.0
     """On SIGTERM, in-flight calls get this long to finish."""
 
+    otlp_receiver: bool = True
+    """Serve the OTLP trace receiver (TraceService/Export) on the gRPC port: GenAI spans become records."""
+
     metrics_port: int = 9464
     """HTTP port serving Prometheus metrics at `/metrics` (0 = not served)."""
 
