@@ -62,7 +62,7 @@ class Ingestor:
 
     def __init__(self, settings: IngestSettings, writer: BatchWriter,
                  on_outcome: Callable[[Outcome], None] | None = None,
-                 on_stored: Callable[[list[Row]], None] | None = None) -> None:
+                 on_stored: Callable[[list[Row]], object] | None = None) -> None:
         self._settings = settings
         self._writer = writer
         self._on_outcome = on_outcome

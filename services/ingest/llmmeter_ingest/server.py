@@ -20,6 +20,7 @@ from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
 from llmmeter_ingest import otlp_servicer
 from llmmeter_ingest.ingestor import Ingestor, Outcome
+from llmmeter_ingest.otel_out import UsageExporter
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
@@ -41,6 +42,7 @@ class IngestServer:
         self._writer: BatchWriter | None = None
         self._grpc: GrpcServer | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._usage_exporter: UsageExporter | None = None
         self.rollups: RollupWorker | None = None
         """The rollup worker (PostgreSQL flavour only)."""
 
@@ -74,7 +76,10 @@ class IngestServer:
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         self._grpc = GrpcServer([SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])])
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
-        ingestor = Ingestor(s, self._writer, on_outcome=count_outcome)
+        if s.otlp_endpoint:
+            self._usage_exporter = self._start_usage_exporter(self._grpc.metrics)
+        ingestor = Ingestor(s, self._writer, on_outcome=count_outcome,
+                            on_stored=self._usage_exporter.offer if self._usage_exporter else None)
         servicer = IngestServicer(ingestor, s)
         if s.otlp_receiver:
             receiver = otlp_servicer.OtlpTraceServicer(ingestor)
@@ -106,6 +111,18 @@ class IngestServer:
 
         return count
 
+    def _start_usage_exporter(self, metrics: ServiceMetrics) -> UsageExporter:
+        """Stored records out as OTLP spans and histograms; drops counted, never blocking ingest."""
+        s = self.settings
+        dropped = metrics.counter("llmmeter_otel_dropped_records_total",
+                                  "Stored records not exported to OTLP because the export queue was full.")
+        exporter = UsageExporter(s.otlp_endpoint, s.otlp_export_queue_records,
+                                 s.otlp_metrics_interval_seconds, on_drop=dropped.inc)
+        metrics.gauge("llmmeter_otel_export_queue_records", "Stored records waiting for OTLP export.",
+                      function=lambda: exporter.queued_records)
+        exporter.start()
+        return exporter
+
     async def _retention_loop(self, store: Store) -> None:
         s = self.settings
         while True:
@@ -127,6 +144,8 @@ class IngestServer:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
         if self._writer is not None:
             await self._writer.close()
+        if self._usage_exporter is not None:  # after the last commit offered its rows
+            await asyncio.to_thread(self._usage_exporter.close)
         if self.rollups is not None:
             await self.rollups.stop()
         if self._pool is not None:

@@ -92,6 +92,19 @@ class IngestSettings(BaseSettings):
     otlp_receiver: bool = True
     """Serve the OTLP trace receiver (TraceService/Export) on the gRPC port: GenAI spans become records."""
 
+    otlp_endpoint: str = Field("", validation_alias=AliasChoices(
+        "otlp_endpoint", "LLMMETER_INGEST_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    """OTLP/gRPC collector (`http://host:4317` plaintext, `https://` TLS), also read from the standard
+    `OTEL_EXPORTER_OTLP_ENDPOINT`; empty = export nothing. When set, every stored record is
+    exported as a GenAI span plus the GenAI histograms."""
+
+    otlp_export_queue_records: int = 100_000
+    """Stored records waiting to be exported; beyond this they are dropped (and counted), never
+    slowing ingest."""
+
+    otlp_metrics_interval_seconds: float = 60.0
+    """How often the GenAI histograms are exported."""
+
     metrics_port: int = 9464
     """HTTP port serving Prometheus metrics at `/metrics` (0 = not served)."""
 
