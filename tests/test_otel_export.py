@@ -32,7 +32,7 @@ from records import record
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer):
-    """Keeps every span and metric data point it is sent."""
+    """Keeps every usage span (not the service's own RPC spans) and metric it is sent."""
 
     def __init__(self) -> None:
         self.spans: list[trace_pb2.Span] = []
@@ -40,7 +40,8 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2
 
     async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
-            self.spans += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            self.spans += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans
+                           if attributes(rs.resource.attributes).get("service.name") == "llmmeter-usage"]
             return trace_service_pb2.ExportTraceServiceResponse()
         self.metrics += [m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
         return metrics_service_pb2.ExportMetricsServiceResponse()

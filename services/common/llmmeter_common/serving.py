@@ -19,21 +19,25 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 
 from llmmeter_common.dbprobe import DatabaseProbe
 from llmmeter_common.grpc_errors import DomainErrorInterceptor
 from llmmeter_common.metrics import MetricsInterceptor, ServiceMetrics
+from llmmeter_common.telemetry import JsonFormatter, server_interceptor
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """One log format for all services."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """One log format for all services: JSON lines carrying the current trace and span ids
+    (`json_lines=False`: plain text, for a developer's terminal)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 async def wait_for_database(dsn: str, max_wait: float) -> None:
@@ -61,13 +65,19 @@ class GrpcServer:
     serves it over HTTP.
     """
 
-    def __init__(self, service_names: list[str], metrics: ServiceMetrics | None = None) -> None:
+    def __init__(self, service_names: list[str], metrics: ServiceMetrics | None = None,
+                 tracer_provider: TracerProvider | None = None) -> None:
         self.metrics = metrics or ServiceMetrics()
         self.metrics_port = 0
         """The bound metrics HTTP port (0 when not served)."""
+        # The first interceptor is the outermost: the span covers everything, metrics see the
+        # status the error mapping chose.
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics),
+                                                          DomainErrorInterceptor()]
+        if tracer_provider is not None:
+            interceptors.insert(0, server_interceptor(tracer_provider))
         self.server = grpc.aio.server(
-            # The first interceptor is the outermost: it sees the status the error mapping chose.
-            interceptors=[MetricsInterceptor(self.metrics), DomainErrorInterceptor()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

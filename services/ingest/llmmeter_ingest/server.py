@@ -13,8 +13,10 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
+from opentelemetry.sdk.trace import TracerProvider
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
+from llmmeter_common import telemetry
 from llmmeter_common.metrics import ServiceMetrics
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
@@ -41,6 +43,7 @@ class IngestServer:
         self._pool: asyncpg.Pool | None = None
         self._writer: BatchWriter | None = None
         self._grpc: GrpcServer | None = None
+        self._tracing: TracerProvider | None = None
         self._retention: asyncio.Task[None] | None = None
         self._usage_exporter: UsageExporter | None = None
         self.rollups: RollupWorker | None = None
@@ -74,7 +77,9 @@ class IngestServer:
             self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds)
             self.rollups.start()
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
-        self._grpc = GrpcServer([SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])])
+        self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
+        names = [SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])]
+        self._grpc = GrpcServer(names, tracer_provider=self._tracing)
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
         if s.otlp_endpoint:
             self._usage_exporter = self._start_usage_exporter(self._grpc.metrics)
@@ -150,4 +155,6 @@ class IngestServer:
             await self.rollups.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(telemetry.shutdown, self._tracing)
         log.info("ingest service stopped")

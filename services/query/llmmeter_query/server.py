@@ -6,12 +6,15 @@ start in-process on port 0.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
 import asyncpg
+from opentelemetry.sdk.trace import TracerProvider
 
 from llmmeter.v1 import query_pb2, query_pb2_grpc
+from llmmeter_common import telemetry
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
 from llmmeter_query.aggregate import Aggregator
@@ -33,6 +36,7 @@ class QueryServer:
         self._pool: asyncpg.Pool | None = None
         self._hub: TailHub | None = None
         self._grpc: GrpcServer | None = None
+        self._tracing: TracerProvider | None = None
 
     @property
     def grpc(self) -> GrpcServer:
@@ -53,7 +57,8 @@ class QueryServer:
         await self._hub.start()
         servicer = QueryServicer(
             self._pool, Aggregator(self._pool, timedelta(seconds=s.exact_window_seconds)), self._hub)
-        self._grpc = GrpcServer([SERVICE_NAME])
+        self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-query")
+        self._grpc = GrpcServer([SERVICE_NAME], tracer_provider=self._tracing)
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, srv))
@@ -69,4 +74,6 @@ class QueryServer:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
         if self._pool is not None:
             await self._pool.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(telemetry.shutdown, self._tracing)
         log.info("query service stopped")

@@ -38,6 +38,10 @@ class QuerySettings(BaseSettings):
     shutdown_grace_seconds: float = 10.0
     """On SIGTERM, in-flight calls get this long to finish."""
 
+    otlp_endpoint: str = Field("", validation_alias=AliasChoices(
+        "otlp_endpoint", "LLMMETER_QUERY_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    """OTLP/gRPC collector for the service's own traces (RPC and database spans); empty = none."""
+
     metrics_port: int = 9465
     """HTTP port serving Prometheus metrics at `/metrics` (0 = not served)."""
 
