@@ -508,6 +508,11 @@ async def test_silence_mutes_then_lets_through(
                 matchers=[A.Matcher(name="rule", value="errors")],
                 end_time=ts(clock.t - timedelta(hours=1)))))
         assert [f for f, _ in bad_request_fields(err.value)] == ["silence.end_time"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await alerts.CreateSilence(A.CreateSilenceRequest(silence=A.Silence(
+                matchers=[A.Matcher(name="group", value="gpt-(", regex=True)],
+                end_time=ts(clock.t + timedelta(hours=1)))))
+        assert [f for f, _ in bad_request_fields(err.value)] == ["silence.matchers[0].value"]
 
 
 async def test_watch_streams_state_changes_and_test_rule_changes_nothing(
@@ -537,3 +542,24 @@ async def test_watch_streams_state_changes_and_test_rule_changes_nothing(
         call.cancel()
         listed = (await alerts.ListAlerts(A.ListAlertsRequest(page_size=1))).alerts
         assert [(x.group, x.state) for x in listed] == [("a", A.ALERT_STATE_FIRING)]
+
+
+async def test_slack_and_log_channels(
+        make_alerts: Factory, ingest_stub: ingest_pb2_grpc.IngestServiceStub, receiver: Receiver,
+        caplog: pytest.LogCaptureFixture) -> None:
+    await ingest(ingest_stub, Recs(0, 5, 20, 10, {"model": "gpt-4o"}).build(BASE))
+    clock = FakeClock(BASE + timedelta(minutes=5))
+    server = await make_alerts(clock)
+    r = rule(group_by="model", annotation="{{ group }} fails {{ value }}")
+    r.channels.add().slack.url = receiver.url
+    r.channels.add().log.SetInParent()
+    channel, alerts = stub(server)
+    async with channel:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=r))
+        with caplog.at_level("WARNING", logger="llmmeter_alerts.notify"):
+            await server.tick()
+        assert receiver.bodies() == [{"text": ":warning: *FIRING* warning errors [gpt-4o]: value 0.5\n"
+                                              "gpt-4o fails 0.5"}]
+        assert any('"kind": "firing"' in rec.getMessage() for rec in caplog.records)
+        deliveries = (await alerts.ListAlertEvents(A.ListAlertEventsRequest(filter="kind = delivery"))).events
+        assert sorted((e.channel, e.success) for e in deliveries) == [("log", True), ("slack", True)]

@@ -65,6 +65,8 @@ class AlertsServer:
                                    s.concurrency)
         servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url)
         self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
+                                   s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: alerts_pb2_grpc.add_AlertsServiceServicer_to_server(servicer, srv))
         self.port = await self._grpc.start(s.host, s.port)
         if s.evaluate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -217,6 +218,12 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
         for i, m in enumerate(s.matchers):
             if not m.name:
                 bad.append(FieldViolation(f"silence.matchers[{i}].name", "required"))
+            if m.regex:
+                try:
+                    re.compile(m.value)
+                except re.error as exc:
+                    bad.append(FieldViolation(f"silence.matchers[{i}].value",
+                                              f"not a regular expression: {exc}"))
         start = s.start_time.ToDatetime().replace(tzinfo=now.tzinfo) if s.HasField("start_time") else now
         if not s.HasField("end_time"):
             bad.append(FieldViolation("silence.end_time", "required"))

@@ -55,3 +55,9 @@ class AlertsSettings(BaseSettings):
 
     shutdown_grace_seconds: float = 5.0
     """On SIGTERM, in-flight calls get this long to finish."""
+
+    health_probe_interval_seconds: float = 2.0
+    """How often the database is probed (`SELECT 1`); health is NOT_SERVING while it fails."""
+
+    health_probe_timeout_seconds: float = 1.0
+    """A probe not answered within this long counts as the database being unreachable."""
