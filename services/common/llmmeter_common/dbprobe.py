@@ -42,8 +42,8 @@ class DatabaseProbe:
                     self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
                 await self._conn.fetchval("SELECT 1")
             return True
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.debug("database probe failed: %s", exc)
+        except Exception as exc:  # any failure (refused, timed out, broken protocol state) = unreachable
+            log.debug("database probe failed: %r", exc)
             await self._drop_connection()
             return False
 
@@ -70,6 +70,6 @@ class DatabaseProbe:
         """Stop probing and close the probe's connection."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._drop_connection()
