@@ -80,7 +80,9 @@ async def test_stored_records_become_genai_spans_and_histograms(db_url, collecto
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
-            await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[ok, failed]))
+            await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[ok]))
+            streamed = await stub.StreamRecords(iter([ingest_pb2.StreamRecordsRequest(records=[failed])]))
+            assert streamed.accepted_count == 1
             resp = await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[ok]))
             assert resp.duplicate_count == 1
         await _until(lambda: len(coll.spans) >= 2)
