@@ -158,7 +158,7 @@ async def test_migrations_from_two_processes_at_once(pg_server_url: str) -> None
     assert sorted(first + second) == [1, 2, 3]
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == 2
+        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == 3
         assert await conn.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1") == "postgres"
     finally:
         await conn.close()
