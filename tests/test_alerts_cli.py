@@ -168,3 +168,13 @@ def test_every_alerts_command_has_examples() -> None:
     assert len(alerts) >= 15
     for path, sub in alerts:
         assert sub.epilog and "examples:" in sub.epilog, path
+
+
+def test_every_latency_metric_is_accepted_by_rule_validation() -> None:
+    from llmmeter.cli.alerts_cmd import metric
+    from llmmeter_alerts import rules as rules_mod
+
+    for name in ("tpot", "itl", "latency_p50", "latency_p75", "ttft_p99", "cache_write_tokens"):
+        value = metric(name)
+        assert rules_mod.METRICS[value].summary is not None, name
+        assert rules_mod.METRICS[value].row is not None, name

@@ -50,6 +50,10 @@ async def test_cards_by_hand(ingest_stub, query_stub) -> None:
     assert s.latency_p95_ms == pytest.approx(3000.0)  # nearest rank: 4th of 4
     assert s.ttft_avg_ms == pytest.approx(300.0)
     assert s.ttft_p95_ms == pytest.approx(400.0)
+    assert (s.latency_p50_ms, s.latency_p75_ms, s.latency_p99_ms) == (1000, 2000, 3000)
+    assert (s.ttft_p50_ms, s.ttft_p99_ms) == (200, 400)
+    assert s.tpot_avg_ms == pytest.approx(((1000 - 200) / 49 + (2000 - 400) / 149) / 2)
+    assert s.itl_avg_ms == 0  # no call reported chunks
     assert s.percentile_method == query_pb2.PERCENTILE_METHOD_EXACT
 
 

@@ -56,12 +56,23 @@ def latency_avg_ms(s: Stats) -> float:
 
 def ttft_avg_ms(s: Stats) -> float:
     """Mean time to first token, over calls that measured it."""
-    return _ratio(float(s.get("ttft_us_sum")), float(s.get("ttft_count"))) / 1000
+    return _mean_ms(s, "ttft_us_sum", "ttft_count")
 
 
 def percentile_ms(s: Stats, prefix: str, q: float) -> float:
     """A latency (`lat`) or TTFT (`ttft`) percentile in ms; 0 without data."""
     return _ms(s.percentile(prefix, q))
+
+
+def _mean_ms(s: Stats, sum_col: str, count_col: str) -> float:
+    return _ratio(float(s.get(sum_col)), float(s.get(count_col))) / 1000
+
+
+def _percentiles(s: Stats, prefix: str, name: str, qs: tuple[float, ...]) -> dict[str, float]:
+    return {f"{name}_p{round(q * 100)}_ms": percentile_ms(s, prefix, q) for q in qs}
+
+
+_ALL_QS = (0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 def summary(s: Stats) -> dict[str, Any]:
@@ -75,10 +86,12 @@ def summary(s: Stats) -> dict[str, Any]:
         "cache_write_tokens": int(s.get("cache_write_tokens")),
         "reasoning_tokens": int(s.get("reasoning_tokens")), "total_tokens": total_tokens(s),
         "cost": float(c), "cost_exact": str(c),
-        "latency_avg_ms": latency_avg_ms(s), "latency_p95_ms": percentile_ms(s, "lat", 0.95),
-        "ttft_avg_ms": ttft_avg_ms(s), "ttft_p95_ms": percentile_ms(s, "ttft", 0.95),
+        "latency_avg_ms": latency_avg_ms(s), "ttft_avg_ms": ttft_avg_ms(s),
         "images": int(s.get("images")), "audio_seconds": float(s.get("audio_seconds")),
         "video_seconds": float(s.get("video_seconds")), "characters": int(s.get("characters")),
+        **_percentiles(s, "lat", "latency", _ALL_QS), **_percentiles(s, "ttft", "ttft", _ALL_QS),
+        "itl_avg_ms": _mean_ms(s, "itl_us_sum", "itl_count"),
+        "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"),
     }
 
 
@@ -90,12 +103,13 @@ def breakdown_row(group: str, s: Stats, minutes: float) -> dict[str, Any]:
         "rpm": _ratio(requests(s), minutes), "tpm": _ratio(total_tokens(s), minutes),
         "input_tokens": int(s.get("input_tokens")), "output_tokens": int(s.get("output_tokens")),
         "total_tokens": total_tokens(s), "cost": float(cost(s)),
-        "latency_avg_ms": latency_avg_ms(s),
-        "latency_p50_ms": percentile_ms(s, "lat", 0.5), "latency_p90_ms": percentile_ms(s, "lat", 0.9),
-        "latency_p95_ms": percentile_ms(s, "lat", 0.95), "latency_p99_ms": percentile_ms(s, "lat", 0.99),
-        "ttft_avg_ms": ttft_avg_ms(s), "ttft_p50_ms": percentile_ms(s, "ttft", 0.5),
-        "ttft_p95_ms": percentile_ms(s, "ttft", 0.95),
+        "latency_avg_ms": latency_avg_ms(s), **_percentiles(s, "lat", "latency", _ALL_QS),
+        "ttft_avg_ms": ttft_avg_ms(s), **_percentiles(s, "ttft", "ttft", _ALL_QS),
         "cache_read_tokens": int(s.get("cache_read_tokens")),
+        "cache_write_tokens": int(s.get("cache_write_tokens")),
+        "reasoning_tokens": int(s.get("reasoning_tokens")),
+        "itl_avg_ms": _mean_ms(s, "itl_us_sum", "itl_count"),
+        "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"),
     }
 
 

@@ -130,6 +130,9 @@ _METRIC_ALIASES = {
     "failure_count": "failures",
     "tpm": "tokens_per_minute",
     "rps": "requests_per_second",
+    "tpot": "tpot_avg",
+    "itl": "itl_avg",
+    "time_per_output_token": "tpot_avg",
 }
 _COMPARISONS = {
     ">": alerts_pb2.COMPARISON_GREATER,

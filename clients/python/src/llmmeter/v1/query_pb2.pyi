@@ -254,6 +254,16 @@ class Summary(_message.Message):
     VIDEO_SECONDS_FIELD_NUMBER: _builtins.int
     CHARACTERS_FIELD_NUMBER: _builtins.int
     PERCENTILE_METHOD_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P75_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P90_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P50_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P75_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P90_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    ITL_AVG_MS_FIELD_NUMBER: _builtins.int
+    TPOT_AVG_MS_FIELD_NUMBER: _builtins.int
     request_count: _builtins.int
     """All requests."""
     success_count: _builtins.int
@@ -296,6 +306,26 @@ class Summary(_message.Message):
     """Characters billed."""
     percentile_method: Global___PercentileMethod.ValueType
     """How the percentiles were computed."""
+    latency_p50_ms: _builtins.float
+    """Median latency, ms."""
+    latency_p75_ms: _builtins.float
+    """75th percentile latency, ms."""
+    latency_p90_ms: _builtins.float
+    """90th percentile latency, ms."""
+    latency_p99_ms: _builtins.float
+    """99th percentile latency, ms."""
+    ttft_p50_ms: _builtins.float
+    """Median time to first token, ms."""
+    ttft_p75_ms: _builtins.float
+    """75th percentile time to first token, ms."""
+    ttft_p90_ms: _builtins.float
+    """90th percentile time to first token, ms."""
+    ttft_p99_ms: _builtins.float
+    """99th percentile time to first token, ms."""
+    itl_avg_ms: _builtins.float
+    """Mean inter-token latency over streamed requests that measured it, ms."""
+    tpot_avg_ms: _builtins.float
+    """Mean time per output token, ms."""
     def __init__(
         self,
         *,
@@ -320,10 +350,20 @@ class Summary(_message.Message):
         video_seconds: _builtins.float = ...,
         characters: _builtins.int = ...,
         percentile_method: Global___PercentileMethod.ValueType = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p75_ms: _builtins.float = ...,
+        latency_p90_ms: _builtins.float = ...,
+        latency_p99_ms: _builtins.float = ...,
+        ttft_p50_ms: _builtins.float = ...,
+        ttft_p75_ms: _builtins.float = ...,
+        ttft_p90_ms: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        itl_avg_ms: _builtins.float = ...,
+        tpot_avg_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "characters", b"characters", "cost", b"cost", "cost_exact", b"cost_exact", "error_count", b"error_count", "images", b"images", "input_tokens", b"input_tokens", "latency_avg_ms", b"latency_avg_ms", "latency_p95_ms", b"latency_p95_ms", "output_tokens", b"output_tokens", "percentile_method", b"percentile_method", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "ttft_avg_ms", b"ttft_avg_ms", "ttft_p95_ms", b"ttft_p95_ms", "video_seconds", b"video_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "characters", b"characters", "cost", b"cost", "cost_exact", b"cost_exact", "error_count", b"error_count", "images", b"images", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "percentile_method", b"percentile_method", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpot_avg_ms", b"tpot_avg_ms", "ttft_avg_ms", b"ttft_avg_ms", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "video_seconds", b"video_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -795,6 +835,14 @@ class BreakdownRow(_message.Message):
     TTFT_P50_MS_FIELD_NUMBER: _builtins.int
     TTFT_P95_MS_FIELD_NUMBER: _builtins.int
     CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    LATENCY_P75_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P75_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P90_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P99_MS_FIELD_NUMBER: _builtins.int
+    ITL_AVG_MS_FIELD_NUMBER: _builtins.int
+    TPOT_AVG_MS_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """The group's value."""
     request_count: _builtins.int
@@ -835,6 +883,22 @@ class BreakdownRow(_message.Message):
     """95th percentile TTFT, ms."""
     cache_read_tokens: _builtins.int
     """Cache-read tokens."""
+    cache_write_tokens: _builtins.int
+    """Cache-write tokens."""
+    reasoning_tokens: _builtins.int
+    """Reasoning tokens."""
+    latency_p75_ms: _builtins.float
+    """75th percentile latency, ms."""
+    ttft_p75_ms: _builtins.float
+    """75th percentile TTFT, ms."""
+    ttft_p90_ms: _builtins.float
+    """90th percentile TTFT, ms."""
+    ttft_p99_ms: _builtins.float
+    """99th percentile TTFT, ms."""
+    itl_avg_ms: _builtins.float
+    """Mean inter-token latency, ms."""
+    tpot_avg_ms: _builtins.float
+    """Mean time per output token, ms."""
     def __init__(
         self,
         *,
@@ -858,10 +922,18 @@ class BreakdownRow(_message.Message):
         ttft_p50_ms: _builtins.float = ...,
         ttft_p95_ms: _builtins.float = ...,
         cache_read_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+        latency_p75_ms: _builtins.float = ...,
+        ttft_p75_ms: _builtins.float = ...,
+        ttft_p90_ms: _builtins.float = ...,
+        ttft_p99_ms: _builtins.float = ...,
+        itl_avg_ms: _builtins.float = ...,
+        tpot_avg_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cost", b"cost", "failure_count", b"failure_count", "group", b"group", "input_tokens", b"input_tokens", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "request_count", b"request_count", "rpm", b"rpm", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpm", b"tpm", "ttft_avg_ms", b"ttft_avg_ms", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p95_ms", b"ttft_p95_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cost", b"cost", "failure_count", b"failure_count", "group", b"group", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "rpm", b"rpm", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpm", b"tpm", "tpot_avg_ms", b"tpot_avg_ms", "ttft_avg_ms", b"ttft_avg_ms", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
