@@ -53,7 +53,7 @@ rules:
 async def alerts_addr(db_url: str, query_server: QueryServer) -> AsyncIterator[str]:
     server = AlertsServer(AlertsSettings(
         database_url=db_url, host="127.0.0.1", port=0, query_addr=f"127.0.0.1:{query_server.port}",
-        evaluate=False, shutdown_grace_seconds=1.0))
+        evaluate=False, shutdown_grace_seconds=1.0, metrics_port=0))
     await server.start()
     try:
         yield f"127.0.0.1:{server.port}"

@@ -119,7 +119,7 @@ async def make_alerts(db_url: str, query_server: QueryServer) -> AsyncIterator[F
             "database_url": db_url, "host": "127.0.0.1", "port": 0,
             "query_addr": f"127.0.0.1:{query_server.port}", "evaluate": False,
             "webhook_timeout_seconds": 1.0, "webhook_initial_backoff_seconds": 30.0,
-            "shutdown_grace_seconds": 1.0,
+            "shutdown_grace_seconds": 1.0, "metrics_port": 0,
         }
         values.update(overrides)
         server = AlertsServer(AlertsSettings(**values), clock)

@@ -98,3 +98,29 @@ async def test_reflection_lists_the_services(ingest_addr: str) -> None:
         answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name async for a in answers for s in a.list_services_response.service}
     assert {INGEST, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+async def test_liveness_ignores_the_database(own_cluster) -> None:
+    from llmmeter_common.serving import LIVENESS
+
+    server = IngestServer(ingest_settings(own_cluster.dsn(), health_probe_interval_seconds=0.2,
+                                          health_probe_timeout_seconds=0.5))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+
+            async def status(name: str) -> int:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                return int(resp.status)
+
+            await asyncio.to_thread(own_cluster.stop, "immediate")
+            for _ in range(100):
+                if await status("") == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.1)
+            assert await status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await status(LIVENESS) == health_pb2.HealthCheckResponse.SERVING
+            await asyncio.to_thread(own_cluster.start)
+    finally:
+        await server.stop()

@@ -102,6 +102,8 @@ class Evaluator:
         self._sem = asyncio.Semaphore(concurrency)
         self.last_lag = timedelta(0)
         """How late the latest tick started its most overdue rule."""
+        self.on_evaluated: Callable[[int, timedelta], None] = lambda n, lag: None
+        """Told after each tick how many rules it evaluated and its lag (for metrics)."""
 
     async def _refresh(self) -> None:
         current = dict(await self._store.all_rules())
@@ -134,6 +136,7 @@ class Evaluator:
             self._next[sr.id] = now + rules_mod.every(sr.rule)
         await asyncio.gather(*(self._guarded(sr, now, silences) for sr in due))
         self._on_queued()
+        self.on_evaluated(len(due), self.last_lag)
         return len(due)
 
     async def run(self, poll: float = 1.0) -> None:

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import asyncpg
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc, query_pb2_grpc
 from llmmeter_alerts.clock import Clock, SystemClock
@@ -24,6 +25,7 @@ from llmmeter_alerts.notify import DeliveryPolicy, Dispatcher
 from llmmeter_alerts.servicer import AlertsServicer
 from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_alerts.store import AlertStore
+from llmmeter_common import telemetry
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, wait_for_database
 
@@ -42,6 +44,7 @@ class AlertsServer:
         self._pool: asyncpg.Pool | None = None
         self._channel: grpc.aio.Channel | None = None
         self._grpc: GrpcServer | None = None
+        self._tracing: TracerProvider | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.leader = Leader(settings.database_url)
         self.evaluator: Evaluator
@@ -55,7 +58,9 @@ class AlertsServer:
         await migrate(s.database_url)
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=s.pool_max_size)
         self.store = AlertStore(self._pool)
-        self._channel = grpc.aio.insecure_channel(s.query_addr)
+        self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-alerts")
+        self._channel = grpc.aio.insecure_channel(
+            s.query_addr, interceptors=telemetry.client_interceptors(self._tracing))
         source = MetricSource(query_pb2_grpc.QueryServiceStub(self._channel), s.query_timeout_seconds)
         self.dispatcher = Dispatcher(self.store, self.clock, self.leader, DeliveryPolicy(
             timeout=s.webhook_timeout_seconds, max_attempts=s.webhook_max_attempts,
@@ -64,11 +69,22 @@ class AlertsServer:
         self.evaluator = Evaluator(self.store, source, self.clock, self.leader, self.dispatcher.wake,
                                    s.concurrency)
         servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url)
-        self._grpc = GrpcServer([SERVICE_NAME])
+        self._grpc = GrpcServer([SERVICE_NAME], tracer_provider=self._tracing)
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: alerts_pb2_grpc.add_AlertsServiceServicer_to_server(servicer, srv))
-        self.port = await self._grpc.start(s.host, s.port)
+        evaluations = self._grpc.metrics.counter(
+            "llmmeter_alert_evaluations", "Rule evaluations done by this replica")
+        lag = self._grpc.metrics.gauge(
+            "llmmeter_alert_evaluation_lag_seconds",
+            "How late the latest round started its most overdue rule")
+
+        def evaluated(n: int, behind: timedelta) -> None:
+            evaluations.inc(n)
+            lag.set(behind.total_seconds())
+
+        self.evaluator.on_evaluated = evaluated
+        self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
         if s.evaluate:
             self._tasks = [asyncio.create_task(self.evaluator.run(s.poll_seconds)),
                            asyncio.create_task(self.dispatcher.run(s.poll_seconds))]
@@ -98,4 +114,6 @@ class AlertsServer:
             await self._channel.close()
         if self._pool is not None:
             await self._pool.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(telemetry.shutdown, self._tracing)
         log.info("alerts service stopped")

@@ -61,3 +61,10 @@ class AlertsSettings(BaseSettings):
 
     health_probe_timeout_seconds: float = 1.0
     """A probe not answered within this long counts as the database being unreachable."""
+
+    otlp_endpoint: str = Field("", validation_alias=AliasChoices(
+        "otlp_endpoint", "LLMMETER_ALERTS_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    """OTLP/gRPC collector for the service's own traces (RPC spans, calls to the query service)."""
+
+    metrics_port: int = 9466
+    """HTTP port serving Prometheus metrics at `/metrics` (0 = not served)."""

@@ -57,6 +57,11 @@ async def wait_for_database(dsn: str, max_wait: float) -> None:
             delay = min(delay * 2, 5.0)
 
 
+#: Health service name that only says the process is up and answering, whatever the
+#: database does: for liveness probes, so a database outage does not restart every pod.
+LIVENESS = "liveness"
+
+
 class GrpcServer:
     """A grpc.aio server with health checking, reflection, RPC metrics and domain-error mapping.
 
@@ -119,6 +124,7 @@ class GrpcServer:
             self.metrics_port = self.metrics.serve(host, metrics_port)
         await self.server.start()
         self._started = True
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
         if self._probe is not None:
             self._probe.start()
