@@ -370,7 +370,12 @@ def test_probes_are_native_grpc_on_the_port_the_service_serves(
     (container,) = _one(docs, "Deployment", f"llmmeter-{service}")["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", module]
     assert importlib.util.find_spec(module) is not None
-    assert [p["containerPort"] for p in container["ports"]] == [default_port]
+    metrics_port = settings.model_fields["metrics_port"].default
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("grpc", default_port), ("metrics", metrics_port)]
+    template = _one(docs, "Deployment", f"llmmeter-{service}")["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
         assert container[probe]["grpc"]["port"] == default_port, probe

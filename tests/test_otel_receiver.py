@@ -85,6 +85,12 @@ async def test_genai_spans_become_records_and_others_are_ignored(sdk: Sdk, db_po
     }, start + 2 * S, 0.1, error="429 Too Many Requests")
     sdk.span("GET /users", {"http.request.method": "GET", "http.route": "/users"}, start, 0.01)
     sdk.span("execute_tool search", {"gen_ai.operation.name": "execute_tool"}, start, 0.01)  # no model
+    sdk.span("invoke_agent planner", {  # wraps model calls reported on their own
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 999}, start, 0.5)
+    sdk.span("chat gpt-4o", {  # a span llmmeter exported itself, forwarded back by a collector
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "looped-model",
+        "llmmeter.request_id": "chatcmpl-1"}, start, 0.5)
     await sdk.flush()
 
     rows = {r["model"]: r for r in await db_pool.fetch("SELECT * FROM usage_records")}

@@ -63,6 +63,10 @@ def silence_message(row: asyncpg.Record) -> alerts_pb2.Silence:
     return s
 
 
+#: How far below the newest id a watch looks again for events committed late.
+_WATCH_REREAD_IDS = 1000
+
+
 class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
     """The gRPC face of the alerts domain."""
 
@@ -193,16 +197,23 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
         conn = await asyncpg.connect(self._url)
         try:
             await conn.add_listener(EVENTS_CHANNEL, lambda *_args: wake.set())
-            last = await conn.fetchval("SELECT coalesce(max(id), 0) FROM alert_events")
+            floor = await conn.fetchval("SELECT coalesce(max(id), 0) FROM alert_events")
+            # Ids are taken before commit by concurrent transactions, so they become visible out
+            # of order: re-read a trailing window of ids and skip the ones already sent.
+            seen: set[int] = set()
             await context.send_initial_metadata((("llmmeter-watch", "live"),))
             while True:
                 await wake.wait()
                 wake.clear()
-                rows = await conn.fetch("SELECT * FROM alert_events WHERE id > $1 ORDER BY id", last)
+                rows = await conn.fetch("SELECT * FROM alert_events WHERE id > $1 ORDER BY id", floor)
                 for row in rows:
-                    last = row["id"]
+                    if row["id"] in seen:
+                        continue
+                    seen.add(row["id"])
                     if all(row[{"rule": "rule_name", "group": "grp"}.get(k, k)] == v for k, v in f.items()):
                         yield alerts_pb2.WatchAlertsResponse(event=event_message(row))
+                floor = max(floor, max(seen, default=floor) - _WATCH_REREAD_IDS)
+                seen = {i for i in seen if i > floor}
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)

@@ -84,9 +84,20 @@ def _ttft_ns(span: trace_pb2.Span, a: Mapping[str, Any]) -> int | None:
     return None
 
 
+#: GenAI operations that are model calls; agent and tool spans wrap model calls that are
+#: reported on their own, so counting them too would count tokens twice.
+MODEL_CALLS = frozenset({"chat", "text_completion", "embeddings", "generate_content"})
+
+
 def is_genai(a: Mapping[str, Any]) -> bool:
-    """An LLM call: GenAI attributes and a model."""
-    marked = genai.OPERATION in a or genai.PROVIDER in a or genai.SYSTEM in a
+    """A model call: GenAI attributes, a model, a model-call operation (when named), and not a
+    span that llmmeter itself exported (a collector forwarding those back would loop)."""
+    if "llmmeter.request_id" in a:
+        return False
+    operation = a.get(genai.OPERATION)
+    if operation is not None and operation not in MODEL_CALLS:
+        return False
+    marked = operation is not None or genai.PROVIDER in a or genai.SYSTEM in a
     return marked and bool(_str(a, genai.REQUEST_MODEL, genai.RESPONSE_MODEL))
 
 

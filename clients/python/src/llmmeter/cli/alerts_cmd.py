@@ -54,9 +54,9 @@ examples:
       --filter 'team = "search"' --slack https://hooks.slack.com/services/T/B/X
 
 Metrics: error_rate, failures, requests, requests_per_second, successes,
-success_rate, latency_avg, latency_p50/p90/p95/p99, ttft_avg, ttft_p50/p95,
-cost, input_tokens, output_tokens, total_tokens, cache_read_tokens,
-tokens_per_minute. Percentiles other than p95 need --group-by.
+success_rate, latency_avg, latency_p50/p75/p90/p95/p99, ttft_avg,
+ttft_p50/p75/p90/p95/p99, itl, tpot, cost, input_tokens, output_tokens,
+total_tokens, cache_read_tokens, cache_write_tokens, tokens_per_minute.
 """
 
 _UPDATE_EPILOG = """\
