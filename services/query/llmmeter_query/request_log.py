@@ -99,7 +99,8 @@ class RequestLog:
                 raise _bad_token("was made for another time window")
             window = tok.window
             params += [tok.after_time, tok.after_id]
-            after = " AND (start_time, request_id) < ($1, $2)"
+            # the plain bound lets PostgreSQL skip the newer day partitions altogether
+            after = " AND start_time <= $1 AND (start_time, request_id) < ($1, $2)"
         params += [window.start, window.end]
         n = len(params)
         sql = (f"SELECT {', '.join(LOG_COLUMNS)} FROM usage_records "

@@ -135,7 +135,8 @@ CREATE TABLE usage_1m (
     lat_counts         bigint[]  NOT NULL,
     ttft_keys          integer[] NOT NULL,
     ttft_counts        bigint[]  NOT NULL,
-    PRIMARY KEY (bucket, dims_mask, model, model_alias, provider, user_name, team, account,
+    -- dims_mask first: a query reads one grouping set over a range of buckets.
+    PRIMARY KEY (dims_mask, bucket, model, model_alias, provider, user_name, team, account,
                  status_code, error_type, call_type)
 ) PARTITION BY RANGE (bucket);
 
