@@ -69,6 +69,31 @@ async def _abort(context: grpc.aio.ServicerContext, exc: errors.LlmmeterError) -
     await context.abort_with_status(to_status(exc))
 
 
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """Abort with the status `exc` stands for; anything else propagates unchanged."""
+    domain = as_domain_error(exc)
+    if domain is None:
+        raise exc
+    await _abort(context, domain)
+
+
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, unary: Wrap, stream: Wrap) -> grpc.RpcMethodHandler:
+    """The handler with its behaviour wrapped: `unary` for unary-response kinds, `stream` for
+    streaming-response kinds (server interceptors of grpc.aio all need this dispatch)."""
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary(handler.unary_unary))
+    if handler.stream_unary:
+        return handler._replace(stream_unary=unary(handler.stream_unary))
+    if handler.unary_stream:
+        return handler._replace(unary_stream=stream(handler.unary_stream))
+    if handler.stream_stream:
+        return handler._replace(stream_stream=stream(handler.stream_stream))
+    return handler
+
+
 def _wrap_unary(
     fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
@@ -76,10 +101,7 @@ def _wrap_unary(
         try:
             return await fn(request, context)
         except Exception as exc:
-            domain = as_domain_error(exc)
-            if domain is None:
-                raise
-            await _abort(context, domain)
+            await _fail(context, exc)
 
     return handler
 
@@ -93,10 +115,7 @@ def _wrap_stream(fn: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Callable
             async for item in fn(request, context):
                 yield item
         except Exception as exc:
-            domain = as_domain_error(exc)
-            if domain is None:
-                raise
-            await _abort(context, domain)
+            await _fail(context, exc)
 
     return handler
 
@@ -114,10 +133,7 @@ def _wrap_writer(fn: Callable[[Any, grpc.aio.ServicerContext], Any]) -> Callable
             async for item in result:
                 await context.write(item)
         except Exception as exc:
-            domain = as_domain_error(exc)
-            if domain is None:
-                raise
-            await _abort(context, domain)
+            await _fail(context, exc)
 
     return handler
 
@@ -131,14 +147,4 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream))
-        return handler
+        return handler if handler is None else wrap_handler(handler, _wrap_unary, _wrap_stream)

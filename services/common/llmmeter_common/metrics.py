@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from llmmeter_common.grpc_errors import wrap_handler
+
 log = logging.getLogger(__name__)
 
 #: RPC latency buckets (seconds): sub-millisecond health checks up to minute-long exports.
@@ -163,12 +165,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         service, method = _split(handler_call_details.method)
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, service, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, service, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, service, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=self._stream(handler.stream_stream, service, method))
-        return handler
+        return wrap_handler(handler, lambda fn: self._unary(fn, service, method),
+                            lambda fn: self._stream(fn, service, method))
