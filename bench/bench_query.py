@@ -63,6 +63,7 @@ raw-scan baseline; log pages <= 20 ms median, page 1000 as fast as page 1
 (within 20% or 1 ms); percentile error <= 1%.
 
 Usage: .venv/bin/python bench/bench_query.py [--records N] [--reps 20] [--json] [--check-goals]
+       [--data-dir DIR]  (load once into DIR, reuse it on later runs with the same --records/--days/--seed)
 Only loopback networking is used; everything started is stopped and deleted,
 also on failure or Ctrl-C. Needs about 3 GB of disk per million records (rollups included).
 """
@@ -863,6 +864,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print only the JSON result line on stdout")
     p.add_argument("--check-goals", action="store_true", help="exit 2 when a goal is not met")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for debugging")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="load into DIR and keep it; a later run with the same DIR, --records, --days and "
+                        "--seed reuses the loaded data instead of loading again")
     args = p.parse_args()
     if args.records < 1 or args.days < 8 or args.reps < 1 or args.warmups < 0 or args.baseline_reps < 1:
         p.error("--records, --reps, --baseline-reps must be positive, --days at least 8")
@@ -878,11 +882,20 @@ def main() -> int:
     from llmmeter_common.pgcluster import LocalCluster, free_port
 
     facts = machine_facts()
-    tmp = Path(tempfile.mkdtemp(prefix="llmmeter-bench-query-"))
+    reuse = Path(args.data_dir).resolve() if args.data_dir else None
+    tmp = reuse or Path(tempfile.mkdtemp(prefix="llmmeter-bench-query-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    marker = tmp / "loaded.json"
+    kept = json.loads(marker.read_text()) if marker.exists() else None
+    wanted = (args.records, args.days, args.seed)
+    if kept is not None and (kept["records"], kept["days"], kept["seed"]) != wanted:
+        raise BenchFailure(f"{tmp} holds {kept['records']:,} records over {kept['days']} days (seed "
+                           f"{kept['seed']}); pass the same --records/--days/--seed or another --data-dir")
     need = args.records * DISK_BYTES_PER_RECORD + (2 << 30)
     free = shutil.disk_usage(tmp).free
-    if free < need:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if kept is None and free < need:
+        if reuse is None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise BenchFailure(f"{tmp.parent}: {free / 2**30:.1f} GB free, about {need / 2**30:.1f} GB needed")
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1) + timedelta(microseconds=123_457)
     cluster: LocalCluster | None = None
@@ -891,21 +904,32 @@ def main() -> int:
     try:
         cluster = LocalCluster(tmp / "pgdata", free_port())
         log(f"starting PostgreSQL in {tmp} on port {cluster.port}")
+        if kept is None and reuse is not None:  # a load that did not finish: start over
+            shutil.rmtree(tmp / "pgdata", ignore_errors=True)
         cluster.init()
         cluster.start()
         server_dsn = cluster.dsn("postgres")
         pg_version = asyncio.run(_fetch(server_dsn, "SHOW server_version"))
-        asyncio.run(_exec(server_dsn, "CREATE DATABASE bench_query"))
         dsn = cluster.dsn("bench_query")
         from llmmeter_common.migrate import migrate
 
-        asyncio.run(migrate(dsn, "postgres"))
-        log(f"loading {args.records:,} records over {args.days} days ending {end:%Y-%m-%d %H:%M:%S} UTC "
-            "(SQL generate_series into usage_records + usage_rollup_pending; rollups by MATERIALIZE_SQL "
-            f"in chunks of {args.chunk:,})")
-        loaded = asyncio.run(load(dsn, args.records, args.days, end, args.chunk, args.seed,
-                                    args.rollup_workers))
-        log(f"loaded in {loaded['seconds']:.0f}s ({loaded['records_per_s']:,} records/s)")
+        if kept is not None:
+            end = datetime.fromisoformat(kept["end"])
+            loaded = kept["load"]
+            log(f"reusing the {args.records:,} records loaded in {tmp} (ending {end:%Y-%m-%d %H:%M:%S} UTC)")
+            asyncio.run(migrate(dsn, "postgres"))  # the query code may have new migrations
+        else:
+            asyncio.run(_exec(server_dsn, "CREATE DATABASE bench_query"))
+            asyncio.run(migrate(dsn, "postgres"))
+            log(f"loading {args.records:,} records over {args.days} days ending {end:%Y-%m-%d %H:%M:%S} UTC "
+                "(SQL generate_series into usage_records + usage_rollup_pending; rollups by MATERIALIZE_SQL "
+                f"in chunks of {args.chunk:,})")
+            loaded = asyncio.run(load(dsn, args.records, args.days, end, args.chunk, args.seed,
+                                        args.rollup_workers))
+            log(f"loaded in {loaded['seconds']:.0f}s ({loaded['records_per_s']:,} records/s)")
+            if reuse is not None:
+                marker.write_text(json.dumps({"records": args.records, "days": args.days, "seed": args.seed,
+                                              "end": end.isoformat(), "load": loaded}, default=str))
 
         qport = free_port()
         qaddr = f"127.0.0.1:{qport}"
@@ -954,10 +978,14 @@ def main() -> int:
     finally:
         for proc in procs.values():
             stop_process(proc)
-        if cluster is not None:
+        if cluster is not None and reuse is not None:
+            with contextlib.suppress(Exception):
+                cluster.stop()
+            log(f"kept the loaded data in {tmp} for the next --data-dir run")
+        elif cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.destroy()
-        if args.keep:
+        if args.keep or reuse is not None:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
