@@ -4,28 +4,34 @@ A request becomes (window, filter, grouping, time bucket). The window is cut
 into stretches (see `window.plan`): rollup stretches read the narrowest
 grouping set that keeps the filtered and grouped dimensions plus the rows of
 that stretch still queued for the rollups, raw stretches read
-`usage_records`; sums are added up in SQL, histograms merged key by key.
-Counts, tokens and cost are therefore exact; percentiles are exact when the
-whole window was answered from raw rows and estimated (within 0.5%) from the
-merged histograms otherwise, and the result says which.
+`usage_records`; sums are added up in SQL. Histograms come back as arrays,
+only for the groups that will be shown (see `Top`), and are merged and read
+in numpy (`histograms`). Counts, tokens and cost are therefore exact;
+percentiles are exact when the whole window was answered from raw rows and
+estimated (within 0.5%) from the merged histograms otherwise, and the result
+says which.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
-from llmmeter_common import sketch
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask
 from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
+from llmmeter_query.histograms import Collector, unpack
 from llmmeter_query.window import Stretch, Window, plan, usable_levels
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
+#: Histogram prefixes (`lat`, `ttft`), all of which a summary or breakdown shows.
+PREFIXES: tuple[str, ...] = tuple(p for p, _ in HISTOGRAMS)
+OTHER = "other"
 RAW = "usage_records"
 PENDING = "usage_rollup_pending"
 _ORIGIN_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
@@ -64,39 +70,50 @@ class Stats:
     """Everything aggregated for one (group, time bucket)."""
 
     measures: dict[str, Any] = field(default_factory=dict)
-    hists: dict[str, dict[int, int]] = field(default_factory=lambda: {p: {} for p, _ in HISTOGRAMS})
-    exact: dict[tuple[str, float], float] = field(default_factory=dict)
+    quantiles: dict[tuple[str, float], float] = field(default_factory=dict)
 
     def get(self, column: str) -> Any:
         """A summed measure (0 when absent)."""
         return self.measures.get(column, 0)
 
     def add(self, other: Stats) -> None:
-        """Fold another group into this one (for "other"); exact percentiles do not fold."""
+        """Fold another group's sums into this one (percentiles are computed after folding)."""
         for k, v in other.measures.items():
             self.measures[k] = self.measures.get(k, 0) + v
-        for p, hist in other.hists.items():
-            mine = self.hists[p]
-            for key, count in hist.items():
-                mine[key] = mine.get(key, 0) + count
-        self.exact = {}
 
     def percentile(self, prefix: str, q: float) -> float | None:
-        """The q-quantile of latency (`lat`) or TTFT (`ttft`) in microseconds."""
-        if (prefix, q) in self.exact:
-            return self.exact[(prefix, q)]
-        return sketch.quantile(self.hists[prefix], q)
+        """The q-quantile (one of QUANTILES) of latency (`lat`) or TTFT (`ttft`) in microseconds."""
+        return self.quantiles.get((prefix, q))
 
 
 Key = tuple[str, datetime | None]
 
 
+@dataclass(frozen=True)
+class Top:
+    """Which groups are shown, so that only their histograms are read.
+
+    `order` ranks the group values from their summed measures; the first
+    `limit` (0: all) get percentiles. With `fold`, the others are summed into
+    one group "other", whose histogram is the total's minus the kept groups'.
+    """
+
+    limit: int
+    order: Callable[[dict[Any, Stats]], list[Any]]
+    fold: bool = False
+
+
 @dataclass
 class Aggregates:
-    """Stats per (group value, bucket start); `exact` tells how percentiles were computed."""
+    """Stats per (group value, bucket start); `exact` tells how percentiles were computed.
+
+    `shown` lists the group values in `Top` order (kept ones, then "other"
+    when folded); without a `Top` it is every group, unordered.
+    """
 
     groups: dict[Key, Stats]
     exact: bool
+    shown: list[Any] = field(default_factory=list)
 
 
 class Aggregator:
@@ -106,26 +123,25 @@ class Aggregator:
         self._pool = pool
         self._exact_window = exact_window
 
-    def _stretches(self, window: Window, filt: Filter, group: Grouping | None,
-                   bucket: timedelta | None) -> tuple[list[Stretch], int]:
+    def _query(self, window: Window, filt: Filter, group: Grouping | None,
+               bucket: timedelta | None) -> _Query:
         dims = set(filt.columns())
         rollups_ok = filt.rollup_compatible() and (group is None or group.dims is not None)
         if group is not None and group.dims is not None:
             dims |= group.dims
         small = window.end - window.start <= self._exact_window
         levels = usable_levels(bucket) if rollups_ok and not small else ()
-        return plan(window.start, window.end, levels), covering_mask(dims)
+        return _Query(filt, group, bucket, plan(window.start, window.end, levels), covering_mask(dims))
 
-    async def run(self, window: Window, filt: Filter, group: Grouping | None,
-                  bucket: timedelta | None, fold_limit: int | None = None) -> Aggregates:
-        """Aggregate; percentiles are exact when only raw rows were read and no groups fold.
+    async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
+                  *, top: Top | None = None, prefixes: Sequence[str] = PREFIXES) -> Aggregates:
+        """Aggregate; percentiles (of `prefixes` only) are exact when only raw rows were read and
+        no groups fold.
 
         All statements of one call read one snapshot, so a row the rollup worker moves
         meanwhile is counted once in the sums and the histograms alike.
         """
-        stretches, mask = self._stretches(window, filt, group, bucket)
-        query = _Query(filt, group, bucket, stretches, mask)
-        all_raw = all(s.level is None for s in stretches)
+        query = self._query(window, filt, group, bucket)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
             groups: dict[Key, Stats] = {}
@@ -133,18 +149,74 @@ class Aggregator:
             for row in await conn.fetch(sql, *params):
                 groups[(row[0], row[1])] = Stats(
                     measures={m.column: _num(row[i + 2]) for i, m in enumerate(MEASURES)})
-            exact = all_raw and (fold_limit is None or len({k[0] for k in groups}) <= fold_limit)
-            if exact:
+            shown, kept, fold = _choose(groups, top)
+            if fold:
+                groups = _fold(groups, kept)
+            exact = not fold and all(s.level is None for s in query.stretches)
+            if not prefixes or not groups:
+                pass
+            elif exact:
                 sql, params = query.exact_percentiles()
                 _add_exact(groups, list(await conn.fetch(sql, *params)))
             else:
-                for prefix, col in HISTOGRAMS:
-                    sql, params = query.histogram(prefix, col)
-                    for g, tb, k, c in await conn.fetch(sql, *params):
-                        stats = groups.get((g, tb))
-                        if stats is not None:
-                            stats.hists[prefix][k] = int(c)
-        return Aggregates(groups, exact)
+                collectors = {p: Collector() for p in prefixes}
+                sql, params = query.histograms(prefixes, None if kept is None else list(kept))
+                _collect(collectors, await conn.fetch(sql, *params), fold)
+                if fold:  # "other" = the total minus the kept groups
+                    sql, params = self._query(window, filt, None, bucket).histograms(prefixes, None)
+                    _collect(collectors, await conn.fetch(sql, *params), False, OTHER)
+                _read_quantiles(groups, collectors)
+        return Aggregates(groups, exact, shown)
+
+
+def _choose(groups: dict[Key, Stats], top: Top | None) -> tuple[list[Any], set[Any] | None, bool]:
+    """(group values shown, the ones whose histograms to read (None: all), whether to fold)."""
+    if top is None:
+        return list(dict.fromkeys(g for g, _ in groups)), None, False
+    totals: dict[Any, Stats] = {}
+    for (g, _), s in groups.items():
+        totals.setdefault(g, Stats()).add(s)
+    ranked = top.order(totals)
+    if top.limit <= 0 or len(ranked) <= top.limit:
+        return ranked, None, False
+    kept = ranked[: top.limit]
+    return ([*kept, OTHER] if top.fold else kept), set(kept), top.fold
+
+
+def _fold(groups: dict[Key, Stats], kept: set[Any] | None) -> dict[Key, Stats]:
+    out: dict[Key, Stats] = {}
+    for (g, tb), s in groups.items():
+        key = (g if kept is None or g in kept else OTHER, tb)
+        if key not in out:
+            out[key] = Stats()
+        out[key].add(s)
+    return out
+
+
+def _collect(collectors: dict[str, Collector], rows: list[asyncpg.Record], subtract: bool,
+             rename: str | None = None) -> None:
+    """Feed histogram rows (g, tb, then keys and counts per prefix) to the collectors; with `subtract`,
+    also take each from "other" (which the total is added to)."""
+    for row in rows:
+        key = (rename if rename is not None else row[0], row[1])
+        for i, coll in enumerate(collectors.values()):
+            keys = unpack(row[2 + 2 * i], wide=False)
+            raw_counts = row[3 + 2 * i]
+            counts = None if raw_counts is None else unpack(raw_counts, wide=True)
+            coll.add(key, keys, counts)
+            if subtract:
+                coll.add((OTHER, row[1]), keys, counts, sign=-1)
+
+
+def _read_quantiles(groups: dict[Key, Stats], collectors: dict[str, Collector]) -> None:
+    for prefix, coll in collectors.items():
+        for key, values in coll.quantiles(QUANTILES).items():
+            stats = groups.get(cast(Key, key))
+            if stats is None:
+                continue
+            for q, v in zip(QUANTILES, values, strict=True):
+                if v is not None:
+                    stats.quantiles[(prefix, q)] = v
 
 
 def _add_exact(groups: dict[Key, Stats], rows: list[asyncpg.Record]) -> None:
@@ -155,7 +227,7 @@ def _add_exact(groups: dict[Key, Stats], rows: list[asyncpg.Record]) -> None:
         for i, (prefix, _) in enumerate(HISTOGRAMS):
             for q, v in zip(QUANTILES, row[2 + i] or (), strict=False):
                 if v is not None:
-                    stats.exact[(prefix, q)] = float(v)
+                    stats.quantiles[(prefix, q)] = float(v)
 
 
 def _num(v: Any) -> Any:
@@ -218,23 +290,30 @@ class _Query:
         outer = ", ".join(f"sum({m.column})" for m in MEASURES)
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
-    def histogram(self, prefix: str, raw_col: str) -> tuple[str, list[Any]]:
-        """Merged histogram rows (g, tb, key, count)."""
+    def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:
+        """Histogram pieces (g, tb, then per prefix keys and counts as `array_send` bytes): rollup rows
+        as stored, raw rows one key each per (g, tb) with NULL counts (one per key). With `only`,
+        just the rows of those group values."""
         params: list[Any] = []
         parts = []
+        cols = dict(HISTOGRAMS)
         for s, table in self._sources():
-            if table is None or table == PENDING:
-                parts.append(
-                    f"SELECT {self._keys('start_time')}, llmmeter_hist_key({raw_col}) AS k, count(*) AS c "
-                    f"FROM {table or RAW} WHERE {raw_col} IS NOT NULL AND {self._where(s, False, params)} "
-                    "GROUP BY 1, 2, 3")
+            rollup = table is not None and table != PENDING
+            cond = self._where(s, rollup, params)
+            if only is not None and self.group is not None:
+                params.append(only)
+                cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
+            if rollup:
+                arrays = ", ".join(f"array_send({p}_keys), array_send({p}_counts)" for p in prefixes)
+                parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
-                parts.append(
-                    f"SELECT {self._keys('bucket')}, u.k, sum(u.c) AS c FROM {table}, "
-                    f"unnest({prefix}_keys, {prefix}_counts) AS u(k, c) "
-                    f"WHERE {self._where(s, True, params)} GROUP BY 1, 2, 3")
-        return (f"SELECT g, tb, k, sum(c) FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb, k",
-                params)
+                arrays = ", ".join(
+                    f"array_send(coalesce(array_agg(llmmeter_hist_key({cols[p]})) "
+                    f"FILTER (WHERE {cols[p]} IS NOT NULL), '{{}}'::integer[])), NULL::bytea"
+                    for p in prefixes)
+                parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "
+                             f"WHERE {cond} GROUP BY 1, 2")
+        return " UNION ALL ".join(parts), params
 
     def exact_percentiles(self) -> tuple[str, list[Any]]:
         """Exact nearest-rank percentiles per (g, tb), from raw rows only."""

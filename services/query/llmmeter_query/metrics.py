@@ -115,6 +115,9 @@ def breakdown_row(group: str, s: Stats, minutes: float) -> dict[str, Any]:
 
 #: BreakdownRow columns a breakdown can be sorted by.
 BREAKDOWN_COLUMNS = tuple(breakdown_row("", Stats(), 1.0))
+#: The ones read from histograms (sorting by them needs every group's histograms).
+PERCENTILE_COLUMNS = frozenset({**_percentiles(Stats(), "lat", "latency", _ALL_QS),
+                                **_percentiles(Stats(), "ttft", "ttft", _ALL_QS)})
 
 SeriesFn = Callable[[Stats, timedelta], "float | None"]
 

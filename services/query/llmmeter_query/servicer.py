@@ -17,7 +17,7 @@ import grpc
 from llmmeter.v1 import query_pb2, query_pb2_grpc
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_query import metrics
-from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, parse_group
+from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
 from llmmeter_query.convert import opt_time, request_row, ts, usage_record
 from llmmeter_query.export import export_aggregates, export_requests
 from llmmeter_query.filters import parse_filter
@@ -62,22 +62,23 @@ def _buckets(window: Window, width: timedelta) -> list[datetime]:
     return out
 
 
-def _fold(agg: Aggregates, top_n: int) -> tuple[list[str], dict[tuple[str, datetime | None], Stats]]:
-    """Keep the top_n groups by requests; add the rest up as "other"."""
-    totals: dict[str, int] = {}
-    for (g, _), s in agg.groups.items():
-        totals[g] = totals.get(g, 0) + metrics.requests(s)
-    ranked = sorted(totals, key=lambda g: (-totals[g], g))
-    if top_n <= 0 or len(ranked) <= top_n:
-        return ranked, agg.groups
-    keep = set(ranked[:top_n])
-    folded: dict[tuple[str, datetime | None], Stats] = {}
-    for (g, tb), s in agg.groups.items():
-        key = (g if g in keep else "other", tb)
-        if key not in folded:
-            folded[key] = Stats()
-        folded[key].add(s)
-    return [*ranked[:top_n], "other"], folded
+def _by_requests(totals: dict[Any, Stats]) -> list[Any]:
+    """Busiest groups first (ties by name): which series get their own line."""
+    return sorted(totals, key=lambda g: (-metrics.requests(totals[g]), str(g)))
+
+
+def _breakdown_rows(totals: dict[Any, Stats], minutes: float, column: str,
+                    desc: bool) -> list[dict[str, Any]]:
+    rows = [metrics.breakdown_row(g, s, minutes) for g, s in totals.items()]
+    rows.sort(key=lambda r: r["group"])
+    rows.sort(key=lambda r: r[column], reverse=desc)
+    return rows
+
+
+def _series_prefixes(names: list[str]) -> tuple[str, ...]:
+    """The histograms the requested metrics need (none for counts, sums and averages)."""
+    return tuple(p for p, tag in (("lat", "LATENCY_P"), ("ttft", "TTFT_P"))
+                 if any(n.startswith(tag) for n in names))
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
@@ -125,13 +126,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         name, width = parse_granularity(request.granularity, window)
         group = parse_group(request.group_by)
         top_n = request.top_n if request.top_n > 0 else 10
-        agg = await self._agg.run(window, parse_filter(request.filter), group, width,
-                                  fold_limit=top_n if group else None)
-        groups, stats = _fold(agg, top_n) if group else ([""], agg.groups)
+        names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in request.metrics]
+        top = Top(top_n, _by_requests, fold=True) if group else None
+        agg = await self._agg.run(window, parse_filter(request.filter), group, width, top=top,
+                                  prefixes=_series_prefixes(names))
+        groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         series = []
-        for metric in request.metrics:
-            fn = metrics.SERIES[query_pb2.Metric.Name(metric).removeprefix("METRIC_")]
+        for metric, metric_name in zip(request.metrics, names, strict=True):
+            fn = metrics.SERIES[metric_name]
             for g in groups:
                 points = []
                 for b in buckets:
@@ -148,11 +151,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         column, desc = _order(request.order_by)
         if request.top_n < 0:
             raise InvalidArgument("top_n: must not be negative", [FieldViolation("top_n", ">= 0")])
+        minutes = window.minutes
+
+        def order(totals: dict[Any, Stats]) -> list[Any]:
+            return [r["group"] for r in _breakdown_rows(totals, minutes, column, desc)]
+
+        # sorted by a percentile, every group needs its histograms; otherwise only the top N
+        top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
         agg = await self._agg.run(window, parse_filter(request.filter),
-                                  parse_group(request.group_by or "model"), None)
-        rows = [metrics.breakdown_row(g, s, window.minutes) for (g, _), s in agg.groups.items()]
-        rows.sort(key=lambda r: r["group"])
-        rows.sort(key=lambda r: r[column], reverse=desc)
+                                  parse_group(request.group_by or "model"), None, top=top)
+        rows = _breakdown_rows({g: s for (g, _), s in agg.groups.items()}, minutes, column, desc)
         cut = rows[: request.top_n] if request.top_n else rows
         return query_pb2.GetBreakdownResponse(
             rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(rows) - len(cut),

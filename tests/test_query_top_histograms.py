@@ -1,0 +1,126 @@
+"""Percentiles when only the shown groups' histograms are read: top N, "other", and the array codec.
+
+The expectations are computed independently in Python: each record's
+histogram key (`sketch.key_of`), merged per group and bucket with dicts,
+read back with `sketch.quantile`. The service's numpy path must give the
+very same values, whether the rows are still queued or already rolled up.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from llmmeter.v1 import query_pb2
+from llmmeter_common import sketch
+from llmmeter_query.histograms import Collector, unpack
+
+from conftest import drain_rollups
+from records import ingest, record, ts
+
+M = query_pb2
+MODELS = ("m1", "m2", "m3", "m4", "m5")
+USERS = ("ana", "bo", "cy", "di", "ed", "flo")
+
+
+def _month(n: int, seed: int) -> tuple[list[Any], list[dict[str, Any]], datetime]:
+    rng = random.Random(seed)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    recs, plain = [], []
+    for i in range(n):
+        start = now - timedelta(minutes=rng.uniform(5, 3 * 24 * 60))
+        model = rng.choices(MODELS, weights=(8, 5, 3, 2, 1))[0]
+        user = rng.choice(USERS)
+        lat = rng.lognormvariate(6.0 + MODELS.index(model) * 0.2, 0.7)
+        lat_us = round(lat * 1000)
+        cost = round(rng.uniform(0, 0.05) * (1 + USERS.index(user)), 6)
+        recs.append(record(start, latency_ms=lat_us / 1000, ttft_ms=None, model=model, user=user, cost=cost,
+                           request_id=f"top-{seed}-{i}"))
+        plain.append({"start": start, "model": model, "user": user, "lat_us": lat_us, "cost": cost})
+    return recs, plain, now
+
+
+def _hist_p95(values: list[int]) -> float | None:
+    hist: dict[int, int] = defaultdict(int)
+    for v in values:
+        hist[sketch.key_of(v)] += 1
+    q = sketch.quantile(hist, 0.95)
+    return None if q is None else q / 1000
+
+
+async def test_series_top_n_and_other_percentiles_from_histograms(ingest_stub, query_stub, db_url) -> None:
+    recs, plain, now = _month(2500, 11)
+    await ingest(ingest_stub, recs)
+    start, end = now - timedelta(days=3), now
+    hours = [start + timedelta(hours=i) for i in range(72)]
+    lat: dict[tuple[str, datetime], list[int]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for r in plain:
+        hour = r["start"].replace(minute=0, second=0, microsecond=0)
+        counts[r["model"]] += 1
+        lat[(r["model"], hour)].append(r["lat_us"])
+    top = sorted(counts, key=lambda m: (-counts[m], m))[:2]
+    for (m, hour), values in list(lat.items()):
+        if m not in top:
+            lat[("other", hour)] += values
+    req = M.GetTimeSeriesRequest(start_time=ts(start), end_time=ts(end), granularity="1h", group_by="model",
+                                 top_n=2, metrics=[M.METRIC_LATENCY_P95, M.METRIC_REQUESTS])
+    for phase in ("queued", "rolled up"):
+        resp = await query_stub.GetTimeSeries(req)
+        assert resp.percentile_method == M.PERCENTILE_METHOD_ESTIMATED
+        assert [s.group for s in resp.series] == [*top, "other", *top, "other"]
+        for s in resp.series:
+            if s.metric != M.METRIC_LATENCY_P95:
+                continue
+            got = [p.value if p.present else None for p in s.points]
+            want = [_hist_p95(lat.get((s.group, h), [])) for h in hours]
+            assert len(got) == len(want)
+            for g, w in zip(got, want, strict=True):
+                assert (g is None) == (w is None), (phase, s.group)
+                assert g is None or math.isclose(g, w, rel_tol=1e-9), (phase, s.group, g, w)
+        await drain_rollups(db_url)
+
+
+async def test_breakdown_top_n_reads_only_shown_groups_yet_matches_the_full_table(ingest_stub, query_stub,
+                                                                               db_url) -> None:
+    recs, plain, now = _month(1500, 12)
+    await ingest(ingest_stub, recs)
+    await drain_rollups(db_url)
+    window = {"start_time": ts(now - timedelta(days=3)), "end_time": ts(now)}
+    for order in ("cost desc", "latency_p95_ms desc", "request_count", "group desc"):
+        full = await query_stub.GetBreakdown(M.GetBreakdownRequest(group_by="user", order_by=order, **window))
+        cut = await query_stub.GetBreakdown(M.GetBreakdownRequest(group_by="user", order_by=order, top_n=2,
+                                                                  **window))
+        assert len(full.rows) == len(USERS) and full.omitted_groups == 0
+        assert list(cut.rows) == list(full.rows[:2]) and cut.omitted_groups == len(USERS) - 2, order
+        assert cut.percentile_method == M.PERCENTILE_METHOD_ESTIMATED
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for r in plain:
+        by_user[r["user"]].append(r["lat_us"])
+    for row in full.rows:
+        assert math.isclose(row.latency_p95_ms, _hist_p95(by_user[row.group]), rel_tol=1e-9)
+
+
+async def test_array_send_codec_and_merge_against_postgres(db_pool) -> None:
+    row = await db_pool.fetchrow(
+        "SELECT array_send(ARRAY[5, -3, 70000]::integer[]) AS k, "
+        "array_send(ARRAY[2, 1, 9000000000]::bigint[]) AS c, array_send('{}'::integer[]) AS e")
+    assert unpack(row["k"], wide=False).tolist() == [5, -3, 70000]
+    assert unpack(row["c"], wide=True).tolist() == [2, 1, 9_000_000_000]
+    assert unpack(row["e"], wide=False).tolist() == [] and unpack(None, wide=True).tolist() == []
+    coll = Collector()
+    coll.add("a", np.array([10, 20, 30]), np.array([1, 1, 8]))
+    coll.add("a", np.array([10]), None)
+    coll.add("b", np.array([10, 20]), np.array([3, 3]))
+    coll.add("b", np.array([10, 20]), np.array([3, 2]), sign=-1)  # leaves one count at key 20
+    coll.add("c", np.array([40]), np.array([2]))
+    coll.add("c", np.array([40]), np.array([2]), sign=-1)  # empty after subtraction
+    got = coll.quantiles((0.1, 0.5, 1.0))
+    assert got["a"] == [sketch.value_of(10), sketch.value_of(30), sketch.value_of(30)]
+    assert got["b"] == [sketch.value_of(20)] * 3
+    assert got["c"] == [None, None, None]
