@@ -8,12 +8,13 @@ exact decimal cost) and nothing else; everything is aggregated in SQL.
 from __future__ import annotations
 
 import ipaddress
+import math
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from llmmeter.v1 import usage_pb2
 from llmmeter_common.timeutil import from_us
@@ -54,11 +55,32 @@ def _decimal(value: float) -> Decimal:
 
 
 def _json_map(m: Any) -> str:
-    return orjson.dumps(dict(m)).decode() if m else "{}"
+    # a comprehension over the map is twice as fast as dict(m), which goes through the Mapping ABC
+    return orjson.dumps({k: m[k] for k in m}).decode() if m else "{}"
 
 
-def _payload_json(value: Any, present: bool) -> str | None:
-    return json_format.MessageToJson(value, indent=None) if present else None
+def _plain(v: struct_pb2.Value) -> Any:
+    """A google.protobuf.Value as plain Python (json_format's generic walk cost ~50 µs a payload)."""
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        n = v.number_value
+        if not math.isfinite(n):
+            raise Rejected("payload", "payload numbers must be finite (JSON has no NaN or Infinity)")
+        return int(n) if n.is_integer() and abs(n) < 2**53 else n
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        fields = v.struct_value.fields
+        return {k: _plain(fields[k]) for k in fields}
+    if kind == "list_value":
+        return [_plain(x) for x in v.list_value.values]
+    return None  # null_value, or no kind set
+
+
+def _payload_json(value: struct_pb2.Value, present: bool) -> str | None:
+    return orjson.dumps(_plain(value)).decode() if present else None
 
 
 def key_of(rec: usage_pb2.UsageRecord) -> tuple[str, int]:

@@ -114,10 +114,11 @@ def _check_cost(rec: usage_pb2.UsageRecord) -> None:
     breakdown = rec.cost_breakdown
     if not breakdown:
         return
-    for key, value in breakdown.items():
-        if not math.isfinite(value) or value < 0:
-            raise Rejected(f"cost_breakdown.{key}", "cost components must be finite and non-negative")
-    total = math.fsum(breakdown.values())  # exactly rounded, so the tolerance is all that is allowed
+    values = [breakdown[key] for key in breakdown]  # (the map's .items() goes through the slow Mapping ABC)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        key = next(k for k in breakdown if not (math.isfinite(breakdown[k]) and breakdown[k] >= 0))
+        raise Rejected(f"cost_breakdown.{key}", "cost components must be finite and non-negative")
+    total = math.fsum(values)  # exactly rounded, so the tolerance is all that is allowed
     if abs(total - rec.cost) > _TOLERANCE:
         raise Rejected("cost_breakdown", f"cost components add up to {total!r}, not to cost {rec.cost!r}")
 
@@ -141,10 +142,10 @@ def _check_text(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
         pass
     elif len(metadata) > _METADATA_KEYS:
         raise Rejected("metadata", f"more than {_METADATA_KEYS} metadata keys")
-    for key, value in dict(metadata).items():
+    for key in metadata:
         if not _METADATA_KEY.match(key):
             raise Rejected(f"metadata.{key}", "metadata keys are 1..64 characters of [A-Za-z0-9_.-]")
-        if len(value) > _METADATA_VALUE:
+        if len(metadata[key]) > _METADATA_VALUE:
             raise Rejected(f"metadata.{key}", f"metadata values are at most {_METADATA_VALUE} characters")
     if rec.HasField("payload") and rec.payload.ByteSize() > limits.max_payload_bytes:
         raise Rejected("payload", f"payload is larger than {limits.max_payload_bytes} bytes")
