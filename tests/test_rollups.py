@@ -13,6 +13,7 @@ from decimal import Decimal
 from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
 from llmmeter_common.rollups import DIMENSIONS, GROUPING_SETS, ROLLUPS, mask_of
+from llmmeter_ingest.rollup_worker import compact
 
 from conftest import drain_rollups
 from records import record
@@ -111,9 +112,9 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool, db_url) -> No
             for col in ("request_count", "error_count", "input_tokens", "output_tokens", "cost",
                         "latency_us_sum", "ttft_count", "retries", "cache_hit_count"):
                 assert row[col] == exp[col], (rollup.table, col)
-            assert dict(zip(row["lat_keys"], row["lat_counts"], strict=True)) == exp["lat"]
-            assert dict(zip(row["ttft_keys"], row["ttft_counts"], strict=True)) == exp["ttft"]
-            assert len(set(row["lat_keys"])) == len(row["lat_keys"])  # each key once
+            # a key may repeat until compaction (upserts append); counts add up by key
+            assert sketch.merge([(row["lat_keys"], row["lat_counts"])]) == exp["lat"]
+            assert sketch.merge([(row["ttft_keys"], row["ttft_counts"])]) == exp["ttft"]
     total_cost = await db_pool.fetchval("SELECT sum(cost) FROM usage_1d WHERE dims_mask = 0")
     assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
 
@@ -137,3 +138,34 @@ async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, d
         assert est_lat is not None and est_ttft is not None
         assert math.isclose(est_lat, exact_lat, rel_tol=sketch.ALPHA), (q, est_lat, exact_lat)
         assert math.isclose(est_ttft, exact_ttft, rel_tol=sketch.ALPHA), (q, est_ttft, exact_ttft)
+
+
+async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub, db_pool, db_url) -> None:
+    rng = random.Random(5)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    recs = [record(hour + timedelta(seconds=rng.uniform(0, 3599)), latency_ms=rng.lognormvariate(6, 0.5),
+                   ttft_ms=None, request_id=f"c-{i}") for i in range(600)]
+    for i in range(0, 600, 100):  # six chunks, each appending to the same hour and day rows
+        await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 100]))
+        await drain_rollups(db_url)
+    select = "SELECT * FROM usage_1d WHERE dims_mask = 0 ORDER BY bucket"
+    before = await db_pool.fetch(select)
+    assert len(before) == 1 and before[0]["request_count"] == 600
+    keys = before[0]["lat_keys"]
+    assert len(keys) > len(set(keys))  # appended, not merged
+    async with db_pool.acquire() as conn, conn.transaction():
+        assert await compact(conn, hour, hour + timedelta(hours=1), len(keys) + 1) == 0  # short enough
+        rewritten = await compact(conn, hour, hour + timedelta(hours=1), 0)
+    assert rewritten >= 3  # at least the day, hour and minute totals; all had arrays
+    after = await db_pool.fetch(select)
+    for b, a in zip(before, after, strict=True):
+        assert len(set(a["lat_keys"])) == len(a["lat_keys"])
+        assert len(a["lat_keys"]) == len(a["lat_counts"])
+        merged = sketch.merge([(b["lat_keys"], b["lat_counts"])])
+        assert sketch.merge([(a["lat_keys"], a["lat_counts"])]) == merged
+        assert (a["ttft_keys"], a["ttft_counts"]) == ([], [])
+        assert a["request_count"] == b["request_count"] and a["latency_us_sum"] == b["latency_us_sum"]
+    for table in ("usage_1m", "usage_1h", "usage_1d"):
+        assert await db_pool.fetchval(
+            f"SELECT count(*) FROM {table} WHERE cardinality(lat_keys) <> "
+            "(SELECT count(DISTINCT k) FROM unnest(lat_keys) AS k)") == 0, table

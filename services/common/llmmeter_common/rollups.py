@@ -160,8 +160,9 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     step), which is much cheaper than grouping sets again.
     A histogram's keys and counts are two array_agg calls of one aggregation step,
     so they see the rows in the same order and stay aligned; their order is otherwise
-    arbitrary (sorting them cost most of the write), and readers and the merge
-    function add counts up by key.
+    arbitrary (sorting them cost most of the write). On conflict the new pairs are
+    appended, so a key may appear more than once until `compact_sql` runs; readers
+    add counts up by key.
     """
     t = rollup.table
     key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
@@ -197,9 +198,11 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
         ]
     cols = rollup_columns()
     additive = ",\n        ".join(f"{m.column} = {t}.{m.column} + EXCLUDED.{m.column}" for m in MEASURES)
+    # Appending is a C array concatenation; merging key by key here (an SQL function call per
+    # conflicting row) took half the rollup time. Readers add counts up by key anyway, and
+    # `compact_sql` folds repeated keys back together, set-based, once arrays grow long.
     merges = ",\n        ".join(
-        f"({p}_keys, {p}_counts) = (SELECT keys, counts FROM llmmeter_hist_merge("
-        f"{t}.{p}_keys, {t}.{p}_counts, EXCLUDED.{p}_keys, EXCLUDED.{p}_counts))"
+        f"{p}_keys = {t}.{p}_keys || EXCLUDED.{p}_keys, {p}_counts = {t}.{p}_counts || EXCLUDED.{p}_counts"
         for p, _ in HISTOGRAMS
     )
     agg_cols = ", ".join(f"a.{c}" for c in cols[: 2 + len(DIMENSIONS) + len(MEASURES)])
@@ -224,3 +227,48 @@ def rollup_ctes(source: str) -> str:
     """
     levels = [_upsert_cte(r, ROLLUPS[i - 1] if i else None) for i, r in enumerate(ROLLUPS)]
     return ",\n".join([_base_ctes(source), *levels])
+
+
+#: dims_mask values of the stored grouping sets (an index condition on the leading key column).
+STORED_MASKS: tuple[int, ...] = tuple(sorted({mask_of(g) for g in GROUPING_SETS}))
+
+
+def compact_sql(rollup: Rollup) -> str:
+    """One statement folding repeated histogram keys in the rows of the buckets holding start
+    times $1 to $2 whose arrays are longer than $3 elements; returns the number of rows rewritten.
+
+    Upserts append histogram pairs (see `_upsert_cte`), so a row that many chunks touch (the
+    day's totals, say) grows by a few hundred pairs per chunk. Distinct keys are bounded (about
+    2,600 for latencies up to a day), so a threshold a little above that rewrites each busy row
+    once every several chunks, all rows in one set-based pass. Callers hold the rollup
+    worker's lock: a concurrent append between the read and the update would be lost.
+    """
+    t = rollup.table
+    key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
+    masks = ", ".join(str(m) for m in STORED_MASKS)
+    long_ = " OR ".join(f"cardinality({p}_keys) > $3" for p, _ in HISTOGRAMS)
+    parts = [f"""cand AS (
+    SELECT {key}, {", ".join(f"{p}_keys, {p}_counts" for p, _ in HISTOGRAMS)} FROM {t}
+    WHERE dims_mask = ANY('{{{masks}}}'::smallint[])
+      AND bucket >= date_bin('{rollup.width}', $1::timestamptz, {ORIGIN}) AND bucket <= $2
+      AND ({long_})
+    FOR UPDATE)"""]
+    sets, joins = [], []
+    for p, _ in HISTOGRAMS:
+        parts.append(f"""m_{p} AS (
+    SELECT {key}, array_agg(k) AS keys, array_agg(c) AS counts FROM (
+        SELECT {key}, u.k, sum(u.c)::bigint AS c FROM cand, unnest({p}_keys, {p}_counts) AS u(k, c)
+        GROUP BY {key}, u.k) AS s
+    GROUP BY {key})""")
+        joins.append(f"LEFT JOIN m_{p} USING ({key})")
+        sets.append(f"{p}_keys = coalesce(m.{p}_k, '{{}}'), {p}_counts = coalesce(m.{p}_c, '{{}}')")
+    merged = ", ".join(f"m_{p}.keys AS {p}_k, m_{p}.counts AS {p}_c" for p, _ in HISTOGRAMS)
+    match = " AND ".join(f"t.{c} = m.{c}" for c in key.split(", "))
+    ctes = ",\n".join(parts)
+    return f"""WITH {ctes},
+done AS (
+    UPDATE {t} AS t SET {", ".join(sets)}
+    FROM (SELECT {key}, {merged} FROM cand {" ".join(joins)}) AS m
+    WHERE {match}
+    RETURNING 1)
+SELECT count(*) FROM done"""

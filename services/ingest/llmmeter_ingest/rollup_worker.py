@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 
 import asyncpg
 
-from llmmeter_common.rollups import rollup_ctes
+from llmmeter_common.rollups import ROLLUPS, compact_sql, rollup_ctes
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,28 @@ WITH batch AS (
     RETURNING *
 ),
 {rollup_ctes("batch")}
-SELECT count(*) FROM batch
+SELECT count(*), min(start_time), max(start_time) FROM batch
 """
+
+COMPACT_SQL: tuple[str, ...] = tuple(compact_sql(r) for r in ROLLUPS)
+
+
+async def compact(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, lo: datetime, hi: datetime,
+                  longer_than: int) -> int:
+    """Fold repeated histogram keys in the rollup rows of start times [lo, hi] whose arrays grew
+    past `longer_than`; the caller holds the worker's lock. Returns rows rewritten."""
+    return sum([int(await conn.fetchval(sql, lo, hi, longer_than)) for sql in COMPACT_SQL])
 
 
 class RollupWorker:
     """Background task draining the pending queue into the rollups."""
 
-    def __init__(self, pool: asyncpg.Pool, chunk_records: int, idle_seconds: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, chunk_records: int, idle_seconds: float,
+                 compact_over: int = 4096) -> None:
         self._pool = pool
         self._chunk = chunk_records
         self._idle = idle_seconds
+        self._compact_over = compact_over
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -52,7 +64,12 @@ class RollupWorker:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
                 return 0
-            return int(await conn.fetchval(MATERIALIZE_SQL, self._chunk))
+            row = await conn.fetchrow(MATERIALIZE_SQL, self._chunk)
+            assert row is not None  # an aggregate always returns a row
+            moved, lo, hi = row
+            if moved:
+                await compact(conn, lo, hi, self._compact_over)
+            return int(moved)
 
     async def drain(self) -> None:
         """Materialise until the queue is empty (tests, benchmarks, shutdown)."""

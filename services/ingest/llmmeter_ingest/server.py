@@ -74,7 +74,8 @@ class IngestServer:
         flavor = await self._pool.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1")
         store = Store(self._pool, queue_for_rollups=flavor != "timescale")
         if flavor != "timescale":
-            self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds)
+            self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds,
+                                        s.rollup_compact_over)
             self.rollups.start()
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
