@@ -324,7 +324,7 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
     import asyncpg
 
     from llmmeter_common.rollups import PENDING_COLUMNS, rollup_ctes
-    from llmmeter_ingest.rollup_worker import MATERIALIZE_SQL
+    from llmmeter_ingest.rollup_worker import CLOSE_COMPACT_OVER, MATERIALIZE_SQL, compact
 
     gen_sql = generate_sql(catalog())
     pcols = ", ".join(PENDING_COLUMNS)
@@ -394,6 +394,11 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         left = int(await gen.fetchval("SELECT count(*) FROM usage_rollup_pending"))
         if left:
             raise BenchFailure(f"{left} rows left in usage_rollup_pending")
+        t = time.perf_counter()  # what the worker does as buckets close, here once for the month
+        async with gen.transaction():
+            compacted = await compact(gen, end - timedelta(days=days + 1), end, CLOSE_COMPACT_OVER)
+        log(f"  compaction: {compacted:,} rollup rows with long histogram arrays rewritten in "
+            f"{time.perf_counter() - t:.1f}s")
         rows_done = time.perf_counter()
         log("  VACUUM ANALYZE")
         await gen.execute("VACUUM ANALYZE")

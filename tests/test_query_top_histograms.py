@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pytest
 
 from llmmeter.v1 import query_pb2
 from llmmeter_common import sketch
+from llmmeter_query import histograms
 from llmmeter_query.histograms import Collector, unpack
 
 from conftest import drain_rollups
@@ -106,7 +108,9 @@ async def test_breakdown_top_n_reads_only_shown_groups_yet_matches_the_full_tabl
         assert math.isclose(row.latency_p95_ms, _hist_p95(by_user[row.group]), rel_tol=1e-9)
 
 
-async def test_array_send_codec_and_merge_against_postgres(db_pool) -> None:
+@pytest.mark.parametrize("dense_cells", [4_000_000, 0], ids=["dense", "sorted"])
+async def test_array_send_codec_and_merge_against_postgres(db_pool, monkeypatch, dense_cells) -> None:
+    monkeypatch.setattr(histograms, "DENSE_CELLS", dense_cells)
     row = await db_pool.fetchrow(
         "SELECT array_send(ARRAY[5, -3, 70000]::integer[]) AS k, "
         "array_send(ARRAY[2, 1, 9000000000]::bigint[]) AS c, array_send('{}'::integer[]) AS e")

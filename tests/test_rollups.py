@@ -13,7 +13,7 @@ from decimal import Decimal
 from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
 from llmmeter_common.rollups import DIMENSIONS, GROUPING_SETS, ROLLUPS, mask_of
-from llmmeter_ingest.rollup_worker import compact
+from llmmeter_ingest.rollup_worker import CLOSE_GRACE, RollupWorker, compact
 
 from conftest import drain_rollups
 from records import record
@@ -142,21 +142,24 @@ async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, d
 
 async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub, db_pool, db_url) -> None:
     rng = random.Random(5)
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
-    recs = [record(hour + timedelta(seconds=rng.uniform(0, 3599)), latency_ms=rng.lognormvariate(6, 0.5),
+    # one minute of traffic: minute rows are never compacted when a bucket closes, so what the
+    # chunks appended is still there whatever the time of day
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+    recs = [record(minute + timedelta(seconds=rng.uniform(0, 59)), latency_ms=rng.lognormvariate(6, 0.5),
                    ttft_ms=None, request_id=f"c-{i}") for i in range(600)]
-    for i in range(0, 600, 100):  # six chunks, each appending to the same hour and day rows
+    for i in range(0, 600, 100):  # six chunks, each appending to the same rows
         await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 100]))
         await drain_rollups(db_url)
-    select = "SELECT * FROM usage_1d WHERE dims_mask = 0 ORDER BY bucket"
+    select = "SELECT * FROM usage_1m WHERE dims_mask = 0 ORDER BY bucket"
     before = await db_pool.fetch(select)
     assert len(before) == 1 and before[0]["request_count"] == 600
     keys = before[0]["lat_keys"]
     assert len(keys) > len(set(keys))  # appended, not merged
+    end = minute + timedelta(seconds=59)
     async with db_pool.acquire() as conn, conn.transaction():
-        assert await compact(conn, hour, hour + timedelta(hours=1), len(keys) + 1) == 0  # short enough
-        rewritten = await compact(conn, hour, hour + timedelta(hours=1), 0)
-    assert rewritten >= 3  # at least the day, hour and minute totals; all had arrays
+        assert await compact(conn, minute, end, len(keys) + 1) == 0  # short enough
+        rewritten = await compact(conn, minute, end, 0)
+    assert rewritten >= 3  # at least the minute's, hour's and day's totals
     after = await db_pool.fetch(select)
     for b, a in zip(before, after, strict=True):
         assert len(set(a["lat_keys"])) == len(a["lat_keys"])
@@ -169,3 +172,28 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
         assert await db_pool.fetchval(
             f"SELECT count(*) FROM {table} WHERE cardinality(lat_keys) <> "
             "(SELECT count(DISTINCT k) FROM unnest(lat_keys) AS k)") == 0, table
+
+
+async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold(ingest_stub, db_pool,
+                                                                               db_url) -> None:
+    rng = random.Random(8)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    recs = [record(hour + timedelta(seconds=rng.uniform(0, 3599)), latency_ms=rng.lognormvariate(6, 0.6),
+                   ttft_ms=None, request_id=f"h-{i}") for i in range(800)]
+    for i in range(0, 800, 200):  # four chunks appending to the same rows
+        await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 200]))
+        await drain_rollups(db_url)
+
+    def repeated(table: str) -> str:
+        return (f"SELECT count(*) FROM {table} WHERE dims_mask = 0 AND cardinality(lat_keys) > "
+                "(SELECT count(DISTINCT k) FROM unnest(lat_keys) AS k)")
+
+    assert await db_pool.fetchval(repeated("usage_1h")) == 1
+    worker = RollupWorker(db_pool, 1000, 1.0)
+    now = hour + timedelta(hours=1, minutes=10)  # the hour closed (and its grace passed)
+    async with db_pool.acquire() as conn, conn.transaction():
+        await worker._close_buckets(conn, now)
+    assert await db_pool.fetchval(repeated("usage_1h")) == 0
+    day_closed = now - CLOSE_GRACE >= hour.replace(hour=0) + timedelta(days=1)
+    assert await db_pool.fetchval(repeated("usage_1d")) == (0 if day_closed else 1)
+    assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1h WHERE dims_mask = 0") == 800

@@ -29,6 +29,12 @@ class Measure:
 
     column: str
     raw_expr: str
+    sql_type: str = "bigint"
+
+    def summed(self, expr: str) -> str:
+        """SUM(expr) in the column's own type: sum(bigint) is numeric, which costs a Decimal per
+        value to decode client-side; whole counts fit bigint exactly."""
+        return f"sum({expr})::{self.sql_type}"
 
 
 #: Additive measures: the rollup column is SUM(raw_expr) over the bucket's rows.
@@ -44,16 +50,16 @@ MEASURES: tuple[Measure, ...] = (
     Measure("cache_write_tokens", "cache_write_tokens"),
     Measure("reasoning_tokens", "reasoning_tokens"),
     Measure("images", "images"),
-    Measure("audio_seconds", "audio_seconds"),
-    Measure("video_seconds", "video_seconds"),
+    Measure("audio_seconds", "audio_seconds", "numeric"),
+    Measure("video_seconds", "video_seconds", "numeric"),
     Measure("characters", "characters"),
-    Measure("cost", "cost"),
+    Measure("cost", "cost", "numeric"),
     Measure("latency_us_sum", "latency_us"),
     Measure("ttft_us_sum", "coalesce(ttft_us, 0)"),
     Measure("ttft_count", "CASE WHEN ttft_us IS NULL THEN 0 ELSE 1 END"),
-    Measure("itl_us_sum", "coalesce(itl_us, 0)"),
+    Measure("itl_us_sum", "coalesce(itl_us, 0)", "double precision"),
     Measure("itl_count", "CASE WHEN itl_us IS NULL THEN 0 ELSE 1 END"),
-    Measure("tpot_us_sum", "coalesce(tpot_us, 0)"),
+    Measure("tpot_us_sum", "coalesce(tpot_us, 0)", "double precision"),
     Measure("tpot_count", "CASE WHEN tpot_us IS NULL THEN 0 ELSE 1 END"),
 )
 
@@ -138,7 +144,7 @@ def _base_ctes(source: str) -> str:
     dims = ", ".join(DIMENSIONS)
     terms = ", ".join(f"{m.raw_expr} AS {m.column}" for m in MEASURES)
     keys = ", ".join(f"llmmeter_hist_key({col}) AS {p}_k" for p, col in HISTOGRAMS)
-    sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
+    sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
     parts = [
         f"""nb AS (
     SELECT date_bin('1 minute', start_time, {ORIGIN}) AS minute, {dims}, {terms}, {keys} FROM {source})""",
@@ -169,7 +175,7 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     dims = ", ".join(DIMENSIONS)
     if finer is None:
         bucket = f"date_bin('{rollup.width}', minute, {ORIGIN})"
-        sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
+        sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
         parts = [f"""{t}_agg AS (
     SELECT {bucket} AS bucket, {_grouped_dims()}, {sums}
     FROM nm GROUP BY 1, {_grouping_sets()})"""]
@@ -179,7 +185,7 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     else:
         f = finer.table
         bucket = f"date_bin('{rollup.width}', bucket, {ORIGIN})"
-        sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
+        sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
         parts = [f"""{t}_agg AS (
     SELECT {bucket} AS bucket, dims_mask, {dims}, {sums}
     FROM {f}_agg GROUP BY 1, dims_mask, {dims})"""]

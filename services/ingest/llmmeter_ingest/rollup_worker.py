@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -36,12 +36,24 @@ SELECT count(*), min(start_time), max(start_time) FROM batch
 
 COMPACT_SQL: tuple[str, ...] = tuple(compact_sql(r) for r in ROLLUPS)
 
+#: Hour and day buckets get a final compaction this long after they end (stragglers are in).
+CLOSE_GRACE = timedelta(minutes=5)
+#: At that final compaction, arrays this short are left alone (rewriting them gains nothing).
+CLOSE_COMPACT_OVER = 64
+_CLOSING = {r.table: (sql, timedelta(hours=1) if r.width == "1 hour" else timedelta(days=1))
+            for r, sql in zip(ROLLUPS, COMPACT_SQL, strict=True) if r.width in ("1 hour", "1 day")}
+
 
 async def compact(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, lo: datetime, hi: datetime,
                   longer_than: int) -> int:
     """Fold repeated histogram keys in the rollup rows of start times [lo, hi] whose arrays grew
     past `longer_than`; the caller holds the worker's lock. Returns rows rewritten."""
     return sum([int(await conn.fetchval(sql, lo, hi, longer_than)) for sql in COMPACT_SQL])
+
+
+def _floor(t: datetime, width: timedelta) -> datetime:
+    origin = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' bucket origin
+    return origin + ((t - origin) // width) * width
 
 
 class RollupWorker:
@@ -53,6 +65,7 @@ class RollupWorker:
         self._chunk = chunk_records
         self._idle = idle_seconds
         self._compact_over = compact_over
+        self._closed: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -69,7 +82,23 @@ class RollupWorker:
             moved, lo, hi = row
             if moved:
                 await compact(conn, lo, hi, self._compact_over)
+            await self._close_buckets(conn, datetime.now(UTC))
             return int(moved)
+
+    async def _close_buckets(self, conn: asyncpg.pool.PoolConnectionProxy, now: datetime) -> None:
+        """Compact the hour and day buckets that closed since the last call, once each.
+
+        A live bucket's rows are appended to by every chunk and compacted only when their
+        arrays pass `compact_over`, so they hold repeated keys; once the bucket is over, one
+        pass leaves the rows that month-long queries read as small as they can be. (After a
+        restart the last closed bucket is compacted again, which is harmless.)
+        """
+        for table, (sql, width) in _CLOSING.items():
+            closed = _floor(now - CLOSE_GRACE, width)
+            since = self._closed.get(table, closed - width)
+            if closed > since:
+                await conn.fetchval(sql, since, closed - timedelta(microseconds=1), CLOSE_COMPACT_OVER)
+                self._closed[table] = closed
 
     async def drain(self) -> None:
         """Materialise until the queue is empty (tests, benchmarks, shutdown)."""

@@ -14,10 +14,9 @@ says which.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any, cast
 
 import asyncpg
@@ -29,8 +28,9 @@ from llmmeter_query.histograms import Collector, unpack
 from llmmeter_query.window import Stretch, Window, plan, usable_levels
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
-#: Histogram prefixes (`lat`, `ttft`), all of which a summary or breakdown shows.
-PREFIXES: tuple[str, ...] = tuple(p for p, _ in HISTOGRAMS)
+#: Every percentile of both histograms (`lat`, `ttft`): what a summary or breakdown shows.
+ALL_PERCENTILES: dict[str, tuple[float, ...]] = {p: QUANTILES for p, _ in HISTOGRAMS}
+_MEASURE_COLUMNS = tuple(m.column for m in MEASURES)
 OTHER = "other"
 RAW = "usage_records"
 PENDING = "usage_rollup_pending"
@@ -134,9 +134,10 @@ class Aggregator:
         return _Query(filt, group, bucket, plan(window.start, window.end, levels), covering_mask(dims))
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
-                  *, top: Top | None = None, prefixes: Sequence[str] = PREFIXES) -> Aggregates:
-        """Aggregate; percentiles (of `prefixes` only) are exact when only raw rows were read and
-        no groups fold.
+                  *, top: Top | None = None,
+                  percentiles: Mapping[str, Sequence[float]] = ALL_PERCENTILES) -> Aggregates:
+        """Aggregate; only the `percentiles` asked for ({prefix: quantiles}) are computed, exactly
+        when only raw rows were read and no groups fold.
 
         All statements of one call read one snapshot, so a row the rollup worker moves
         meanwhile is counted once in the sums and the histograms alike.
@@ -147,12 +148,12 @@ class Aggregator:
             groups: dict[Key, Stats] = {}
             sql, params = query.measures()
             for row in await conn.fetch(sql, *params):
-                groups[(row[0], row[1])] = Stats(
-                    measures={m.column: _num(row[i + 2]) for i, m in enumerate(MEASURES)})
+                groups[(row[0], row[1])] = Stats(measures=dict(zip(_MEASURE_COLUMNS, row[2:], strict=True)))
             shown, kept, fold = _choose(groups, top)
             if fold:
                 groups = _fold(groups, kept)
             exact = not fold and all(s.level is None for s in query.stretches)
+            prefixes = [p for p, qs in percentiles.items() if qs]
             if not prefixes or not groups:
                 pass
             elif exact:
@@ -165,7 +166,7 @@ class Aggregator:
                 if fold:  # "other" = the total minus the kept groups
                     sql, params = self._query(window, filt, None, bucket).histograms(prefixes, None)
                     _collect(collectors, await conn.fetch(sql, *params), False, OTHER)
-                _read_quantiles(groups, collectors)
+                _read_quantiles(groups, collectors, percentiles)
         return Aggregates(groups, exact, shown)
 
 
@@ -208,13 +209,15 @@ def _collect(collectors: dict[str, Collector], rows: list[asyncpg.Record], subtr
                 coll.add((OTHER, row[1]), keys, counts, sign=-1)
 
 
-def _read_quantiles(groups: dict[Key, Stats], collectors: dict[str, Collector]) -> None:
+def _read_quantiles(groups: dict[Key, Stats], collectors: dict[str, Collector],
+                    percentiles: Mapping[str, Sequence[float]]) -> None:
     for prefix, coll in collectors.items():
-        for key, values in coll.quantiles(QUANTILES).items():
+        qs = percentiles[prefix]
+        for key, values in coll.quantiles(qs).items():
             stats = groups.get(cast(Key, key))
             if stats is None:
                 continue
-            for q, v in zip(QUANTILES, values, strict=True):
+            for q, v in zip(qs, values, strict=True):
                 if v is not None:
                     stats.quantiles[(prefix, q)] = v
 
@@ -228,15 +231,6 @@ def _add_exact(groups: dict[Key, Stats], rows: list[asyncpg.Record]) -> None:
             for q, v in zip(QUANTILES, row[2 + i] or (), strict=False):
                 if v is not None:
                     stats.quantiles[(prefix, q)] = float(v)
-
-
-def _num(v: Any) -> Any:
-    """Sums come back as numeric; keep Decimal for money, int for whole numbers."""
-    if isinstance(v, Decimal):
-        exponent = v.as_tuple().exponent
-        if isinstance(exponent, int) and exponent >= 0:
-            return int(v)
-    return v if v is not None else 0
 
 
 class _Query:
@@ -280,14 +274,14 @@ class _Query:
         parts = []
         for s, table in self._sources():
             if table is None or table == PENDING:
-                sums = ", ".join(f"sum({m.raw_expr}) AS {m.column}" for m in MEASURES)
+                sums = ", ".join(f"{m.summed(m.raw_expr)} AS {m.column}" for m in MEASURES)
                 parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM {table or RAW} "
                              f"WHERE {self._where(s, False, params)} GROUP BY 1, 2")
-            else:
-                sums = ", ".join(f"sum({m.column}) AS {m.column}" for m in MEASURES)
-                parts.append(f"SELECT {self._keys('bucket')}, {sums} FROM {table} "
-                             f"WHERE {self._where(s, True, params)} GROUP BY 1, 2")
-        outer = ", ".join(f"sum({m.column})" for m in MEASURES)
+            else:  # rollup rows go straight to the one outer aggregation
+                cols = ", ".join(m.column for m in MEASURES)
+                parts.append(f"SELECT {self._keys('bucket')}, {cols} FROM {table} "
+                             f"WHERE {self._where(s, True, params)}")
+        outer = ", ".join(m.summed(m.column) for m in MEASURES)
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
     def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:

@@ -51,7 +51,8 @@ class QueryServer:
         await migrate(s.database_url)
         self._pool = await asyncpg.create_pool(
             s.database_url, min_size=1, max_size=s.pool_max_size,
-            server_settings={"statement_timeout": str(int(s.statement_timeout_seconds * 1000))},
+            # JIT compiles for 100+ ms once a plan looks costly: longer than these queries run
+            server_settings={"statement_timeout": str(int(s.statement_timeout_seconds * 1000)), "jit": "off"},
         )
         self._hub = TailHub(s.database_url, self._pool, s.tail_queue_size)
         await self._hub.start()

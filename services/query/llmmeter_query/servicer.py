@@ -75,10 +75,10 @@ def _breakdown_rows(totals: dict[Any, Stats], minutes: float, column: str,
     return rows
 
 
-def _series_prefixes(names: list[str]) -> tuple[str, ...]:
-    """The histograms the requested metrics need (none for counts, sums and averages)."""
-    return tuple(p for p, tag in (("lat", "LATENCY_P"), ("ttft", "TTFT_P"))
-                 if any(n.startswith(tag) for n in names))
+def _series_percentiles(names: list[str]) -> dict[str, tuple[float, ...]]:
+    """The percentiles the requested metrics need (none for counts, sums and averages)."""
+    return {p: tuple(sorted({int(n.removeprefix(tag)) / 100 for n in names if n.startswith(tag)}))
+            for p, tag in (("lat", "LATENCY_P"), ("ttft", "TTFT_P"))}
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
@@ -129,7 +129,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in request.metrics]
         top = Top(top_n, _by_requests, fold=True) if group else None
         agg = await self._agg.run(window, parse_filter(request.filter), group, width, top=top,
-                                  prefixes=_series_prefixes(names))
+                                  percentiles=_series_percentiles(names))
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         series = []
