@@ -90,7 +90,6 @@ class RequestLog:
         size = page_size or DEFAULT_PAGE_SIZE
         fh = filter_hash(filt)
         params: list[Any] = []
-        after = ""
         if token:
             tok = PageToken.decode(token)
             if tok.filter_hash != fh:
@@ -98,13 +97,15 @@ class RequestLog:
             if window_given and tok.window != window:
                 raise _bad_token("was made for another time window")
             window = tok.window
-            params += [tok.after_time, tok.after_id]
-            # the plain bound lets PostgreSQL skip the newer day partitions altogether
-            after = " AND start_time <= $1 AND (start_time, request_id) < ($1, $2)"
-        params += [window.start, window.end]
-        n = len(params)
-        sql = (f"SELECT {', '.join(LOG_COLUMNS)} FROM usage_records "
-               f"WHERE start_time >= ${n - 1} AND start_time < ${n}{after} AND {filt.sql(params)} "
+            # The cursor is the only upper bound: the plain one lets PostgreSQL skip the newer day
+            # partitions, and with the window's end beside it the backward index scan started from
+            # the window's end and stepped over every index entry down to the cursor (4x the pages).
+            params += [tok.after_time, tok.after_id, window.start]
+            bounds = "start_time >= $3 AND start_time <= $1 AND (start_time, request_id) < ($1, $2)"
+        else:
+            params += [window.start, window.end]
+            bounds = "start_time >= $1 AND start_time < $2"
+        sql = (f"SELECT {', '.join(LOG_COLUMNS)} FROM usage_records WHERE {bounds} AND {filt.sql(params)} "
                f"ORDER BY start_time DESC, request_id DESC LIMIT {size + 1}")
         rows = list(await self._pool.fetch(sql, *params))
         next_token = ""
