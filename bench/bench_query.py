@@ -750,7 +750,7 @@ async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[s
     in-process Aggregator.run, and EXPLAIN (ANALYZE, BUFFERS) of each statement (returned as text)."""
     import asyncpg
 
-    from llmmeter_query.aggregate import Aggregator, _Query, parse_group
+    from llmmeter_query.aggregate import ALL_PERCENTILES, Aggregator, Top, parse_group
     from llmmeter_query.filters import parse_filter
     from llmmeter_query.settings import QuerySettings
     from llmmeter_query.window import Window
@@ -768,10 +768,15 @@ async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[s
         filt = parse_filter("")
         for name, (window, group_name, bucket) in cases.items():
             group = parse_group(group_name or "")
-            stretches, mask = agg._stretches(window, filt, group, bucket)
-            q = _Query(filt, group, bucket, stretches, mask)
-            stmts = {"measures": q.measures(), "hist_lat": q.histogram("lat", "latency_us"),
-                     "hist_ttft": q.histogram("ttft", "ttft_us")}
+            q = agg._query(window, filt, group, bucket)
+            stretches, mask = q.stretches, q.mask
+            # the series asks for p95 latency only; summary and breakdown read both histograms
+            percentiles = {"lat": (0.95,)} if name == "series" else ALL_PERCENTILES
+            top = (None if group is None else
+                   Top(10, lambda t: sorted(t, key=lambda g: (-t[g].get("request_count"), str(g))),
+                       fold=name == "series"))
+            stmts = {"measures": q.measures(),
+                     "histograms (all groups)": q.histograms(list(percentiles), None)}
             info: dict[str, Any] = {"stretches": [f"{st.level.table if st.level else 'raw'} "
                                                   f"{st.start:%m-%d %H:%M:%S}..{st.end:%m-%d %H:%M:%S}"
                                                   for st in stretches], "mask": mask}
@@ -794,7 +799,7 @@ async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[s
             samples = []
             for _ in range(5):
                 t = time.perf_counter()
-                await agg.run(window, filt, group, bucket, fold_limit=10 if name == "series" else None)
+                await agg.run(window, filt, group, bucket, top=top, percentiles=percentiles)
                 samples.append(time.perf_counter() - t)
             info["aggregator_run_median_ms"] = round(statistics.median(samples) * 1000, 2)
             out[name] = info
