@@ -20,7 +20,7 @@ import pytest
 from llmmeter.v1 import query_pb2
 from llmmeter_common import sketch
 from llmmeter_query import histograms
-from llmmeter_query.histograms import Collector, unpack
+from llmmeter_query.histograms import Collector
 
 from conftest import drain_rollups
 from records import ingest, record, ts
@@ -111,20 +111,19 @@ async def test_breakdown_top_n_reads_only_shown_groups_yet_matches_the_full_tabl
 @pytest.mark.parametrize("dense_cells", [4_000_000, 0], ids=["dense", "sorted"])
 async def test_array_send_codec_and_merge_against_postgres(db_pool, monkeypatch, dense_cells) -> None:
     monkeypatch.setattr(histograms, "DENSE_CELLS", dense_cells)
-    row = await db_pool.fetchrow(
-        "SELECT array_send(ARRAY[5, -3, 70000]::integer[]) AS k, "
-        "array_send(ARRAY[2, 1, 9000000000]::bigint[]) AS c, array_send('{}'::integer[]) AS e")
-    assert unpack(row["k"], wide=False).tolist() == [5, -3, 70000]
-    assert unpack(row["c"], wide=True).tolist() == [2, 1, 9_000_000_000]
-    assert unpack(row["e"], wide=False).tolist() == [] and unpack(None, wide=True).tolist() == []
+    rows = await db_pool.fetch(
+        "SELECT g, array_send(k::integer[]) AS k, array_send(c::bigint[]) AS c FROM (VALUES "
+        "('a', '{10,20,30}', '{1,1,8}'), ('a', '{10}', NULL), ('b', '{}', '{}'), ('b', '{-3}', '{4}'), "
+        "('c', '{40,7}', '{9000000000,1}'), ('d', '{5}', '{2}')) AS v(g, k, c)")
     coll = Collector()
-    coll.add("a", np.array([10, 20, 30]), np.array([1, 1, 8]))
-    coll.add("a", np.array([10]), None)
-    coll.add("b", np.array([10, 20]), np.array([3, 3]))
-    coll.add("b", np.array([10, 20]), np.array([3, 2]), sign=-1)  # leaves one count at key 20
-    coll.add("c", np.array([40]), np.array([2]))
-    coll.add("c", np.array([40]), np.array([2]), sign=-1)  # empty after subtraction
+    coll.add_sent([r["g"] for r in rows], [r["k"] for r in rows], [r["c"] for r in rows])
+    # subtract d's histogram, and b's only key once more than it has: b ends empty, d too
+    coll.add_sent(["d", "b"], [rows[5]["k"], rows[3]["k"]], [rows[5]["c"], rows[3]["c"]], sign=-1)
+    coll.add(("e",), np.array([10, 20]), np.array([3, 3]))
+    coll.add(("e",), np.array([10, 20]), np.array([3, 2]), sign=-1)  # leaves one count at key 20
     got = coll.quantiles((0.1, 0.5, 1.0))
-    assert got["a"] == [sketch.value_of(10), sketch.value_of(30), sketch.value_of(30)]
-    assert got["b"] == [sketch.value_of(20)] * 3
-    assert got["c"] == [None, None, None]
+    v = sketch.value_of
+    assert got["a"] == [v(10), v(30), v(30)]  # keys 10 (1 + 1), 20 (1), 30 (8)
+    assert got["c"] == [v(40), v(40), v(40)]  # 9e9 at key 40 outweighs key 7's one
+    assert got["b"] == got["d"] == [None, None, None]
+    assert got[("e",)] == [v(20)] * 3

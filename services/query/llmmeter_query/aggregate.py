@@ -24,7 +24,7 @@ import asyncpg
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask
 from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
-from llmmeter_query.histograms import Collector, unpack
+from llmmeter_query.histograms import Collector
 from llmmeter_query.window import Stretch, Window, plan, usable_levels
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
@@ -198,15 +198,15 @@ def _collect(collectors: dict[str, Collector], rows: list[asyncpg.Record], subtr
              rename: str | None = None) -> None:
     """Feed histogram rows (g, tb, then keys and counts per prefix) to the collectors; with `subtract`,
     also take each from "other" (which the total is added to)."""
-    for row in rows:
-        key = (rename if rename is not None else row[0], row[1])
-        for i, coll in enumerate(collectors.values()):
-            keys = unpack(row[2 + 2 * i], wide=False)
-            raw_counts = row[3 + 2 * i]
-            counts = None if raw_counts is None else unpack(raw_counts, wide=True)
-            coll.add(key, keys, counts)
-            if subtract:
-                coll.add((OTHER, row[1]), keys, counts, sign=-1)
+    if not rows:
+        return
+    groups = [(rename if rename is not None else row[0], row[1]) for row in rows]
+    for i, coll in enumerate(collectors.values()):
+        keys = [row[2 + 2 * i] for row in rows]
+        counts = [row[3 + 2 * i] for row in rows]
+        coll.add_sent(groups, keys, counts)
+        if subtract:
+            coll.add_sent([(OTHER, row[1]) for row in rows], keys, counts, sign=-1)
 
 
 def _read_quantiles(groups: dict[Key, Stats], collectors: dict[str, Collector],

@@ -26,6 +26,11 @@ class QuerySettings(BaseSettings):
     pool_max_size: int = 10
     """Database connections of the pool."""
 
+    keep_heap_bytes: int = 256 << 20
+    """Freed blocks up to this size stay in the process heap instead of going back to the kernel
+    (glibc mallopt), so big per-call buffers are reused rather than page-faulted in again;
+    0 leaves the C library's defaults."""
+
     exact_window_seconds: float = 3600.0
     """Windows up to this long are answered from raw rows, with exact percentiles."""
 
