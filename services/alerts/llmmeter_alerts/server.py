@@ -22,6 +22,7 @@ from llmmeter_alerts.evaluator import Evaluator
 from llmmeter_alerts.leader import Leader
 from llmmeter_alerts.metrics_source import MetricSource
 from llmmeter_alerts.notify import DeliveryPolicy, Dispatcher
+from llmmeter_alerts.retention import HistoryPruner
 from llmmeter_alerts.servicer import AlertsServicer
 from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_alerts.store import AlertStore
@@ -86,8 +87,11 @@ class AlertsServer:
         self.evaluator.on_evaluated = evaluated
         self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
         if s.evaluate:
+            pruner = HistoryPruner(self._pool, self.leader, self.clock,
+                                   timedelta(days=s.history_retention_days))
             self._tasks = [asyncio.create_task(self.evaluator.run(s.poll_seconds)),
-                           asyncio.create_task(self.dispatcher.run(s.poll_seconds))]
+                           asyncio.create_task(self.dispatcher.run(s.poll_seconds)),
+                           asyncio.create_task(pruner.run(max(s.poll_seconds, 60.0)))]
         log.info("alerts service listening on %s:%d (query service at %s)", s.host, self.port, s.query_addr)
         return self.port
 

@@ -53,6 +53,10 @@ class AlertsSettings(BaseSettings):
     webhook_max_backoff_seconds: float = 300.0
     """Longest wait between two attempts."""
 
+    history_retention_days: float = 90.0
+    """Alert events and finished deliveries older than this are deleted (by the leader, hourly);
+    pending deliveries are kept."""
+
     shutdown_grace_seconds: float = 5.0
     """On SIGTERM, in-flight calls get this long to finish."""
 
