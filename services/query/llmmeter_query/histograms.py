@@ -3,8 +3,10 @@
 A 7-day hourly series by model merges and reads back ~1,700 histograms of a
 few hundred keys each; doing that key by key in Python (or shipping one row
 per key) took seconds. Here the histograms arrive as PostgreSQL's binary
-array format (`array_send`), are laid end to end in a few flat arrays, and
-every quantile of every group is found with one sort and one `searchsorted`.
+array format (`array_send`), all blobs of a statement are parsed in one
+vectorised pass into a few flat arrays, and every quantile of every group is
+read from one cumulative sum over a dense (group x key) table (or, for very
+wide key ranges, from one sort and one `searchsorted`).
 Counts may be negative: "other" is the total minus the groups kept, which is
 exact because the histograms are plain counts per key.
 """
