@@ -160,10 +160,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
         agg = await self._agg.run(window, parse_filter(request.filter),
                                   parse_group(request.group_by or "model"), None, top=top)
-        rows = _breakdown_rows({g: s for (g, _), s in agg.groups.items()}, minutes, column, desc)
+        totals = {g: s for (g, _), s in agg.groups.items()}
+        if top is None:
+            rows = _breakdown_rows(totals, minutes, column, desc)
+        else:  # `shown` is already ranked by `order`, on the same sums
+            rows = [metrics.breakdown_row(g, totals[g], minutes) for g in agg.shown]
         cut = rows[: request.top_n] if request.top_n else rows
         return query_pb2.GetBreakdownResponse(
-            rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(rows) - len(cut),
+            rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(totals) - len(cut),
             percentile_method=_method(agg))
 
     async def ExportRequests(self, request: query_pb2.ExportRequestsRequest,
