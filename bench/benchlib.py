@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,16 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Exit with main()'s status; a BenchFailure is one line and status 1, Ctrl-C status 130
+    (main cleans up what it started in its own finally blocks)."""
+    try:
+        sys.exit(main())
+    except BenchFailure as exc:
+        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; cleaned up", file=sys.stderr, flush=True)
+        sys.exit(130)

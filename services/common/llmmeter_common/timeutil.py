@@ -15,3 +15,13 @@ def from_us(us: int) -> datetime:
 def to_us(t: datetime) -> int:
     """Microseconds since the epoch of an aware datetime."""
     return (t - EPOCH) // timedelta(microseconds=1)
+
+
+#: Origin of every rollup bucket: UTC midnight, so buckets never depend on a session time zone
+#: (the SQL side's `rollups.ORIGIN`).
+BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def floor_to(t: datetime, width: timedelta) -> datetime:
+    """The start of the rollup bucket of width `width` holding t."""
+    return BUCKET_ORIGIN + ((t - BUCKET_ORIGIN) // width) * width

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from llmmeter_common.rollups import ROLLUPS, compact_sql, rollup_ctes
+from llmmeter_common.timeutil import floor_to
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,6 @@ async def compact(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, l
     """Fold repeated histogram keys in the rollup rows of start times [lo, hi] whose arrays grew
     past `longer_than`; the caller holds the worker's lock. Returns rows rewritten."""
     return sum([int(await conn.fetchval(sql, lo, hi, longer_than)) for sql in COMPACT_SQL])
-
-
-def _floor(t: datetime, width: timedelta) -> datetime:
-    origin = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' bucket origin
-    return origin + ((t - origin) // width) * width
 
 
 class RollupWorker:
@@ -94,7 +90,7 @@ class RollupWorker:
         restart the last closed bucket is compacted again, which is harmless.)
         """
         for table, (sql, width) in _CLOSING.items():
-            closed = _floor(now - CLOSE_GRACE, width)
+            closed = floor_to(now - CLOSE_GRACE, width)
             since = self._closed.get(table, closed - width)
             if closed > since:
                 await conn.fetchval(sql, since, closed - timedelta(microseconds=1), CLOSE_COMPACT_OVER)

@@ -16,6 +16,7 @@ import grpc
 
 from llmmeter.v1 import query_pb2, query_pb2_grpc
 from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_common.timeutil import floor_to
 from llmmeter_query import metrics
 from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
 from llmmeter_query.convert import opt_time, request_row, ts, usage_record
@@ -23,7 +24,7 @@ from llmmeter_query.export import export_aggregates, export_requests
 from llmmeter_query.filters import parse_filter
 from llmmeter_query.request_log import RequestLog
 from llmmeter_query.tail import TailHub
-from llmmeter_query.window import Window, floor_to, parse_granularity, resolve_window
+from llmmeter_query.window import Window, parse_granularity, resolve_window
 
 _EXACT = query_pb2.PERCENTILE_METHOD_EXACT
 _ESTIMATED = query_pb2.PERCENTILE_METHOD_ESTIMATED

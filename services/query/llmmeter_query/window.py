@@ -10,11 +10,11 @@ rows. Every record's start time falls in exactly one stretch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_common.timeutil import floor_to
 
-ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 DEFAULT_SPAN = timedelta(hours=24)
 
 #: Bucket widths a time series may use, by name.
@@ -69,11 +69,6 @@ def resolve_window(start: datetime | None, end: datetime | None, now: datetime) 
         raise InvalidArgument("start_time must be before end_time",
                               [FieldViolation("start_time", "must be before end_time")])
     return Window(start, end)
-
-
-def floor_to(t: datetime, width: timedelta) -> datetime:
-    """The bucket start at or before t."""
-    return ORIGIN + ((t - ORIGIN) // width) * width
 
 
 def ceil_to(t: datetime, width: timedelta) -> datetime:
