@@ -14,11 +14,12 @@ import re
 import signal
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import base_time, cli, listing, rfc3339
 
 from llmmeter.cli.main import main
 from llmmeter.v1 import query_pb2
@@ -29,26 +30,6 @@ from records import ingest, record
 ROW_KEYS = {f.name for f in query_pb2.RequestRow.DESCRIPTOR.fields}
 
 
-def _base() -> datetime:
-    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=40)
-
-
-def _listing(directory: Path) -> list[Path]:
-    return sorted(directory.iterdir())
-
-
-def _rfc3339(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
-
-
-async def cli(capsys: pytest.CaptureFixture[str], addr: str, *argv: str) -> tuple[int, str, str]:
-    """Runs `llmmeter ARGV --query-addr ADDR` in a thread; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = await asyncio.to_thread(main, [*argv, "--query-addr", addr])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def addr(query_server: Any) -> str:
     return f"127.0.0.1:{query_server.port}"
@@ -57,7 +38,7 @@ def addr(query_server: Any) -> str:
 @pytest.fixture
 async def seven(ingest_stub: Any) -> datetime:
     """Seven requests ten seconds apart, `l-0` oldest; two of them share a start time."""
-    t0 = _base()
+    t0 = base_time()
     recs = [
         record(
             t0 + timedelta(seconds=10 * i),
@@ -123,7 +104,7 @@ async def test_list_row_values_and_filter(capsys, addr, seven) -> None:
         "gpt-4o",
     )
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == ("103", "50", "153")
-    assert row["start_time"] == _rfc3339(t0 + timedelta(seconds=30))
+    assert row["start_time"] == rfc3339(t0 + timedelta(seconds=30))
     assert (row["latency_ms"], row["ttft_ms"], row["cost"], row["error_type"]) == (1200, 300, 0.00075, "")
 
 
@@ -168,7 +149,7 @@ async def test_empty_list(capsys, addr) -> None:
 
 @pytest.fixture
 async def detailed(ingest_stub: Any) -> datetime:
-    t0 = _base()
+    t0 = base_time()
     rec = record(
         t0,
         request_id="full-1",
@@ -206,7 +187,7 @@ async def test_show_json(capsys, addr, detailed) -> None:
     assert rec["media"] == {"images": "0", "audio_seconds": 0, "video_seconds": 0, "characters": "0"}
     assert body["latency_ms"] == 1200
     # the older request of the same id, by its start time
-    older = _rfc3339(detailed - timedelta(minutes=5))
+    older = rfc3339(detailed - timedelta(minutes=5))
     code, out, _ = await cli(
         capsys, addr, "logs", "show", "full-1", "--start-time", older, "--format", "json"
     )
@@ -324,7 +305,7 @@ async def test_tail_bad_filter_and_unreachable(capsys, addr) -> None:
 
 @pytest.fixture
 async def exportable(ingest_stub: Any) -> datetime:
-    t0 = _base()
+    t0 = base_time()
     await ingest(
         ingest_stub,
         [
@@ -354,7 +335,7 @@ async def test_export_csv_file(capsys, addr, exportable, tmp_path: Path) -> None
     target = tmp_path / "requests.csv"
     code, out, err = await cli(capsys, addr, "logs", "export", "--since", "1h", "--output", str(target))
     assert code == 0 and err == "" and out == f"wrote 3 rows ({target.stat().st_size} B) to {target}\n"
-    assert _listing(tmp_path) == [target]
+    assert listing(tmp_path) == [target]
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [r["request_id"] for r in rows] == ["e-1", "e-2", "e-3"]  # oldest first
     assert rows[0]["user_name"] == "'=cmd|' /C calc'!A0"  # a formula no more
@@ -396,7 +377,7 @@ async def test_export_to_stdout_and_errors(capsys, addr, exportable, tmp_path: P
     target = tmp_path / "never.csv"
     code, out, err = await cli(capsys, addr, "logs", "export", "--filter", "team =", "--output", str(target))
     assert code == 1 and err.count("\n") == 1 and "ExportRequests" in err and "filter" in err
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
     code, _, err = await cli(capsys, addr, "logs", "export", "--since", "1h")
     assert code == 2 and "--output" in err
 
@@ -501,7 +482,7 @@ async def test_export_progress_on_a_terminal(capsys, addr, exportable, tmp_path:
 
 async def test_token_with_an_absolute_window(capsys, addr, seven) -> None:
     t0 = seven
-    scope = ["--from", _rfc3339(t0 + timedelta(seconds=10)), "--to", _rfc3339(t0 + timedelta(seconds=45))]
+    scope = ["--from", rfc3339(t0 + timedelta(seconds=10)), "--to", rfc3339(t0 + timedelta(seconds=45))]
     code, out, _ = await cli(capsys, addr, "logs", "list", *scope, "--page-size", "2", "--format", "json")
     body = json.loads(out)
     assert [r["request_id"] for r in body["requests"]] == ["l-4", "l-3"]
@@ -509,7 +490,7 @@ async def test_token_with_an_absolute_window(capsys, addr, seven) -> None:
     code, out, _ = await cli(capsys, addr, "logs", "list", *scope, "--page-token", token, "--format", "json")
     body = json.loads(out)
     assert [r["request_id"] for r in body["requests"]] == ["l-2", "l-1"] and body["next_page_token"] == ""
-    other = ["--from", _rfc3339(t0), "--to", _rfc3339(t0 + timedelta(seconds=45))]
+    other = ["--from", rfc3339(t0), "--to", rfc3339(t0 + timedelta(seconds=45))]
     code, out, err = await cli(capsys, addr, "logs", "list", *other, "--page-token", token)
     assert code == 1 and out == "" and "another time window" in err and err.count("\n") == 1
 

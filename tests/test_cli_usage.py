@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import base_time, cli, listing, rfc3339
 
 from llmmeter.cli.main import main
 from llmmeter.timeparse import TimePoint, parse_span, parse_time, resolve_window
@@ -28,27 +29,6 @@ SUMMARY_KEYS = {f.name for f in query_pb2.Summary.DESCRIPTOR.fields}
 ROW_KEYS = {f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields}
 
 
-def _base() -> datetime:
-    """A whole minute about 40 minutes ago, so every record sits well inside `--since 1h`."""
-    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=40)
-
-
-def _listing(directory: Path) -> list[Path]:
-    return sorted(directory.iterdir())
-
-
-def _rfc3339(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
-
-
-async def cli(capsys: pytest.CaptureFixture[str], addr: str, *argv: str) -> tuple[int, str, str]:
-    """Runs `llmmeter ARGV --query-addr ADDR` in a thread; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = await asyncio.to_thread(main, [*argv, "--query-addr", addr])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def addr(query_server: Any) -> str:
     return f"127.0.0.1:{query_server.port}"
@@ -57,7 +37,7 @@ def addr(query_server: Any) -> str:
 @pytest.fixture
 async def stored(ingest_stub: Any) -> datetime:
     """Six records over three teams and two models; returns the base time."""
-    t0 = _base()
+    t0 = base_time()
     await ingest(
         ingest_stub,
         [
@@ -181,9 +161,9 @@ async def test_summary_filter_and_absolute_window(capsys, addr, stored) -> None:
         "--format",
         "json",
         "--from",
-        _rfc3339(t0 + timedelta(seconds=5)),
+        rfc3339(t0 + timedelta(seconds=5)),
         "--to",
-        _rfc3339(t0 + timedelta(minutes=3)),
+        rfc3339(t0 + timedelta(minutes=3)),
     )
     assert code == 0
     s = json.loads(out)["summary"]
@@ -303,9 +283,9 @@ async def test_series_json_by_model(capsys, addr, stored) -> None:
         "--granularity",
         "1m",
         "--from",
-        _rfc3339(t0),
+        rfc3339(t0),
         "--to",
-        _rfc3339(t0 + timedelta(minutes=5)),
+        rfc3339(t0 + timedelta(minutes=5)),
         "--metric",
         "requests",
         "--metric",
@@ -329,12 +309,12 @@ async def test_series_json_by_model(capsys, addr, stored) -> None:
     assert [p["value"] for p in keyed["METRIC_REQUESTS", "claude"]] == [1, 0, 0, 1, 1]
     assert [p["value"] for p in keyed["METRIC_REQUESTS", "gpt-4o"]] == [2, 0, 1, 0, 0]
     assert [p["value"] for p in keyed["METRIC_COST", "gpt-4o"]] == pytest.approx([0.03, 0, 0.005, 0, 0])
-    assert keyed["METRIC_REQUESTS", "gpt-4o"][0]["time"] == _rfc3339(t0)
+    assert keyed["METRIC_REQUESTS", "gpt-4o"][0]["time"] == rfc3339(t0)
 
 
 async def test_series_metric_names_top_and_csv(capsys, addr, stored) -> None:
     t0 = stored
-    window = ["--from", _rfc3339(t0), "--to", _rfc3339(t0 + timedelta(minutes=5)), "--granularity", "1m"]
+    window = ["--from", rfc3339(t0), "--to", rfc3339(t0 + timedelta(minutes=5)), "--granularity", "1m"]
     code, out, _ = await cli(
         capsys,
         addr,
@@ -355,13 +335,13 @@ async def test_series_metric_names_top_and_csv(capsys, addr, stored) -> None:
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 4 * 5 and set(rows[0]) == {"metric", "group", "time", "value", "present"}
-    first = {r["metric"]: r for r in rows if r["time"] == _rfc3339(t0)}
+    first = {r["metric"]: r for r in rows if r["time"] == rfc3339(t0)}
     assert float(first["failure_rate"]["value"]) == pytest.approx(1 / 3)
     assert float(first["rps"]["value"]) == pytest.approx(3 / 60)
     assert float(first["latency_p95"]["value"]) == pytest.approx(2000)
     assert float(first["tpm"]["value"]) == pytest.approx(610)
     empty = [r for r in rows if r["metric"] == "latency_p95" and r["present"] == "false"]
-    assert len(empty) == 1 and empty[0]["time"] == _rfc3339(t0 + timedelta(minutes=1))
+    assert len(empty) == 1 and empty[0]["time"] == rfc3339(t0 + timedelta(minutes=1))
     # --top 1 folds the other teams into "other"
     _, out, _ = await cli(
         capsys, addr, "usage", "series", *window, "--by", "team", "--top", "1", "--format", "json"
@@ -378,9 +358,9 @@ async def test_series_chart(capsys, addr, stored) -> None:
         "usage",
         "series",
         "--from",
-        _rfc3339(t0),
+        rfc3339(t0),
         "--to",
-        _rfc3339(t0 + timedelta(minutes=5)),
+        rfc3339(t0 + timedelta(minutes=5)),
         "--granularity",
         "1m",
         "--metric",
@@ -431,7 +411,7 @@ async def test_export_aggregates_to_file(capsys, addr, stored, tmp_path: Path) -
     )
     assert code == 0 and err == ""
     assert json.loads(out) == {"output": str(target), "rows_written": 5, "bytes": target.stat().st_size}
-    assert _listing(tmp_path) == [target]  # no .part left behind
+    assert listing(tmp_path) == [target]  # no .part left behind
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [(r["team"], r["model"], r["request_count"], r["cost"]) for r in rows] == [
         ('\'=HYPERLINK("http://x")', "claude", "1", "0.0001"),
@@ -457,7 +437,7 @@ async def test_export_failure_leaves_no_file(capsys, addr, tmp_path: Path) -> No
     target = tmp_path / "x.csv"
     code, _, err = await cli(capsys, addr, "usage", "export", "--by", "colour", "--output", str(target))
     assert code == 1 and err.count("\n") == 1 and "group_by" in err
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 # errors
