@@ -5,8 +5,9 @@ few hundred keys each; doing that key by key in Python (or shipping one row
 per key) took seconds. Here the histograms arrive as PostgreSQL's binary
 array format (`array_send`), all blobs of a statement are parsed in one
 vectorised pass into a few flat arrays, and every quantile of every group is
-read from one cumulative sum over a dense (group x key) table (or, for very
-wide key ranges, from one sort and one `searchsorted`).
+read from one cumulative sum over all groups' counts, each group laid out over
+its own key span (or, past DENSE_CELLS cells, from one sort and one
+`searchsorted`).
 Counts may be negative: "other" is the total minus the groups kept, which is
 exact because the histograms are plain counts per key.
 """
@@ -95,15 +96,15 @@ class Collector:
         out: dict[Hashable, list[float | None]] = {g: [None] * len(qs) for g in self._ids}
         if not self._keys:
             return out
-        gid = np.repeat(np.array(self._gids, dtype=np.int64), self._lens)
+        gids = np.array(self._gids, dtype=np.int64)
+        lens = np.array(self._lens, dtype=np.int64)
+        gid = np.repeat(gids, lens)
         keys = np.concatenate(self._keys, dtype=np.int64)
         counts = np.concatenate(self._counts, dtype=np.int64)
-        lo = int(keys.min())
-        width = int(keys.max()) - lo + 1
         n = len(self._ids)
-        if n * width <= DENSE_CELLS:
-            found, total = _dense(gid, keys - lo, counts, n, width, qs)
-            found += lo
+        lo, span = _spans(gids, lens, keys, n)
+        if int(span.sum()) <= DENSE_CELLS:
+            found, total = _dense(gid, keys, counts, lo, span, qs)
         else:
             found, total = _sorted(gid, keys, counts, n, qs)
         values = np.where(found <= 0, 1.0, 2 * sketch.GAMMA ** found.astype(np.float64) / (sketch.GAMMA + 1))
@@ -113,22 +114,38 @@ class Collector:
         return out
 
 
-#: Largest groups x key range laid out densely (8 bytes each); wider spans sort instead.
-DENSE_CELLS = 4_000_000
+#: Most cells (8 bytes each) laid out densely; more than that sorts instead.
+DENSE_CELLS = 16_000_000
 
 
-def _dense(gid: Ints, offset: Ints, counts: Ints, n: int, width: int,
+def _spans(gids: Ints, lens: Ints, keys: Ints, n: int) -> tuple[Ints, Ints]:
+    """Each group's lowest key and key span (0 for a group without pairs), from its pieces' extremes."""
+    starts = np.cumsum(lens) - lens
+    lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(lo, gids, np.minimum.reduceat(keys, starts))
+    np.maximum.at(hi, gids, np.maximum.reduceat(keys, starts))
+    span = np.where(hi >= lo, hi - lo + 1, 0)
+    return np.where(span > 0, lo, 0), span
+
+
+def _dense(gid: Ints, keys: Ints, counts: Ints, lo: Ints, span: Ints,
            qs: Sequence[float]) -> tuple[Ints, Ints]:
-    """One row of counts per group over the key range: no sort, one cumulative sum per row."""
-    cells = np.bincount(gid * width + offset, weights=counts, minlength=n * width).reshape(n, width)
+    """Every group's counts laid out over its own key span, groups end to end: no sort, one
+    cumulative sum for all, and a quantile is one `searchsorted` into it per group."""
+    start = np.cumsum(span) - span
+    cells = np.bincount(start[gid] + keys - lo[gid], weights=counts, minlength=int(span.sum()))
     np.maximum(cells, 0, out=cells)  # "other" minus kept: never below zero, but clip float dust
-    cum = np.cumsum(cells, axis=1)
-    total = cum[:, -1].astype(np.int64)
-    found = np.zeros((n, len(qs)), dtype=np.int64)
+    cum = np.cumsum(cells)
+    last = np.maximum(start + span - 1, 0)
+    base = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0)
+    total = np.where(span > 0, cum[last] - base, 0)
+    found = np.zeros((len(span), len(qs)), dtype=np.int64)
     for j, q in enumerate(qs):
         rank = np.maximum(np.ceil(q * total), 1)
-        found[:, j] = np.minimum((cum < rank[:, None]).sum(axis=1), width - 1)
-    return found, total
+        at = np.clip(np.searchsorted(cum, base + rank, side="left"), start, last)
+        found[:, j] = lo + at - start
+    return found, total.astype(np.int64)
 
 
 def _sorted(gid: Ints, keys: Ints, counts: Ints, n: int, qs: Sequence[float]) -> tuple[Ints, Ints]:
