@@ -112,13 +112,13 @@ async def test_breakdown_top_n_reads_only_shown_groups_yet_matches_the_full_tabl
 async def test_array_send_codec_and_merge_against_postgres(db_pool, monkeypatch, dense_cells) -> None:
     monkeypatch.setattr(histograms, "DENSE_CELLS", dense_cells)
     rows = await db_pool.fetch(
-        "SELECT g, array_send(k::integer[]) AS k, array_send(c::bigint[]) AS c FROM (VALUES "
-        "('a', '{10,20,30}', '{1,1,8}'), ('a', '{10}', NULL), ('b', '{}', '{}'), ('b', '{-3}', '{4}'), "
+        "SELECT g, array_send(llmmeter_hist_pairs(k::integer[], c::bigint[])) AS h FROM (VALUES "
+        "('a', '{10,20,30}', '{1,1,8}'), ('a', '{10}', '{1}'), ('b', '{}', '{}'), ('b', '{3}', '{4}'), "
         "('c', '{40,7}', '{9000000000,1}'), ('d', '{5}', '{2}')) AS v(g, k, c)")
     coll = Collector()
-    coll.add_sent([r["g"] for r in rows], [r["k"] for r in rows], [r["c"] for r in rows])
+    coll.add_sent([r["g"] for r in rows], [r["h"] for r in rows])
     # subtract d's histogram, and b's only key once more than it has: b ends empty, d too
-    coll.add_sent(["d", "b"], [rows[5]["k"], rows[3]["k"]], [rows[5]["c"], rows[3]["c"]], sign=-1)
+    coll.add_sent(["d", "b"], [rows[5]["h"], rows[3]["h"]], sign=-1)
     coll.add(("e",), np.array([10, 20]), np.array([3, 3]))
     coll.add(("e",), np.array([10, 20]), np.array([3, 2]), sign=-1)  # leaves one count at key 20
     got = coll.quantiles((0.1, 0.5, 1.0))

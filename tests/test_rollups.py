@@ -113,8 +113,8 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool, db_url) -> No
                         "latency_us_sum", "ttft_count", "retries", "cache_hit_count"):
                 assert row[col] == exp[col], (rollup.table, col)
             # a key may repeat until compaction (upserts append); counts add up by key
-            assert sketch.merge([(row["lat_keys"], row["lat_counts"])]) == exp["lat"]
-            assert sketch.merge([(row["ttft_keys"], row["ttft_counts"])]) == exp["ttft"]
+            assert sketch.merge([sketch.split(row["lat_hist"])]) == exp["lat"]
+            assert sketch.merge([sketch.split(row["ttft_hist"])]) == exp["ttft"]
     total_cost = await db_pool.fetchval("SELECT sum(cost) FROM usage_1d WHERE dims_mask = 0")
     assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
 
@@ -126,9 +126,9 @@ async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, d
         await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 500]))
     await drain_rollups(db_url)
     rows = await db_pool.fetch(
-        "SELECT lat_keys, lat_counts, ttft_keys, ttft_counts FROM usage_1d WHERE dims_mask = 511")
-    lat = sketch.merge((r["lat_keys"], r["lat_counts"]) for r in rows)
-    ttft = sketch.merge((r["ttft_keys"], r["ttft_counts"]) for r in rows)
+        "SELECT lat_hist, ttft_hist FROM usage_1d WHERE dims_mask = 511")
+    lat = sketch.merge(sketch.split(r["lat_hist"]) for r in rows)
+    ttft = sketch.merge(sketch.split(r["ttft_hist"]) for r in rows)
     for q in (0.5, 0.75, 0.9, 0.95, 0.99):
         exact_lat = await db_pool.fetchval(
             "SELECT percentile_disc($1::float8) WITHIN GROUP (ORDER BY latency_us) FROM usage_records", q)
@@ -153,7 +153,7 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
     select = "SELECT * FROM usage_1m WHERE dims_mask = 0 ORDER BY bucket"
     before = await db_pool.fetch(select)
     assert len(before) == 1 and before[0]["request_count"] == 600
-    keys = before[0]["lat_keys"]
+    keys, _ = sketch.split(before[0]["lat_hist"])
     assert len(keys) > len(set(keys))  # appended, not merged
     end = minute + timedelta(seconds=59)
     async with db_pool.acquire() as conn, conn.transaction():
@@ -162,16 +162,16 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
     assert rewritten >= 3  # at least the minute's, hour's and day's totals
     after = await db_pool.fetch(select)
     for b, a in zip(before, after, strict=True):
-        assert len(set(a["lat_keys"])) == len(a["lat_keys"])
-        assert len(a["lat_keys"]) == len(a["lat_counts"])
-        merged = sketch.merge([(b["lat_keys"], b["lat_counts"])])
-        assert sketch.merge([(a["lat_keys"], a["lat_counts"])]) == merged
-        assert (a["ttft_keys"], a["ttft_counts"]) == ([], [])
+        after_keys, _ = sketch.split(a["lat_hist"])
+        assert len(set(after_keys)) == len(after_keys)
+        merged = sketch.merge([sketch.split(b["lat_hist"])])
+        assert sketch.merge([sketch.split(a["lat_hist"])]) == merged
+        assert a["ttft_hist"] == []
         assert a["request_count"] == b["request_count"] and a["latency_us_sum"] == b["latency_us_sum"]
     for table in ("usage_1m", "usage_1h", "usage_1d"):
         assert await db_pool.fetchval(
-            f"SELECT count(*) FROM {table} WHERE cardinality(lat_keys) <> "
-            "(SELECT count(DISTINCT k) FROM unnest(lat_keys) AS k)") == 0, table
+            f"SELECT count(*) FROM {table} WHERE cardinality(lat_hist) <> "
+            f"(SELECT count(DISTINCT v >> {sketch.PAIR_SHIFT}) FROM unnest(lat_hist) AS v)") == 0, table
 
 
 async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold(ingest_stub, db_pool,
@@ -185,8 +185,8 @@ async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold
         await drain_rollups(db_url)
 
     def repeated(table: str) -> str:
-        return (f"SELECT count(*) FROM {table} WHERE dims_mask = 0 AND cardinality(lat_keys) > "
-                "(SELECT count(DISTINCT k) FROM unnest(lat_keys) AS k)")
+        return (f"SELECT count(*) FROM {table} WHERE dims_mask = 0 AND cardinality(lat_hist) > "
+                f"(SELECT count(DISTINCT v >> {sketch.PAIR_SHIFT}) FROM unnest(lat_hist) AS v)")
 
     assert await db_pool.fetchval(repeated("usage_1h")) == 1
     worker = RollupWorker(db_pool, 1000, 1.0)

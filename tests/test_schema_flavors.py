@@ -56,8 +56,18 @@ def _aggregate(table: str, gset: tuple[str, ...]) -> str:
     return f"{table}_s{mask_of(gset)}"
 
 
-def _text(flavor: str) -> str:
-    return resources.files("llmmeter_common.migrations").joinpath(f"0002_tables.{flavor}.sql").read_text()
+def _text(flavor: str, name: str = "0002_tables") -> str:
+    return resources.files("llmmeter_common.migrations").joinpath(f"{name}.{flavor}.sql").read_text()
+
+
+#: Migration 0006: histograms as one pairs array per prefix instead of keys and counts.
+PAIRS = "0006_hist_pairs_columns"
+
+
+def _array_columns() -> list[str]:
+    """The rollup columns as migration 0002 declared them (keys and counts arrays per histogram)."""
+    arrays = [f"{p}_{part}" for p, _ in HISTOGRAMS for part in ("keys", "counts")]
+    return [*rollup_columns()[: -len(HISTOGRAMS)], *arrays]
 
 
 def _parse(flavor: str) -> list[ast.RawStmt]:
@@ -199,7 +209,7 @@ def test_request_id_index_in_both_flavors() -> None:
 
 def test_postgres_rollup_tables_have_the_rollup_columns() -> None:
     for r in ROLLUPS:
-        assert [n for n, _ in _declared("postgres", r.table)] == rollup_columns(), r.table
+        assert [n for n, _ in _declared("postgres", r.table)] == _array_columns(), r.table
         assert _declared("postgres", r.table) == _declared("postgres", "usage_1m")
     assert rollup_columns()[:2 + len(DIMENSIONS)] == ["bucket", "dims_mask", *DIMENSIONS]
 
@@ -274,11 +284,12 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
     async with db_pool.acquire() as conn:
         for table in RELATIONS:
             live = await _columns(conn, table)
-            assert live == _declared("postgres", table), table
             if table in RAW or table == QUEUE:
-                assert live == _declared("timescale", table), table
-            else:
-                assert [n for n, _ in live] == rollup_columns(), table
+                assert live == _declared("postgres", table) == _declared("timescale", table), table
+            else:  # as declared, with migration 0006's pairs arrays in place of keys and counts
+                declared = dict(_declared("postgres", table))
+                declared.update((f"{p}_hist", "_int8") for p, _ in HISTOGRAMS)
+                assert [(n, declared[n]) for n in rollup_columns()] == live, table
 
 
 _STANDINS = """
@@ -328,6 +339,31 @@ async def _build_timescale_rollups(conn: asyncpg.Connection) -> None:
         if isinstance(stmt, ast.CreateTableAsStmt):
             sql = f"CREATE VIEW {stmt.into.rel.relname} AS {_sql(stmt.query)}"
         await conn.execute(sql)
+    await conn.execute(_text("timescale", PAIRS))  # search_path: TS first
+
+
+def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
+    """0006 leaves every rollup with rollup_columns(): PostgreSQL by altering the tables, TimescaleDB
+    by a view over the renamed union view of 0002 converting its arrays."""
+    arrays = {f"{p}_{part}" for p, _ in HISTOGRAMS for part in ("keys", "counts")}
+    added: dict[str, list[str]] = {}
+    dropped: dict[str, set[str]] = {}
+    for raw in parse_sql(_text("postgres", PAIRS)):
+        if isinstance(raw.stmt, ast.AlterTableStmt):
+            for cmd in raw.stmt.cmds:
+                if cmd.subtype.name == "AT_AddColumn":
+                    added.setdefault(raw.stmt.relation.relname, []).append(cmd.def_.colname)
+                elif cmd.subtype.name == "AT_DropColumn":
+                    dropped.setdefault(raw.stmt.relation.relname, set()).add(cmd.name)
+    for r in ROLLUPS:
+        kept = [c for c in _array_columns() if c not in dropped[r.table]]
+        assert dropped[r.table] == arrays and kept + added[r.table] == rollup_columns(), r.table
+    views = {raw.stmt.view.relname: raw.stmt for raw in parse_sql(_text("timescale", PAIRS))
+             if isinstance(raw.stmt, ast.ViewStmt)}
+    for r in ROLLUPS:
+        view = views[r.table].query
+        assert [f.relname for f in view.fromClause] == [f"{r.table}_arrays"], r.table
+        assert _output_names(view) == rollup_columns(), r.table
 
 
 async def test_rollup_shape_functions_follow_rollups(db_pool: asyncpg.Pool) -> None:
@@ -418,7 +454,7 @@ async def test_generated_views_union_every_set_with_constant_masks(db_pool: asyn
             where = f"{r.table}: {_aggregate(r.table, gset)}"
             assert [f.relname for f in branch.fromClause] == [_aggregate(r.table, gset)], where
             assert branch.whereClause is None and branch.groupClause is None, where
-            assert _output_names(branch) == rollup_columns(), where
+            assert _output_names(branch) == _array_columns(), where
             mask = branch.targetList[1].val  # a constant, so `WHERE dims_mask = c` prunes branches
             assert isinstance(mask, ast.TypeCast) and _type(mask.typeName) == "int2", where
             assert mask.arg.val.ival == mask_of(gset), where
@@ -430,7 +466,7 @@ async def test_generated_views_union_every_set_with_constant_masks(db_pool: asyn
                 else:
                     assert _sql(t.val) == "CAST('' AS text)", (where, d)
             rest = branch.targetList[2 + len(DIMENSIONS):]
-            assert [_col(t.val) for t in rest] == rollup_columns()[2 + len(DIMENSIONS):], where
+            assert [_col(t.val) for t in rest] == _array_columns()[2 + len(DIMENSIONS):], where
 
 
 async def test_generated_policies(db_pool: asyncpg.Pool) -> None:
@@ -539,7 +575,7 @@ def _by_key(row: asyncpg.Record) -> dict[str, object]:
     by upserts until compaction) do not change what a histogram says."""
     out = dict(row)
     for p in ("lat", "ttft"):
-        out[p] = sketch.merge([(out.pop(f"{p}_keys"), out.pop(f"{p}_counts"))])
+        out[p] = sketch.merge([sketch.split(out.pop(f"{p}_hist"))])
     return out
 
 
@@ -561,7 +597,7 @@ async def test_continuous_aggregate_queries_reproduce_the_postgres_rollups(db_po
         # The data exercised what it should: buckets with several histogram keys at every level.
         for r in ROLLUPS:
             multi = await conn.fetchval(
-                f"SELECT count(*) FROM {TS}.{r.table} WHERE cardinality(lat_keys) > 1")
+                f"SELECT count(*) FROM {TS}.{r.table} WHERE cardinality(lat_hist) > 1")
             assert multi > 0, r.table
         total = f"SELECT sum(request_count) FROM {TS}.usage_1d WHERE dims_mask = 0"
         assert await conn.fetchval(total) == 1200

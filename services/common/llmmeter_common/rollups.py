@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from llmmeter_common import sketch
+
 #: Dimensions every rollup row is keyed by (after the time bucket).
 DIMENSIONS: tuple[str, ...] = (
     "model", "model_alias", "provider", "user_name", "team", "account",
@@ -63,7 +65,8 @@ MEASURES: tuple[Measure, ...] = (
     Measure("tpot_count", "CASE WHEN tpot_us IS NULL THEN 0 ELSE 1 END"),
 )
 
-#: Sparse histograms: (prefix, raw column). Columns are `<prefix>_keys`, `<prefix>_counts`.
+#: Sparse histograms: (prefix, raw column). The column `<prefix>_hist` holds (key, count) pairs, one
+#: bigint each (`sketch.PAIR_SHIFT`, migration 0005).
 HISTOGRAMS: tuple[tuple[str, str], ...] = (("lat", "latency_us"), ("ttft", "ttft_us"))
 
 
@@ -119,8 +122,13 @@ def covering_mask(dims: Iterable[str]) -> int:
 
 def rollup_columns() -> list[str]:
     """Every column of a rollup table, in table order."""
-    hist = [f"{p}_{s}" for p, _ in HISTOGRAMS for s in ("keys", "counts")]
+    hist = [f"{p}_hist" for p, _ in HISTOGRAMS]
     return ["bucket", "dims_mask", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
+
+
+def _pair(key: str, count: str) -> str:
+    """SQL of one histogram pair element (`sketch.PAIR_SHIFT`)."""
+    return f"(({key})::bigint << {sketch.PAIR_SHIFT}) | ({count})"
 
 
 def _grouped_dims() -> str:
@@ -164,9 +172,8 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     The finest level groups the per-minute rows into every grouping set; each
     coarser level only re-buckets the level below it (same sets, one hash
     step), which is much cheaper than grouping sets again.
-    A histogram's keys and counts are two array_agg calls of one aggregation step,
-    so they see the rows in the same order and stay aligned; their order is otherwise
-    arbitrary (sorting them cost most of the write). On conflict the new pairs are
+    A histogram is one array_agg of its (key, count) pairs (`sketch.PAIR_SHIFT`), in
+    no particular order (sorting them cost most of the write). On conflict the new pairs are
     appended, so a key may appear more than once until `compact_sql` runs; readers
     add counts up by key.
     """
@@ -196,21 +203,15 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     hist_cols = []
     for prefix, _ in HISTOGRAMS:
         parts.append(f"""{t}_{prefix} AS (
-    SELECT {key}, array_agg(k) AS keys, array_agg(c) AS counts FROM {t}_pairs_{prefix} GROUP BY {key})""")
+    SELECT {key}, array_agg({_pair('k', 'c')}) AS pairs FROM {t}_pairs_{prefix} GROUP BY {key})""")
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
-        hist_cols += [
-            f"coalesce({prefix}.keys, '{{}}'::integer[])",
-            f"coalesce({prefix}.counts, '{{}}'::bigint[])",
-        ]
+        hist_cols.append(f"coalesce({prefix}.pairs, '{{}}'::bigint[])")
     cols = rollup_columns()
     additive = ",\n        ".join(f"{m.column} = {t}.{m.column} + EXCLUDED.{m.column}" for m in MEASURES)
     # Appending is a C array concatenation; merging key by key here (an SQL function call per
     # conflicting row) took half the rollup time. Readers add counts up by key anyway, and
     # `compact_sql` folds repeated keys back together, set-based, once arrays grow long.
-    merges = ",\n        ".join(
-        f"{p}_keys = {t}.{p}_keys || EXCLUDED.{p}_keys, {p}_counts = {t}.{p}_counts || EXCLUDED.{p}_counts"
-        for p, _ in HISTOGRAMS
-    )
+    merges = ",\n        ".join(f"{p}_hist = {t}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS)
     agg_cols = ", ".join(f"a.{c}" for c in cols[: 2 + len(DIMENSIONS) + len(MEASURES)])
     parts.append(
         f"""{t}_up AS (
@@ -252,9 +253,9 @@ def compact_sql(rollup: Rollup) -> str:
     t = rollup.table
     key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
     masks = ", ".join(str(m) for m in STORED_MASKS)
-    long_ = " OR ".join(f"cardinality({p}_keys) > $3" for p, _ in HISTOGRAMS)
+    long_ = " OR ".join(f"cardinality({p}_hist) > $3" for p, _ in HISTOGRAMS)
     parts = [f"""cand AS (
-    SELECT {key}, {", ".join(f"{p}_keys, {p}_counts" for p, _ in HISTOGRAMS)} FROM {t}
+    SELECT {key}, {", ".join(f"{p}_hist" for p, _ in HISTOGRAMS)} FROM {t}
     WHERE dims_mask = ANY('{{{masks}}}'::smallint[])
       AND bucket >= date_bin('{rollup.width}', $1::timestamptz, {ORIGIN}) AND bucket <= $2
       AND ({long_})
@@ -262,13 +263,13 @@ def compact_sql(rollup: Rollup) -> str:
     sets, joins = [], []
     for p, _ in HISTOGRAMS:
         parts.append(f"""m_{p} AS (
-    SELECT {key}, array_agg(k) AS keys, array_agg(c) AS counts FROM (
-        SELECT {key}, u.k, sum(u.c)::bigint AS c FROM cand, unnest({p}_keys, {p}_counts) AS u(k, c)
-        GROUP BY {key}, u.k) AS s
+    SELECT {key}, array_agg({_pair('k', 'c')}) AS pairs FROM (
+        SELECT {key}, (u.v >> {sketch.PAIR_SHIFT})::integer AS k, sum(u.v & {sketch.COUNT_MASK})::bigint AS c
+        FROM cand, unnest({p}_hist) AS u(v) GROUP BY {key}, k) AS s
     GROUP BY {key})""")
         joins.append(f"LEFT JOIN m_{p} USING ({key})")
-        sets.append(f"{p}_keys = coalesce(m.{p}_k, '{{}}'), {p}_counts = coalesce(m.{p}_c, '{{}}')")
-    merged = ", ".join(f"m_{p}.keys AS {p}_k, m_{p}.counts AS {p}_c" for p, _ in HISTOGRAMS)
+        sets.append(f"{p}_hist = coalesce(m.{p}_h, '{{}}')")
+    merged = ", ".join(f"m_{p}.pairs AS {p}_h" for p, _ in HISTOGRAMS)
     match = " AND ".join(f"t.{c} = m.{c}" for c in key.split(", "))
     ctes = ",\n".join(parts)
     return f"""WITH {ctes},

@@ -14,6 +14,11 @@ from collections.abc import Iterable, Mapping
 ALPHA = 0.005
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 
+#: A stored histogram pair is one bigint, key << PAIR_SHIFT | count (migration 0005): keys are
+#: 0..~4400, counts stay below 2**PAIR_SHIFT.
+PAIR_SHIFT = 40
+COUNT_MASK = (1 << PAIR_SHIFT) - 1
+
 
 def key_of(us: int) -> int:
     """The bucket of a value in microseconds (mirror of SQL `llmmeter_hist_key`, for tests)."""
@@ -25,6 +30,12 @@ def value_of(key: int) -> float:
     if key <= 0:
         return 1.0
     return 2 * GAMMA**key / (GAMMA + 1)
+
+
+def split(pairs: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(keys, counts) of a stored pairs array."""
+    values = list(pairs)
+    return [v >> PAIR_SHIFT for v in values], [v & COUNT_MASK for v in values]
 
 
 def merge(pairs: Iterable[tuple[Iterable[int], Iterable[int]]]) -> dict[int, int]:

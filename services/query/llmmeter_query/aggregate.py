@@ -23,6 +23,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask
+from llmmeter_common.sketch import PAIR_SHIFT
 from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
 from llmmeter_query.window import Stretch, Window, plan, usable_levels
@@ -135,9 +136,12 @@ class Aggregator:
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
                   *, top: Top | None = None,
-                  percentiles: Mapping[str, Sequence[float]] = ALL_PERCENTILES) -> Aggregates:
+                  percentiles: Mapping[str, Sequence[float]] = ALL_PERCENTILES,
+                  measures: Sequence[str] | None = None) -> Aggregates:
         """Aggregate; only the `percentiles` asked for ({prefix: quantiles}) are computed, exactly
-        when only raw rows were read and no groups fold.
+        when only raw rows were read and no groups fold, and only the `measures` named (all when
+        None; request_count always, `Top` orders may need it). Every summed column costs: numeric
+        sums especially, and a series chart needs one or two.
 
         All statements of one call read one snapshot, so a row the rollup worker moves
         meanwhile is counted once in the sums and the histograms alike.
@@ -146,9 +150,10 @@ class Aggregator:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
             groups: dict[Key, Stats] = {}
-            sql, params = query.measures()
+            columns = _MEASURE_COLUMNS if measures is None else _measure_subset(measures)
+            sql, params = query.measures(columns)
             for row in await conn.fetch(sql, *params):
-                groups[(row[0], row[1])] = Stats(measures=dict(zip(_MEASURE_COLUMNS, row[2:], strict=True)))
+                groups[(row[0], row[1])] = Stats(measures=dict(zip(columns, row[2:], strict=True)))
             shown, kept, fold = _choose(groups, top)
             if fold:
                 groups = _fold(groups, kept)
@@ -168,6 +173,18 @@ class Aggregator:
                     _collect(collectors, await conn.fetch(sql, *params), False, OTHER)
                 _read_quantiles(groups, collectors, percentiles)
         return Aggregates(groups, exact, shown)
+
+
+def _key(column: str) -> str:
+    return f"llmmeter_hist_key({column})"
+
+
+def _measure_subset(names: Sequence[str]) -> tuple[str, ...]:
+    """The named measures plus request_count, in MEASURES order; an unknown name is a bug."""
+    unknown = set(names) - set(_MEASURE_COLUMNS)
+    if unknown:
+        raise ValueError(f"not rollup measures: {sorted(unknown)}")
+    return tuple(c for c in _MEASURE_COLUMNS if c in names or c == "request_count")
 
 
 def _choose(groups: dict[Key, Stats], top: Top | None) -> tuple[list[Any], set[Any] | None, bool]:
@@ -202,11 +219,10 @@ def _collect(collectors: dict[str, Collector], rows: list[asyncpg.Record], subtr
         return
     groups = [(rename if rename is not None else row[0], row[1]) for row in rows]
     for i, coll in enumerate(collectors.values()):
-        keys = [row[2 + 2 * i] for row in rows]
-        counts = [row[3 + 2 * i] for row in rows]
-        coll.add_sent(groups, keys, counts)
+        blobs = [row[2 + i] for row in rows]
+        coll.add_sent(groups, blobs)
         if subtract:
-            coll.add_sent([(OTHER, row[1]) for row in rows], keys, counts, sign=-1)
+            coll.add_sent([(OTHER, row[1]) for row in rows], blobs, sign=-1)
 
 
 def _read_quantiles(groups: dict[Key, Stats], collectors: dict[str, Collector],
@@ -268,26 +284,27 @@ class _Query:
                 out += [(s, s.level.table), (s, PENDING)]
         return out
 
-    def measures(self) -> tuple[str, list[Any]]:
-        """Summed measures per (g, tb)."""
+    def measures(self, columns: Sequence[str] = _MEASURE_COLUMNS) -> tuple[str, list[Any]]:
+        """Summed measures (`columns`, in that order) per (g, tb)."""
         params: list[Any] = []
         parts = []
+        chosen = [m for c in columns for m in MEASURES if m.column == c]
         for s, table in self._sources():
             if table is None or table == PENDING:
-                sums = ", ".join(f"{m.summed(m.raw_expr)} AS {m.column}" for m in MEASURES)
+                sums = ", ".join(f"{m.summed(m.raw_expr)} AS {m.column}" for m in chosen)
                 parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM {table or RAW} "
                              f"WHERE {self._where(s, False, params)} GROUP BY 1, 2")
             else:  # rollup rows go straight to the one outer aggregation
-                cols = ", ".join(m.column for m in MEASURES)
+                cols = ", ".join(m.column for m in chosen)
                 parts.append(f"SELECT {self._keys('bucket')}, {cols} FROM {table} "
                              f"WHERE {self._where(s, True, params)}")
-        outer = ", ".join(m.summed(m.column) for m in MEASURES)
+        outer = ", ".join(m.summed(m.column) for m in chosen)
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
     def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:
-        """Histogram pieces (g, tb, then per prefix keys and counts as `array_send` bytes): rollup rows
-        as stored, raw rows one key each per (g, tb) with NULL counts (one per key). With `only`,
-        just the rows of those group values."""
+        """Histogram pieces (g, tb, then per prefix the pairs array as `array_send` bytes): rollup
+        rows as stored, raw rows one pair (key, 1) each per (g, tb). With `only`, just the rows of
+        those group values."""
         params: list[Any] = []
         parts = []
         cols = dict(HISTOGRAMS)
@@ -298,12 +315,12 @@ class _Query:
                 params.append(only)
                 cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
             if rollup:
-                arrays = ", ".join(f"array_send({p}_keys), array_send({p}_counts)" for p in prefixes)
+                arrays = ", ".join(f"array_send({p}_hist)" for p in prefixes)
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
                 arrays = ", ".join(
-                    f"array_send(coalesce(array_agg(llmmeter_hist_key({cols[p]})) "
-                    f"FILTER (WHERE {cols[p]} IS NOT NULL), '{{}}'::integer[])), NULL::bytea"
+                    f"array_send(coalesce(array_agg(({_key(cols[p])}::bigint << {PAIR_SHIFT}) | 1) "
+                    f"FILTER (WHERE {cols[p]} IS NOT NULL), '{{}}'::bigint[]))"
                     for p in prefixes)
                 parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "
                              f"WHERE {cond} GROUP BY 1, 2")

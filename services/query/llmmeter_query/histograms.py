@@ -3,7 +3,7 @@
 A 7-day hourly series by model merges and reads back ~1,700 histograms of a
 few hundred keys each; doing that key by key in Python (or shipping one row
 per key) took seconds. Here the histograms arrive as PostgreSQL's binary
-array format (`array_send`), all blobs of a statement are parsed in one
+array format (`array_send`) of their (key, count) pairs, all blobs of a statement are parsed in one
 vectorised pass into a few flat arrays, and every quantile of every group is
 read from one cumulative sum over all groups' counts, each group laid out over
 its own key span (or, past DENSE_CELLS cells, from one sort and one
@@ -25,8 +25,8 @@ from llmmeter_common import sketch
 Ints = npt.NDArray[np.int64]
 
 
-_EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY_SENT = (0).to_bytes(12, "big")  # array_send of an empty array: ndim 0, no flags, oid 0
+_HI_COUNT = (1 << (sketch.PAIR_SHIFT - 32)) - 1  # count bits in a pair's high 32-bit word
 
 
 class Collector:
@@ -59,37 +59,28 @@ class Collector:
         self._keys.append(keys)
         self._counts.append(counts if sign > 0 else -counts.astype(np.int64))
 
-    def add_sent(self, groups: Sequence[Hashable], keys: Sequence[bytes | None],
-                 counts: Sequence[bytes | None], sign: int = 1) -> None:
-        """Many histograms at once, each as `array_send` bytes of its int4 keys and int8 counts
-        (counts None: one per key). All blobs are parsed in one pass: parsing them one by one
-        cost more than merging them."""
-        blobs = [b if b else _EMPTY_SENT for b in keys]
-        lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-        n = np.where(lens > 12, (lens - 20) // 8, 0)
+    def add_sent(self, groups: Sequence[Hashable], blobs: Sequence[bytes | None], sign: int = 1) -> None:
+        """Many histograms at once, each as `array_send` bytes of its bigint pairs
+        (`sketch.PAIR_SHIFT`). All blobs are parsed in one pass: parsing them one by one cost
+        more than merging them."""
+        sent = [b if b else _EMPTY_SENT for b in blobs]
+        lens = np.fromiter(map(len, sent), dtype=np.int64, count=len(sent))
+        n = np.where(lens > 12, (lens - 20) // 12, 0)  # 20-byte header, then (length, value) each
         if not n.any():
             return
         starts = np.cumsum(lens) - lens  # byte offset of each blob; all are multiples of 4
-        words = np.frombuffer(b"".join(blobs), dtype=">i4")
+        words = np.frombuffer(b"".join(sent), dtype=">u4")
         within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        key_arr = words[np.repeat(starts // 4 + 6, n) + 2 * within].astype(np.int64)
-        count_arr = np.ones(len(key_arr), dtype=np.int64)
-        sent = np.array([c is not None for c in counts], dtype=bool) & (n > 0)
-        if sent.any():
-            cblobs = [c for c, ok in zip(counts, sent.tolist(), strict=True) if ok and c is not None]
-            clens = np.fromiter(map(len, cblobs), dtype=np.int64, count=len(cblobs))
-            cstarts = np.cumsum(clens) - clens
-            cn = n[sent]
-            cwords = np.frombuffer(b"".join(cblobs), dtype=">u4")
-            cwithin = np.arange(int(cn.sum())) - np.repeat(np.cumsum(cn) - cn, cn)
-            at = np.repeat(cstarts // 4 + 6, cn) + 3 * cwithin  # (len, hi, lo) per element
-            values = (cwords[at].astype(np.int64) << 32) | cwords[at + 1].astype(np.int64)
-            count_arr[np.repeat(sent, n)] = values
+        at = np.repeat(starts // 4 + 6, n) + 3 * within  # each element's high word
+        hi = words[at].astype(np.int64)
+        lo = words[at + 1].astype(np.int64)
+        keys = hi >> (sketch.PAIR_SHIFT - 32)
+        counts = ((hi & _HI_COUNT) << 32) | lo
         gids = np.fromiter((self.gid(g) for g in groups), dtype=np.int64, count=len(groups))
         self._gids.extend(gids[n > 0].tolist())
         self._lens.extend(n[n > 0].tolist())
-        self._keys.append(key_arr)
-        self._counts.append(count_arr if sign > 0 else -count_arr)
+        self._keys.append(keys)
+        self._counts.append(counts if sign > 0 else -counts)
 
     def quantiles(self, qs: Sequence[float]) -> dict[Hashable, list[float | None]]:
         """Nearest-rank quantiles (as `sketch.quantile`, in µs) of every group's merged histogram."""
