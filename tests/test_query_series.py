@@ -132,3 +132,26 @@ async def test_breakdown_bad_order(query_stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await query_stub.GetBreakdown(M.GetBreakdownRequest(order_by="colour"))
     assert bad_request_fields(err.value)[0][0] == "order_by"
+
+
+def test_each_series_metric_reads_only_the_measures_it_declares() -> None:
+    """GetTimeSeries sums only SERIES_MEASURES (plus request_count): a metric reading anything else
+    would silently see 0 there."""
+    import random
+    from decimal import Decimal
+
+    from llmmeter_common.rollups import MEASURES
+    from llmmeter_query import metrics
+    from llmmeter_query.aggregate import Stats
+
+    rng = random.Random(3)
+    full = Stats(measures={m.column: (Decimal(rng.randint(1, 10**6)) / 1000 if m.sql_type == "numeric"
+                                      else rng.randint(1, 10**6)) for m in MEASURES})
+    qs = (0.5, 0.75, 0.9, 0.95, 0.99)
+    full.quantiles = {(p, q): rng.uniform(1, 10**6) for p in ("lat", "ttft") for q in qs}
+    assert set(metrics.SERIES_MEASURES) == set(metrics.SERIES)
+    for name, fn in metrics.SERIES.items():
+        kept = {"request_count", *metrics.SERIES_MEASURES[name]}
+        part = Stats(measures={k: v for k, v in full.measures.items() if k in kept}, quantiles=full.quantiles)
+        width = timedelta(minutes=5)
+        assert fn(part, width) == fn(full, width), name

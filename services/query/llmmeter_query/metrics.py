@@ -157,3 +157,17 @@ SERIES: dict[str, SeriesFn] = {
     **{f"LATENCY_P{int(q * 100)}": _pct("lat", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
     **{f"TTFT_P{int(q * 100)}": _pct("ttft", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
 }
+
+_TOKENS = ("input_tokens", "output_tokens")
+#: The summed measures each series metric reads (request_count is always read); percentiles
+#: read histograms only.
+SERIES_MEASURES: dict[str, tuple[str, ...]] = {
+    **{name: () for name in SERIES if "_P" in name},
+    "REQUESTS": (), "REQUESTS_PER_SECOND": (),
+    **{name: ("error_count",) for name in ("SUCCESSES", "FAILURES", "FAILURE_RATE", "SUCCESS_RATE")},
+    "LATENCY_AVG": ("latency_us_sum",), "TTFT_AVG": ("ttft_us_sum", "ttft_count"),
+    "ITL_AVG": ("itl_us_sum", "itl_count"), "TPOT_AVG": ("tpot_us_sum", "tpot_count"),
+    "COST": ("cost",), "INPUT_TOKENS": ("input_tokens",), "OUTPUT_TOKENS": ("output_tokens",),
+    "CACHE_READ_TOKENS": ("cache_read_tokens",), "CACHE_WRITE_TOKENS": ("cache_write_tokens",),
+    "TOTAL_TOKENS": _TOKENS, "TOKENS_PER_MINUTE": _TOKENS,
+}

@@ -130,7 +130,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in request.metrics]
         top = Top(top_n, _by_requests, fold=True) if group else None
         agg = await self._agg.run(window, parse_filter(request.filter), group, width, top=top,
-                                  percentiles=_series_percentiles(names))
+                                  percentiles=_series_percentiles(names),
+                                  measures=[c for n in names for c in metrics.SERIES_MEASURES[n]])
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         series = []
