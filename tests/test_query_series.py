@@ -134,9 +134,9 @@ async def test_breakdown_bad_order(query_stub) -> None:
     assert bad_request_fields(err.value)[0][0] == "order_by"
 
 
-def test_each_series_metric_reads_only_the_measures_it_declares() -> None:
-    """GetTimeSeries sums only SERIES_MEASURES (plus request_count): a metric reading anything else
-    would silently see 0 there."""
+def test_series_metrics_and_breakdown_rows_read_only_the_measures_they_declare() -> None:
+    """GetTimeSeries sums only SERIES_MEASURES (plus request_count), GetBreakdown only
+    BREAKDOWN_MEASURES: a metric reading anything else would silently see 0 there."""
     import random
     from decimal import Decimal
 
@@ -150,8 +150,12 @@ def test_each_series_metric_reads_only_the_measures_it_declares() -> None:
     qs = (0.5, 0.75, 0.9, 0.95, 0.99)
     full.quantiles = {(p, q): rng.uniform(1, 10**6) for p in ("lat", "ttft") for q in qs}
     assert set(metrics.SERIES_MEASURES) == set(metrics.SERIES)
+    def only(kept: set[str]) -> Stats:
+        return Stats(measures={k: v for k, v in full.measures.items() if k in kept}, quantiles=full.quantiles)
+
     for name, fn in metrics.SERIES.items():
-        kept = {"request_count", *metrics.SERIES_MEASURES[name]}
-        part = Stats(measures={k: v for k, v in full.measures.items() if k in kept}, quantiles=full.quantiles)
+        part = only({"request_count", *metrics.SERIES_MEASURES[name]})
         width = timedelta(minutes=5)
         assert fn(part, width) == fn(full, width), name
+    row = metrics.breakdown_row("g", only(set(metrics.BREAKDOWN_MEASURES)), 60.0)
+    assert row == metrics.breakdown_row("g", full, 60.0)

@@ -113,6 +113,14 @@ def breakdown_row(group: str, s: Stats, minutes: float) -> dict[str, Any]:
     }
 
 
+#: The summed measures a breakdown row reads (not images, audio, video, characters, retries,
+#: streaming or cache-hit counts: the numeric audio and video sums alone cost a third of the sums).
+BREAKDOWN_MEASURES: tuple[str, ...] = (
+    "request_count", "error_count", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "reasoning_tokens", "cost", "latency_us_sum", "ttft_us_sum", "ttft_count",
+    "itl_us_sum", "itl_count", "tpot_us_sum", "tpot_count",
+)
+
 #: BreakdownRow columns a breakdown can be sorted by.
 BREAKDOWN_COLUMNS = tuple(breakdown_row("", Stats(), 1.0))
 #: The ones read from histograms (sorting by them needs every group's histograms).

@@ -161,7 +161,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         # sorted by a percentile, every group needs its histograms; otherwise only the top N
         top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
         agg = await self._agg.run(window, parse_filter(request.filter),
-                                  parse_group(request.group_by or "model"), None, top=top)
+                                  parse_group(request.group_by or "model"), None, top=top,
+                                  measures=metrics.BREAKDOWN_MEASURES)
         totals = {g: s for (g, _), s in agg.groups.items()}
         if top is None:
             rows = _breakdown_rows(totals, minutes, column, desc)
