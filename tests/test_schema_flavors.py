@@ -624,3 +624,18 @@ async def test_a_constant_dims_mask_reads_one_aggregate_only(db_pool: asyncpg.Po
         for mask in MASKS:
             assert await scans(f"WHERE dims_mask = {mask}") * len(MASKS) == everything, mask
         assert await scans("WHERE dims_mask = 3") == 0  # no such set: nothing read at all
+
+
+async def test_postgres_histograms_are_stored_uncompressed_in_every_partition(db_pool: asyncpg.Pool) -> None:
+    """Reads of long windows detoast every histogram: EXTERNAL skips decompression, on partitions
+    that existed at migration time and on those created later."""
+    async with db_pool.acquire() as conn:
+        await conn.execute("SELECT llmmeter_ensure_partitions(now() + interval '400 days', "
+                           "now() + interval '430 days')")
+        rows = await conn.fetch(
+            """SELECT c.relname, a.attstorage FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+               WHERE a.attname = ANY($1) AND c.relname ~ '^usage_1[mhd]'""",
+            [f"{p}_hist" for p, _ in HISTOGRAMS])
+    tables = {r["relname"] for r in rows}
+    assert len(tables) > 2 * len(ROLLUPS)  # the parents and some partitions of each
+    assert {r["attstorage"] for r in rows} == {b"e"}  # "char" comes back as bytes
