@@ -134,14 +134,15 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                                   measures=[c for n in names for c in metrics.SERIES_MEASURES[n]])
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
+        stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
         series = []
         for metric, metric_name in zip(request.metrics, names, strict=True):
             fn = metrics.SERIES[metric_name]
             for g in groups:
                 points = []
-                for b in buckets:
+                for b, stamp in zip(buckets, stamps, strict=True):
                     value = fn(stats.get((g, b), Stats()), width)
-                    points.append(query_pb2.Point(time=ts(b), value=value or 0.0, present=value is not None))
+                    points.append(query_pb2.Point(time=stamp, value=value or 0.0, present=value is not None))
                 series.append(query_pb2.Series(metric=metric, group=g, points=points))
         return query_pb2.GetTimeSeriesResponse(series=series, granularity=name,
                                                percentile_method=_method(agg))
