@@ -3,11 +3,11 @@
 A 7-day hourly series by model merges and reads back ~1,700 histograms of a
 few hundred keys each; doing that key by key in Python (or shipping one row
 per key) took seconds. Here the histograms arrive as PostgreSQL's binary
-array format (`array_send`) of their (key, count) pairs, all blobs of a statement are parsed in one
-vectorised pass into a few flat arrays, and every quantile of every group is
-read from one cumulative sum over all groups' counts, each group laid out over
-its own key span (or, past DENSE_CELLS cells, from one sort and one
-`searchsorted`).
+array format (`array_send`) of their (key, count) pairs, all blobs of a
+statement are parsed in one vectorised pass into a few flat arrays, and every
+quantile of every group is read from one cumulative sum over all groups'
+counts, each group laid out over its own key span (or, past DENSE_CELLS
+cells, from one sort and one `searchsorted`).
 Counts may be negative: "other" is the total minus the groups kept, which is
 exact because the histograms are plain counts per key.
 """
