@@ -126,8 +126,8 @@ def rollup_columns() -> list[str]:
     return ["bucket", "dims_mask", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
 
 
-def _pair(key: str, count: str) -> str:
-    """SQL of one histogram pair element (`sketch.PAIR_SHIFT`)."""
+def pair_sql(key: str, count: str) -> str:
+    """SQL of one histogram pair element (`sketch.PAIR_SHIFT`), for writers and readers alike."""
     return f"(({key})::bigint << {sketch.PAIR_SHIFT}) | ({count})"
 
 
@@ -203,7 +203,7 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     hist_cols = []
     for prefix, _ in HISTOGRAMS:
         parts.append(f"""{t}_{prefix} AS (
-    SELECT {key}, array_agg({_pair('k', 'c')}) AS pairs FROM {t}_pairs_{prefix} GROUP BY {key})""")
+    SELECT {key}, array_agg({pair_sql('k', 'c')}) AS pairs FROM {t}_pairs_{prefix} GROUP BY {key})""")
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
         hist_cols.append(f"coalesce({prefix}.pairs, '{{}}'::bigint[])")
     cols = rollup_columns()
@@ -263,7 +263,7 @@ def compact_sql(rollup: Rollup) -> str:
     sets, joins = [], []
     for p, _ in HISTOGRAMS:
         parts.append(f"""m_{p} AS (
-    SELECT {key}, array_agg({_pair('k', 'c')}) AS pairs FROM (
+    SELECT {key}, array_agg({pair_sql('k', 'c')}) AS pairs FROM (
         SELECT {key}, (u.v >> {sketch.PAIR_SHIFT})::integer AS k, sum(u.v & {sketch.COUNT_MASK})::bigint AS c
         FROM cand, unnest({p}_hist) AS u(v) GROUP BY {key}, k) AS s
     GROUP BY {key})""")

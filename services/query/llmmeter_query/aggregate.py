@@ -22,8 +22,7 @@ from typing import Any, cast
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask
-from llmmeter_common.sketch import PAIR_SHIFT
+from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
 from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
 from llmmeter_query.window import Stretch, Window, plan, usable_levels
@@ -175,10 +174,6 @@ class Aggregator:
         return Aggregates(groups, exact, shown)
 
 
-def _key(column: str) -> str:
-    return f"llmmeter_hist_key({column})"
-
-
 def _measure_subset(names: Sequence[str]) -> tuple[str, ...]:
     """The named measures plus request_count, in MEASURES order; an unknown name is a bug."""
     unknown = set(names) - set(_MEASURE_COLUMNS)
@@ -319,7 +314,7 @@ class _Query:
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
                 arrays = ", ".join(
-                    f"array_send(coalesce(array_agg(({_key(cols[p])}::bigint << {PAIR_SHIFT}) | 1) "
+                    f"array_send(coalesce(array_agg({pair_sql(f'llmmeter_hist_key({cols[p]})', '1')}) "
                     f"FILTER (WHERE {cols[p]} IS NOT NULL), '{{}}'::bigint[]))"
                     for p in prefixes)
                 parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "
