@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import base_time, cli, listing, rfc3339
 
 from llmmeter.cli.main import main
 from llmmeter.v1 import query_pb2
 from llmmeter_common.pgcluster import free_port
 
+from cli_helpers import base_time, cli, listing, rfc3339
 from records import ingest, record
 
 ROW_KEYS = {f.name for f in query_pb2.RequestRow.DESCRIPTOR.fields}

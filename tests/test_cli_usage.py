@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import base_time, cli, listing, rfc3339
 
 from llmmeter.cli.main import main
 from llmmeter.timeparse import TimePoint, parse_span, parse_time, resolve_window
 from llmmeter.v1 import query_pb2
 from llmmeter_common.pgcluster import free_port
 
+from cli_helpers import base_time, cli, listing, rfc3339
 from records import ingest, record
 
 SUMMARY_KEYS = {f.name for f in query_pb2.Summary.DESCRIPTOR.fields}

@@ -28,6 +28,7 @@ from llmmeter_ingest.rows import to_rows
 from llmmeter_ingest.server import IngestServer
 
 from conftest import ingest_settings
+from otlp_sink import serving
 from records import record
 
 
@@ -50,15 +51,9 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2
 @pytest.fixture
 async def collector() -> AsyncIterator[tuple[Collector, int]]:
     c = Collector()
-    server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(c, server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(c, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with serving(c, trace_service_pb2_grpc.add_TraceServiceServicer_to_server,
+                       metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server) as port:
         yield c, port
-    finally:
-        await server.stop(0)
 
 
 async def _until(check: Any, within: float = 30.0) -> None:

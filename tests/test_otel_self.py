@@ -23,6 +23,7 @@ from llmmeter_ingest.otlp_in import attributes
 from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
 
+from otlp_sink import serving
 from records import ts
 
 
@@ -42,14 +43,8 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 @pytest.fixture
 async def collector() -> AsyncIterator[tuple[Collector, int]]:
     c = Collector()
-    server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(c, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with serving(c, trace_service_pb2_grpc.add_TraceServiceServicer_to_server) as port:
         yield c, port
-    finally:
-        await server.stop(0)
 
 
 async def test_rpc_and_database_spans_join_the_callers_trace(db_url, collector) -> None:
