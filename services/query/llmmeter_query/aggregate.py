@@ -25,7 +25,8 @@ from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
 from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
-from llmmeter_query.window import Stretch, Window, plan, usable_levels
+from llmmeter_query.snapshot_fetch import Statement, fetch_all
+from llmmeter_query.window import Stretch, Window, plan, rollup_buckets, split, usable_levels
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 #: Every percentile of both histograms (`lat`, `ttft`): what a summary or breakdown shows.
@@ -35,6 +36,9 @@ OTHER = "other"
 RAW = "usage_records"
 PENDING = "usage_rollup_pending"
 _ORIGIN_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+#: Histogram rows (groups x rollup buckets) from which a read is split over two connections; below
+#: it, the extra connection and snapshot import cost more than they save.
+SPLIT_MIN_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,12 @@ class Aggregates:
 class Aggregator:
     """Runs the aggregation queries on a pool."""
 
-    def __init__(self, pool: asyncpg.Pool, exact_window: timedelta) -> None:
+    def __init__(self, pool: asyncpg.Pool, exact_window: timedelta, lanes: int = 2,
+                 split_min_rows: int = SPLIT_MIN_ROWS) -> None:
         self._pool = pool
         self._exact_window = exact_window
+        self._lanes = lanes
+        self._split_min_rows = split_min_rows
 
     def _query(self, window: Window, filt: Filter, group: Grouping | None,
                bucket: timedelta | None) -> _Query:
@@ -165,13 +172,26 @@ class Aggregator:
                 _add_exact(groups, list(await conn.fetch(sql, *params)))
             else:
                 collectors = {p: Collector() for p in prefixes}
-                sql, params = query.histograms(prefixes, None if kept is None else list(kept))
-                _collect(collectors, await conn.fetch(sql, *params), fold)
+                only = None if kept is None else list(kept)
+                reads = self._parts(query, len({g for g, _ in groups}) if only is None else len(only))
+                statements: list[Statement] = [q.histograms(prefixes, only) for q in reads]
                 if fold:  # "other" = the total minus the kept groups
-                    sql, params = self._query(window, filt, None, bucket).histograms(prefixes, None)
-                    _collect(collectors, await conn.fetch(sql, *params), False, OTHER)
+                    total = self._query(window, filt, None, bucket)
+                    statements += [q.histograms(prefixes, None) for q in self._parts(total, 1)]
+                results = await fetch_all(self._pool, conn, statements, self._lanes)
+                for rows in results[: len(reads)]:
+                    _collect(collectors, rows, fold)
+                for rows in results[len(reads):]:
+                    _collect(collectors, rows, False, OTHER)
                 _read_quantiles(groups, collectors, percentiles)
         return Aggregates(groups, exact, shown)
+
+
+    def _parts(self, query: _Query, groups: int) -> list[_Query]:
+        """The query cut by time into one part per lane when it reads enough histogram rows."""
+        if self._lanes < 2 or groups * rollup_buckets(query.stretches) < self._split_min_rows:
+            return [query]
+        return [query.over(part) for part in split(query.stretches, self._lanes)]
 
 
 def _measure_subset(names: Sequence[str]) -> tuple[str, ...]:
@@ -251,6 +271,10 @@ class _Query:
                  stretches: list[Stretch], mask: int) -> None:
         self.filt, self.group, self.bucket = filt, group, bucket
         self.stretches, self.mask = stretches, mask
+
+    def over(self, stretches: list[Stretch]) -> _Query:
+        """The same query over other stretches (a part of this one's)."""
+        return _Query(self.filt, self.group, self.bucket, stretches, self.mask)
 
     def _keys(self, time_col: str) -> str:
         g = self.group.expr if self.group else "''"

@@ -56,8 +56,8 @@ class QueryServer:
         )
         self._hub = TailHub(s.database_url, self._pool, s.tail_queue_size)
         await self._hub.start()
-        servicer = QueryServicer(
-            self._pool, Aggregator(self._pool, timedelta(seconds=s.exact_window_seconds)), self._hub)
+        aggregator = Aggregator(self._pool, timedelta(seconds=s.exact_window_seconds), s.read_lanes)
+        servicer = QueryServicer(self._pool, aggregator, self._hub)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-query")
         self._grpc = GrpcServer([SERVICE_NAME], tracer_provider=self._tracing)
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,

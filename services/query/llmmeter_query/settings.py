@@ -31,6 +31,11 @@ class QuerySettings(BaseSettings):
     (glibc mallopt), so big per-call buffers are reused rather than page-faulted in again;
     0 leaves the C library's defaults."""
 
+    read_lanes: int = 2
+    """Connections one long-window aggregation may read histograms on at once (sharing one
+    snapshot; extra ones only when the pool has them free). 1 reads on one connection; more
+    than the database server's cores gains nothing."""
+
     exact_window_seconds: float = 3600.0
     """Windows up to this long are answered from raw rows, with exact percentiles."""
 

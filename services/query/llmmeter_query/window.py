@@ -117,3 +117,40 @@ def plan(start: datetime, end: datetime, levels: tuple[Level, ...]) -> list[Stre
     if a >= b:
         return plan(start, end, finer)
     return [*plan(start, a, finer), Stretch(level, a, b), *plan(b, end, finer)]
+
+
+def _buckets(s: Stretch) -> int:
+    """Rows per group a stretch reads: its rollup buckets, or 1 for a raw edge."""
+    return 1 if s.level is None else (s.end - s.start) // s.level.width
+
+
+def rollup_buckets(stretches: list[Stretch]) -> int:
+    """How many rollup buckets (rows per group) the stretches read."""
+    return sum(_buckets(s) for s in stretches if s.level is not None)
+
+
+def split(stretches: list[Stretch], parts: int) -> list[list[Stretch]]:
+    """Cut stretches into at most `parts` runs reading about equally many rollup buckets, for
+    statements run side by side. A rollup stretch is cut on a bucket boundary of its level, so
+    every record still falls in exactly one stretch of one part."""
+    total = sum(_buckets(s) for s in stretches)
+    target = total / max(parts, 1)
+    out: list[list[Stretch]] = [[]]
+    done = 0
+    for whole in stretches:
+        s: Stretch | None = whole
+        while s is not None:
+            weight, room = _buckets(s), target * len(out) - done
+            if len(out) >= parts or weight <= room or s.level is None:
+                out[-1].append(s)
+                done += weight
+                s = None
+            elif room < 1:
+                out.append([])
+            else:
+                cut = s.start + int(room) * s.level.width
+                out[-1].append(Stretch(s.level, s.start, cut))
+                done += int(room)
+                out.append([])
+                s = Stretch(s.level, cut, s.end)
+    return [p for p in out if p]
