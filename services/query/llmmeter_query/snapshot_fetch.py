@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 Statement = tuple[str, Sequence[Any]]
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 def _spare(pool: asyncpg.Pool) -> bool:
@@ -30,7 +31,7 @@ def _spare(pool: asyncpg.Pool) -> bool:
     return pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size()
 
 
-async def fetch_all(pool: asyncpg.Pool, conn: asyncpg.Connection, statements: Sequence[Statement],
+async def fetch_all(pool: asyncpg.Pool, conn: Connection, statements: Sequence[Statement],
                     lanes: int = 2) -> list[list[asyncpg.Record]]:
     """The rows of every statement, in order; `conn` must be in a REPEATABLE READ transaction.
 
@@ -43,7 +44,7 @@ async def fetch_all(pool: asyncpg.Pool, conn: asyncpg.Connection, statements: Se
     results: list[list[asyncpg.Record]] = [[] for _ in statements]
     todo = list(range(len(statements)))
 
-    async def work(c: asyncpg.Connection) -> None:
+    async def work(c: Connection) -> None:
         while todo:
             i = todo.pop(0)
             sql, params = statements[i]
