@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from llmmeter_common.dbprobe import DatabaseProbe
 from llmmeter_common.grpc_errors import DomainErrorInterceptor
+from llmmeter_common.heap import freeze_startup_objects
 from llmmeter_common.metrics import MetricsInterceptor, ServiceMetrics
 from llmmeter_common.telemetry import JsonFormatter, server_interceptor
 
@@ -181,6 +182,7 @@ def run_service(service: Service) -> None:
 
     async def _main() -> None:
         await service.start()
+        freeze_startup_objects()
         try:
             await wait_for_shutdown_signal()
         finally:
