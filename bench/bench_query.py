@@ -440,6 +440,31 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
     }
 
 
+async def pack_closed(dsn: str, lo: datetime, hi: datetime) -> None:
+    """Compact and pack the closed hour and day rows of a reused load that an older version
+    stored unpacked (migration 0007), as the rollup worker does when a bucket closes; rows
+    already packed are skipped, so this is quick after the first time."""
+    import asyncpg
+
+    from llmmeter_common.rollups import ROLLUPS, compact_sql
+    from llmmeter_ingest.rollup_worker import CLOSE_COMPACT_OVER
+
+    conn = await asyncpg.connect(dsn, server_settings={"work_mem": "256MB"})
+    try:
+        for rollup in ROLLUPS:
+            if rollup.width == "1 minute":
+                continue
+            t = time.perf_counter()
+            async with conn.transaction():
+                n = int(await conn.fetchval(compact_sql(rollup), lo, hi, CLOSE_COMPACT_OVER))
+            if n:
+                log(f"  {rollup.table}: {n:,} closed rows compacted and packed "
+                    f"in {time.perf_counter() - t:.1f}s")
+                await conn.execute(f"VACUUM ANALYZE {rollup.table}")
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -936,6 +961,7 @@ def main() -> int:
             loaded = kept["load"]
             log(f"reusing the {args.records:,} records loaded in {tmp} (ending {end:%Y-%m-%d %H:%M:%S} UTC)")
             asyncio.run(migrate(dsn, "postgres"))  # the query code may have new migrations
+            asyncio.run(pack_closed(dsn, end - timedelta(days=args.days + 1), end))
         else:
             asyncio.run(_exec(server_dsn, "CREATE DATABASE bench_query"))
             asyncio.run(migrate(dsn, "postgres"))

@@ -14,6 +14,9 @@ from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
 from llmmeter_common.rollups import DIMENSIONS, GROUPING_SETS, ROLLUPS, mask_of
 from llmmeter_ingest.rollup_worker import CLOSE_GRACE, RollupWorker, compact
+from llmmeter_query.aggregate import Aggregator, parse_group
+from llmmeter_query.filters import parse_filter
+from llmmeter_query.window import Window
 
 from conftest import drain_rollups
 from records import record
@@ -197,3 +200,51 @@ async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold
     day_closed = now - CLOSE_GRACE >= hour.replace(hour=0) + timedelta(days=1)
     assert await db_pool.fetchval(repeated("usage_1d")) == (0 if day_closed else 1)
     assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1h WHERE dims_mask = 0") == 800
+
+
+def _unpack(pack: bytes) -> list[int]:
+    assert pack[:len(sketch.PACK_TAG)] == sketch.PACK_TAG
+    body = pack[len(sketch.PACK_TAG):]
+    return [int.from_bytes(body[i:i + 8], "big", signed=True) for i in range(0, len(body), 8)]
+
+
+async def test_compaction_packs_the_pairs_and_an_append_unpacks_them(ingest_stub, db_pool, db_url) -> None:
+    rng = random.Random(9)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=20)
+    recs = [record(minute + timedelta(seconds=rng.uniform(0, 59)), latency_ms=rng.lognormvariate(6, 0.5),
+                   ttft_ms=None, model=rng.choice(["a", "b"]), request_id=f"p-{i}") for i in range(400)]
+    for i in range(0, 400, 100):  # appends to the same rows
+        await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 100]))
+        await drain_rollups(db_url)
+    window = Window(minute - timedelta(hours=2), minute + timedelta(hours=2))
+    agg = Aggregator(db_pool, timedelta(minutes=1), lanes=1)
+
+    async def percentiles() -> dict:
+        got = await agg.run(window, parse_filter(""), parse_group("model"), timedelta(minutes=1))
+        assert not got.exact
+        return {k: (s.get("request_count"), s.quantiles) for k, s in got.groups.items()}
+
+    before = await percentiles()
+    assert await db_pool.fetchval("SELECT count(*) FROM usage_1m WHERE lat_pack IS NOT NULL") == 0
+    end = minute + timedelta(seconds=59)
+    async with db_pool.acquire() as conn, conn.transaction():
+        rewritten = await compact(conn, minute, end, 0)
+        assert rewritten > 0
+        assert await compact(conn, minute, end, 0) == 0  # packed rows have nothing to fold
+    rows = await db_pool.fetch("SELECT * FROM usage_1m UNION ALL SELECT * FROM usage_1h "
+                               "UNION ALL SELECT * FROM usage_1d")
+    assert sum(r["lat_pack"] is not None for r in rows) == rewritten == len(rows)
+    for r in rows:
+        assert sorted(_unpack(r["lat_pack"])) == sorted(r["lat_hist"])
+        assert r["ttft_pack"] == sketch.PACK_TAG and r["ttft_hist"] == []
+    assert await percentiles() == before  # read from the packs now
+
+    late = record(minute + timedelta(seconds=30), model="a", ttft_ms=None, request_id="p-late")
+    await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[late]))
+    await drain_rollups(db_url)
+    stale = await db_pool.fetch(
+        "SELECT dims_mask, model FROM usage_1m WHERE lat_pack IS NULL ORDER BY dims_mask")
+    assert {(r["dims_mask"], r["model"]) for r in stale} >= {(0, ""), (mask_of(["model"]), "a")}
+    assert all(r["model"] in ("", "a") for r in stale)
+    after = await percentiles()
+    assert sum(n for n, _ in after.values()) == 401

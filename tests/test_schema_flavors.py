@@ -29,11 +29,13 @@ from llmmeter_common.rollups import (
     GROUPING_SETS,
     HISTOGRAMS,
     MEASURES,
+    PACK_COLUMNS,
     PENDING_COLUMNS,
     ROLLUPS,
     mask_of,
     rollup_columns,
     rollup_ctes,
+    table_columns,
 )
 
 RELATIONS = ("usage_records", "usage_payloads", "usage_rollup_pending", "usage_1m", "usage_1h", "usage_1d")
@@ -62,6 +64,8 @@ def _text(flavor: str, name: str = "0002_tables") -> str:
 
 #: Migration 0006: histograms as one pairs array per prefix instead of keys and counts.
 PAIRS = "0006_hist_pairs_columns"
+#: Migration 0007: packed copies of the histograms.
+PACKS = "0007_hist_packs"
 
 
 def _array_columns() -> list[str]:
@@ -286,10 +290,11 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
             live = await _columns(conn, table)
             if table in RAW or table == QUEUE:
                 assert live == _declared("postgres", table) == _declared("timescale", table), table
-            else:  # as declared, with migration 0006's pairs arrays in place of keys and counts
+            else:  # as declared, with 0006's pairs arrays in place of keys and counts, 0007's packs
                 declared = dict(_declared("postgres", table))
                 declared.update((f"{p}_hist", "_int8") for p, _ in HISTOGRAMS)
-                assert [(n, declared[n]) for n in rollup_columns()] == live, table
+                declared.update((c, "bytea") for c in PACK_COLUMNS)
+                assert [(n, declared[n]) for n in table_columns()] == live, table
 
 
 _STANDINS = """
@@ -340,6 +345,7 @@ async def _build_timescale_rollups(conn: asyncpg.Connection) -> None:
             sql = f"CREATE VIEW {stmt.into.rel.relname} AS {_sql(stmt.query)}"
         await conn.execute(sql)
     await conn.execute(_text("timescale", PAIRS))  # search_path: TS first
+    await conn.execute(_text("timescale", PACKS))
 
 
 def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
@@ -364,6 +370,27 @@ def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
         view = views[r.table].query
         assert [f.relname for f in view.fromClause] == [f"{r.table}_arrays"], r.table
         assert _output_names(view) == rollup_columns(), r.table
+
+
+def test_packs_migration_adds_the_pack_columns_in_both_flavors() -> None:
+    """0007 leaves every rollup with table_columns(): PostgreSQL adds the packs to the tables,
+    TimescaleDB's views gain them as NULL, keeping 0006's columns and source."""
+    added: dict[str, list[str]] = {}
+    for raw in parse_sql(_text("postgres", PACKS)):
+        if isinstance(raw.stmt, ast.AlterTableStmt):
+            for cmd in raw.stmt.cmds:
+                if cmd.subtype.name == "AT_AddColumn":
+                    added.setdefault(raw.stmt.relation.relname, []).append(cmd.def_.colname)
+    views = {raw.stmt.view.relname: raw.stmt for raw in parse_sql(_text("timescale", PACKS))
+             if isinstance(raw.stmt, ast.ViewStmt)}
+    before = {raw.stmt.view.relname: raw.stmt.query for raw in parse_sql(_text("timescale", PAIRS))
+              if isinstance(raw.stmt, ast.ViewStmt)}
+    for r in ROLLUPS:
+        assert rollup_columns() + added[r.table] == table_columns(), r.table
+        view = views[r.table]
+        assert view.replace and _output_names(view.query) == table_columns(), r.table
+        assert view.query.targetList[: len(rollup_columns())] == before[r.table].targetList, r.table
+        assert view.query.fromClause == before[r.table].fromClause, r.table
 
 
 async def test_rollup_shape_functions_follow_rollups(db_pool: asyncpg.Pool) -> None:
@@ -635,7 +662,8 @@ async def test_postgres_histograms_are_stored_uncompressed_in_every_partition(db
         rows = await conn.fetch(
             """SELECT c.relname, a.attstorage FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                WHERE a.attname = ANY($1) AND c.relname ~ '^usage_1[mhd]'""",
-            [f"{p}_hist" for p, _ in HISTOGRAMS])
+            [*(f"{p}_hist" for p, _ in HISTOGRAMS), *PACK_COLUMNS])
     tables = {r["relname"] for r in rows}
     assert len(tables) > 2 * len(ROLLUPS)  # the parents and some partitions of each
+    assert len(rows) == len(tables) * (len(HISTOGRAMS) + len(PACK_COLUMNS))
     assert {r["attstorage"] for r in rows} == {b"e"}  # "char" comes back as bytes

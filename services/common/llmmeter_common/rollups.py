@@ -126,6 +126,20 @@ def rollup_columns() -> list[str]:
     return ["bucket", "dims_mask", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
 
 
+#: Packed copies of the histograms (`sketch.PACK_TAG`, migration 0007), written by compaction and
+#: reset to NULL by every upsert: read-side copies, not maintained columns.
+PACK_COLUMNS: tuple[str, ...] = tuple(f"{p}_pack" for p, _ in HISTOGRAMS)
+
+#: The SQL bytea literal of `sketch.PACK_TAG`: an empty pack.
+EMPTY_PACK_SQL = "'\\x" + sketch.PACK_TAG.hex() + "'::bytea"
+
+
+def table_columns() -> list[str]:
+    """Every column of a rollup table as stored on the PostgreSQL flavour: the maintained ones,
+    then the packed copies."""
+    return [*rollup_columns(), *PACK_COLUMNS]
+
+
 def pair_sql(key: str, count: str) -> str:
     """SQL of one histogram pair element (`sketch.PAIR_SHIFT`), for writers and readers alike."""
     return f"(({key})::bigint << {sketch.PAIR_SHIFT}) | ({count})"
@@ -211,7 +225,9 @@ def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
     # Appending is a C array concatenation; merging key by key here (an SQL function call per
     # conflicting row) took half the rollup time. Readers add counts up by key anyway, and
     # `compact_sql` folds repeated keys back together, set-based, once arrays grow long.
-    merges = ",\n        ".join(f"{p}_hist = {t}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS)
+    merges = ",\n        ".join(
+        [f"{p}_hist = {t}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS]
+        + [f"{c} = NULL" for c in PACK_COLUMNS])  # stale now: the next compaction packs again
     agg_cols = ", ".join(f"a.{c}" for c in cols[: 2 + len(DIMENSIONS) + len(MEASURES)])
     parts.append(
         f"""{t}_up AS (
@@ -242,34 +258,40 @@ STORED_MASKS: tuple[int, ...] = tuple(sorted({mask_of(g) for g in GROUPING_SETS}
 
 def compact_sql(rollup: Rollup) -> str:
     """One statement folding repeated histogram keys in the rows of the buckets holding start
-    times $1 to $2 whose arrays are longer than $3 elements; returns the number of rows rewritten.
+    times $1 to $2 whose arrays are longer than $3 elements and that are not packed yet; it also
+    writes their packs (`PACK_COLUMNS`). Returns the number of rows rewritten.
 
     Upserts append histogram pairs (see `_upsert_cte`), so a row that many chunks touch (the
     day's totals, say) grows by a few hundred pairs per chunk. Distinct keys are bounded (about
     2,600 for latencies up to a day), so a threshold a little above that rewrites each busy row
-    once every several chunks, all rows in one set-based pass. Callers hold the rollup
-    worker's lock: a concurrent append between the read and the update would be lost.
+    once every several chunks, all rows in one set-based pass. A packed row has had no append
+    since its last compaction, so it has nothing to fold. Callers hold the rollup worker's
+    lock: a concurrent append between the read and the update would be lost.
     """
     t = rollup.table
     key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
     masks = ", ".join(str(m) for m in STORED_MASKS)
     long_ = " OR ".join(f"cardinality({p}_hist) > $3" for p, _ in HISTOGRAMS)
+    unpacked = " OR ".join(f"{c} IS NULL" for c in PACK_COLUMNS)
     parts = [f"""cand AS (
     SELECT {key}, {", ".join(f"{p}_hist" for p, _ in HISTOGRAMS)} FROM {t}
     WHERE dims_mask = ANY('{{{masks}}}'::smallint[])
       AND bucket >= date_bin('{rollup.width}', $1::timestamptz, {ORIGIN}) AND bucket <= $2
-      AND ({long_})
+      AND ({long_}) AND ({unpacked})
     FOR UPDATE)"""]
     sets, joins = [], []
     for p, _ in HISTOGRAMS:
         parts.append(f"""m_{p} AS (
-    SELECT {key}, array_agg({pair_sql('k', 'c')}) AS pairs FROM (
-        SELECT {key}, (u.v >> {sketch.PAIR_SHIFT})::integer AS k, sum(u.v & {sketch.COUNT_MASK})::bigint AS c
-        FROM cand, unnest({p}_hist) AS u(v) GROUP BY {key}, k) AS s
+    SELECT {key}, array_agg(v) AS pairs, {EMPTY_PACK_SQL} || string_agg(int8send(v), ''::bytea) AS pack
+    FROM (
+        SELECT {key}, {pair_sql('k', 'c')} AS v FROM (
+            SELECT {key}, (u.v >> {sketch.PAIR_SHIFT})::integer AS k,
+                   sum(u.v & {sketch.COUNT_MASK})::bigint AS c
+            FROM cand, unnest({p}_hist) AS u(v) GROUP BY {key}, k) AS s) AS f
     GROUP BY {key})""")
         joins.append(f"LEFT JOIN m_{p} USING ({key})")
-        sets.append(f"{p}_hist = coalesce(m.{p}_h, '{{}}')")
-    merged = ", ".join(f"m_{p}.pairs AS {p}_h" for p, _ in HISTOGRAMS)
+        sets.append(f"{p}_hist = coalesce(m.{p}_h, '{{}}'), {p}_pack = coalesce(m.{p}_pk, {EMPTY_PACK_SQL})")
+    merged = ", ".join(f"m_{p}.pairs AS {p}_h, m_{p}.pack AS {p}_pk" for p, _ in HISTOGRAMS)
     match = " AND ".join(f"t.{c} = m.{c}" for c in key.split(", "))
     ctes = ",\n".join(parts)
     return f"""WITH {ctes},

@@ -18,6 +18,9 @@ GAMMA = (1 + ALPHA) / (1 - ALPHA)
 #: 0..~4400, counts stay below 2**PAIR_SHIFT.
 PAIR_SHIFT = 40
 COUNT_MASK = (1 << PAIR_SHIFT) - 1
+#: A packed histogram (migration 0007) is this tag, then each pair as 8 big-endian bytes. The tag
+#: cannot begin an `array_send` blob, whose first 4 bytes are the dimension count (0 or 1).
+PACK_TAG = b"LMP1\x00\x00\x00\x00"
 
 
 def key_of(us: int) -> int:

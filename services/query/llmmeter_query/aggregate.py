@@ -321,8 +321,9 @@ class _Query:
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
     def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:
-        """Histogram pieces (g, tb, then per prefix the pairs array as `array_send` bytes): rollup
-        rows as stored, raw rows one pair (key, 1) each per (g, tb). With `only`, just the rows of
+        """Histogram pieces (g, tb, then per prefix the pairs as bytes): rollup rows as stored (their
+        pack when compacted, else `array_send` of the array), raw rows one pair (key, 1) each per
+        (g, tb). With `only`, just the rows of
         those group values."""
         params: list[Any] = []
         parts = []
@@ -334,7 +335,7 @@ class _Query:
                 params.append(only)
                 cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
             if rollup:
-                arrays = ", ".join(f"array_send({p}_hist)" for p in prefixes)
+                arrays = ", ".join(f"coalesce({p}_pack, array_send({p}_hist))" for p in prefixes)
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
                 arrays = ", ".join(

@@ -15,6 +15,7 @@ exact because the histograms are plain counts per key.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,11 +26,21 @@ from llmmeter_common import sketch
 Ints = npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a histogram blob is laid out: a header, then one fixed-size element per pair."""
+
+    header: int
+    element: np.dtype[Any]
+
+
 #: `array_send` of a one-dimensional bigint array: ndim, has-nulls, element type, length and lower
 #: bound (4 bytes each), then each element as its byte length and big-endian value. An empty array
 #: is 12 bytes (ndim 0); the arrays never hold NULLs.
-_HEADER = 20
-_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
+_SENT = _Layout(20, np.dtype([("length", ">i4"), ("value", ">i8")]))
+#: A pack (migration 0007): the tag, then each pair as a big-endian bigint.
+_PACKED = _Layout(len(sketch.PACK_TAG), np.dtype(">i8"))
+_TAG = len(sketch.PACK_TAG)
 
 
 class Collector:
@@ -63,15 +74,31 @@ class Collector:
         self._counts.append(counts if sign > 0 else -counts.astype(np.int64))
 
     def add_sent(self, groups: Sequence[Hashable], blobs: Sequence[bytes | None], sign: int = 1) -> None:
-        """Many histograms at once, each as `array_send` bytes of its bigint pairs
-        (`sketch.PAIR_SHIFT`). All blobs are parsed in one pass: parsing them one by one cost
-        more than merging them. Past its 20-byte header a blob is (length, value) elements of
-        12 bytes, so the bodies laid end to end read as one array of that record type."""
-        n = np.fromiter((len(b) // 12 - 1 if b else 0 for b in blobs), dtype=np.int64, count=len(blobs))
+        """Many histograms at once, each as bytes of its bigint pairs (`sketch.PAIR_SHIFT`): a pack
+        (`sketch.PACK_TAG`, then 8 bytes a pair) or `array_send` output. All blobs of a kind are
+        parsed in one pass: parsing them one by one cost more than merging them."""
+        packed = [b is not None and b[:_TAG] == sketch.PACK_TAG for b in blobs]
+        if any(packed):
+            self._add_blobs([g for g, k in zip(groups, packed, strict=True) if k],
+                            [b for b, k in zip(blobs, packed, strict=True) if k], _PACKED, sign)
+        if not all(packed):
+            self._add_blobs([g for g, k in zip(groups, packed, strict=True) if not k],
+                            [b for b, k in zip(blobs, packed, strict=True) if not k], _SENT, sign)
+
+    def _add_blobs(self, groups: Sequence[Hashable], blobs: Sequence[bytes | None], layout: _Layout,
+                   sign: int) -> None:
+        """Blobs of one layout: past a fixed header, fixed-size elements, so the bodies laid end to
+        end read as one array of the element type."""
+        head, size = layout.header, layout.element.itemsize
+        n = np.fromiter(((len(b) - head) // size if b and len(b) > head else 0 for b in blobs),
+                        dtype=np.int64, count=len(blobs))
         if not n.any():
             return
-        body = b"".join([memoryview(b)[_HEADER:] for b in blobs if b and len(b) > _HEADER])
-        pairs = np.frombuffer(body, dtype=_ELEMENT)["value"].astype(np.int64)
+        body = b"".join([memoryview(b)[head:] for b in blobs if b and len(b) > head])
+        pairs = np.frombuffer(body, dtype=layout.element)
+        if pairs.dtype.names:
+            pairs = pairs["value"]
+        pairs = pairs.astype(np.int64)
         keys = pairs >> sketch.PAIR_SHIFT
         counts = pairs & sketch.COUNT_MASK
         gids = np.fromiter((self.gid(g) for g in groups), dtype=np.int64, count=len(groups))
