@@ -15,7 +15,7 @@ from conftest import create_database
 async def test_db_migrate_applies_once(pg_server_url: str, capsys) -> None:
     url = await create_database(pg_server_url, template=None)
     assert await asyncio.to_thread(main, ["db", "migrate", "--database-url", url]) == 0
-    assert json.loads(capsys.readouterr().out) == {"applied": [1, 2, 3, 4, 5, 6]}
+    assert json.loads(capsys.readouterr().out) == {"applied": [1, 2, 3, 4, 5, 6, 7]}
     assert await asyncio.to_thread(main, ["db", "migrate", "--database-url", url]) == 0
     assert json.loads(capsys.readouterr().out) == {"applied": []}
     conn = await asyncpg.connect(url)

@@ -148,17 +148,17 @@ async def test_shutdown_finishes_calls_in_flight(db_url: str, db_pool) -> None:
 
 async def test_migrations_run_twice_apply_once(pg_server_url: str) -> None:
     url = await create_database(pg_server_url, template=None)
-    assert await migrate(url) == [1, 2, 3, 4, 5, 6]
+    assert await migrate(url) == [1, 2, 3, 4, 5, 6, 7]
     assert await migrate(url) == []
 
 
 async def test_migrations_from_two_processes_at_once(pg_server_url: str) -> None:
     url = await create_database(pg_server_url, template=None)
     first, second = await asyncio.gather(migrate(url), migrate(url))
-    assert sorted(first + second) == [1, 2, 3, 4, 5, 6]
+    assert sorted(first + second) == [1, 2, 3, 4, 5, 6, 7]
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == 6
+        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == 7
         assert await conn.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1") == "postgres"
     finally:
         await conn.close()
