@@ -332,7 +332,7 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
     import asyncpg
 
     from llmmeter_common.rollups import PENDING_COLUMNS, rollup_ctes
-    from llmmeter_ingest.rollup_worker import CLOSE_COMPACT_OVER, MATERIALIZE_SQL, compact
+    from llmmeter_ingest.rollup_worker import MATERIALIZE_SQL
 
     gen_sql = generate_sql(catalog())
     pcols = ", ".join(PENDING_COLUMNS)
@@ -402,11 +402,8 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         left = int(await gen.fetchval("SELECT count(*) FROM usage_rollup_pending"))
         if left:
             raise BenchFailure(f"{left} rows left in usage_rollup_pending")
-        t = time.perf_counter()  # what the worker does as buckets close, here once for the month
-        async with gen.transaction():
-            compacted = await compact(gen, end - timedelta(days=days + 1), end, CLOSE_COMPACT_OVER)
-        log(f"  compaction: {compacted:,} rollup rows with long histogram arrays rewritten in "
-            f"{time.perf_counter() - t:.1f}s")
+        # what the worker does as buckets close, here once for the month
+        await pack_closed(dsn, end - timedelta(days=days + 1), end, minutes=True)
         rows_done = time.perf_counter()
         log("  VACUUM ANALYZE")
         await gen.execute("VACUUM ANALYZE")
@@ -440,29 +437,37 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
     }
 
 
-async def pack_closed(dsn: str, lo: datetime, hi: datetime) -> None:
-    """Compact and pack the closed hour and day rows of a reused load that an older version
-    stored unpacked (migration 0007), as the rollup worker does when a bucket closes; rows
-    already packed are skipped, so this is quick after the first time."""
+async def pack_closed(dsn: str, lo: datetime, hi: datetime, minutes: bool = False) -> int:
+    """Compact and pack the closed hour and day rows (and minute rows with `minutes`), as the
+    rollup worker does when a bucket closes, one day at a time (one statement over a month spilled
+    its sort to disk). Also brings a reused load stored before migration 0007 up to date: rows
+    already packed are skipped, so this is quick after the first time. Returns rows rewritten."""
     import asyncpg
 
     from llmmeter_common.rollups import ROLLUPS, compact_sql
     from llmmeter_ingest.rollup_worker import CLOSE_COMPACT_OVER
 
     conn = await asyncpg.connect(dsn, server_settings={"work_mem": "256MB"})
+    total = 0
     try:
         for rollup in ROLLUPS:
-            if rollup.width == "1 minute":
+            if rollup.width == "1 minute" and not minutes:
                 continue
-            t = time.perf_counter()
-            async with conn.transaction():
-                n = int(await conn.fetchval(compact_sql(rollup), lo, hi, CLOSE_COMPACT_OVER))
+            t, n = time.perf_counter(), 0
+            day = lo.replace(hour=0, minute=0, second=0, microsecond=0)
+            while day < hi:
+                last = day + timedelta(days=1, microseconds=-1)
+                async with conn.transaction():
+                    n += int(await conn.fetchval(compact_sql(rollup), day, last, CLOSE_COMPACT_OVER))
+                day += timedelta(days=1)
+            total += n
             if n:
                 log(f"  {rollup.table}: {n:,} closed rows compacted and packed "
                     f"in {time.perf_counter() - t:.1f}s")
                 await conn.execute(f"VACUUM ANALYZE {rollup.table}")
     finally:
         await conn.close()
+    return total
 
 
 # --------------------------------------------------------------------------- processes
