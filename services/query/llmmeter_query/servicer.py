@@ -135,17 +135,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
-        series = []
+        empty = Stats()  # read only: a bucket without rows
+        response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg))
         for metric, metric_name in zip(request.metrics, names, strict=True):
             fn = metrics.SERIES[metric_name]
             for g in groups:
-                points = []
+                add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
                 for b, stamp in zip(buckets, stamps, strict=True):
-                    value = fn(stats.get((g, b), Stats()), width)
-                    points.append(query_pb2.Point(time=stamp, value=value or 0.0, present=value is not None))
-                series.append(query_pb2.Series(metric=metric, group=g, points=points))
-        return query_pb2.GetTimeSeriesResponse(series=series, granularity=name,
-                                               percentile_method=_method(agg))
+                    value = fn(stats.get((g, b), empty), width)
+                    add(time=stamp, value=value or 0.0, present=value is not None)
+        return response
 
     async def GetBreakdown(self, request: query_pb2.GetBreakdownRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.GetBreakdownResponse:
