@@ -31,7 +31,7 @@ class QuerySettings(BaseSettings):
     (glibc mallopt), so big per-call buffers are reused rather than page-faulted in again;
     0 leaves the C library's defaults."""
 
-    read_lanes: int = 2
+    read_lanes: int = Field(2, ge=1)
     """Connections one long-window aggregation may read histograms on at once (sharing one
     snapshot; extra ones only when the pool has them free). 1 reads on one connection; more
     than the database server's cores gains nothing."""
