@@ -348,19 +348,25 @@ async def _build_timescale_rollups(conn: asyncpg.Connection) -> None:
     await conn.execute(_text("timescale", PACKS))
 
 
-def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
-    """0006 leaves every rollup with rollup_columns(): PostgreSQL by altering the tables, TimescaleDB
-    by a view over the renamed union view of 0002 converting its arrays."""
-    arrays = {f"{p}_{part}" for p, _ in HISTOGRAMS for part in ("keys", "counts")}
+def _altered_columns(migration: str) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """Columns the PostgreSQL file of a migration adds (in order) and drops, per table."""
     added: dict[str, list[str]] = {}
     dropped: dict[str, set[str]] = {}
-    for raw in parse_sql(_text("postgres", PAIRS)):
+    for raw in parse_sql(_text("postgres", migration)):
         if isinstance(raw.stmt, ast.AlterTableStmt):
             for cmd in raw.stmt.cmds:
                 if cmd.subtype.name == "AT_AddColumn":
                     added.setdefault(raw.stmt.relation.relname, []).append(cmd.def_.colname)
                 elif cmd.subtype.name == "AT_DropColumn":
                     dropped.setdefault(raw.stmt.relation.relname, set()).add(cmd.name)
+    return added, dropped
+
+
+def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
+    """0006 leaves every rollup with rollup_columns(): PostgreSQL by altering the tables, TimescaleDB
+    by a view over the renamed union view of 0002 converting its arrays."""
+    arrays = {f"{p}_{part}" for p, _ in HISTOGRAMS for part in ("keys", "counts")}
+    added, dropped = _altered_columns(PAIRS)
     for r in ROLLUPS:
         kept = [c for c in _array_columns() if c not in dropped[r.table]]
         assert dropped[r.table] == arrays and kept + added[r.table] == rollup_columns(), r.table
@@ -375,12 +381,8 @@ def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
 def test_packs_migration_adds_the_pack_columns_in_both_flavors() -> None:
     """0007 leaves every rollup with table_columns(): PostgreSQL adds the packs to the tables,
     TimescaleDB's views gain them as NULL, keeping 0006's columns and source."""
-    added: dict[str, list[str]] = {}
-    for raw in parse_sql(_text("postgres", PACKS)):
-        if isinstance(raw.stmt, ast.AlterTableStmt):
-            for cmd in raw.stmt.cmds:
-                if cmd.subtype.name == "AT_AddColumn":
-                    added.setdefault(raw.stmt.relation.relname, []).append(cmd.def_.colname)
+    added, dropped = _altered_columns(PACKS)
+    assert not dropped
     views = {raw.stmt.view.relname: raw.stmt for raw in parse_sql(_text("timescale", PACKS))
              if isinstance(raw.stmt, ast.ViewStmt)}
     before = {raw.stmt.view.relname: raw.stmt.query for raw in parse_sql(_text("timescale", PAIRS))
