@@ -82,12 +82,13 @@ class RollupWorker:
             return int(moved)
 
     async def _close_buckets(self, conn: asyncpg.pool.PoolConnectionProxy, now: datetime) -> None:
-        """Compact the hour and day buckets that closed since the last call, once each.
+        """Compact and pack the hour and day buckets that closed since the last call, once each.
 
         A live bucket's rows are appended to by every chunk and compacted only when their
         arrays pass `compact_over`, so they hold repeated keys; once the bucket is over, one
-        pass leaves the rows that month-long queries read as small as they can be. (After a
-        restart the last closed bucket is compacted again, which is harmless.)
+        pass leaves the rows that month-long queries read as small as they can be, with their
+        packs (migration 0007) for fast reading. (After a restart the last closed bucket is
+        passed over again; its packed rows are skipped.)
         """
         for table, (sql, width) in _CLOSING.items():
             closed = floor_to(now - CLOSE_GRACE, width)

@@ -186,7 +186,6 @@ class Aggregator:
                 _read_quantiles(groups, collectors, percentiles)
         return Aggregates(groups, exact, shown)
 
-
     def _parts(self, query: _Query, groups: int) -> list[_Query]:
         """The query cut by time into one part per lane when it reads enough histogram rows."""
         if self._lanes < 2 or groups * rollup_buckets(query.stretches) < self._split_min_rows:
@@ -323,8 +322,7 @@ class _Query:
     def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:
         """Histogram pieces (g, tb, then per prefix the pairs as bytes): rollup rows as stored (their
         pack when compacted, else `array_send` of the array), raw rows one pair (key, 1) each per
-        (g, tb). With `only`, just the rows of
-        those group values."""
+        (g, tb). With `only`, just the rows of those group values."""
         params: list[Any] = []
         parts = []
         cols = dict(HISTOGRAMS)
