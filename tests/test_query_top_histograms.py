@@ -127,3 +127,55 @@ async def test_array_send_codec_and_merge_against_postgres(db_pool, monkeypatch,
     assert got["c"] == [v(40), v(40), v(40)]  # 9e9 at key 40 outweighs key 7's one
     assert got["b"] == got["d"] == [None, None, None]
     assert got[("e",)] == [v(20)] * 3
+
+
+async def test_packs_read_alone_in_key_order_give_the_merged_answer(db_pool, monkeypatch) -> None:
+    """A compacted pack read alone (keys ascending, one key each) is taken as its group's histogram
+    without the merge; pieces that are not (several for one group, unordered, subtracted) are
+    merged. Both give what merging every piece in Python gives, pack for pack."""
+    rng = random.Random(4)
+    groups = [f"g{i}" for i in range(60)]
+    pieces: list[tuple[str, dict[int, int], int]] = []
+    for i, g in enumerate(groups):
+        n_pieces = 1 if i % 3 else rng.randint(2, 4)
+        for _ in range(n_pieces):
+            keys = rng.sample(range(50, 900), rng.randint(1, 40))
+            pieces.append((g, {k: rng.randint(1, 5000) for k in keys}, 1))
+    pieces.append(("g0", dict(pieces[0][1]), -1))  # "other"-style subtraction of a whole piece
+    groups.append("tie")  # the median's rank lands exactly on the first key's running count
+    pieces.append(("tie", {10: 5, 20: 5}, 1))
+    walked: list[int] = []
+    real_walked = histograms._walked
+
+    def counting(lens, *args):  # type: ignore[no-untyped-def]
+        walked.append(len(lens))
+        return real_walked(lens, *args)
+
+    monkeypatch.setattr(histograms, "_walked", counting)
+    alone = [p for p in pieces if sum(q[0] == p[0] for q in pieces) == 1]
+    one_key = sum(1 for p in alone if len(p[1]) == 1)  # in key order however they are listed
+    for ordered in (True, False):
+        walked.clear()
+        blobs = []
+        for _, hist, _ in pieces:
+            items = sorted(hist.items(), reverse=not ordered)
+            keys, counts = [k for k, _ in items], [c for _, c in items]
+            blobs.append(await db_pool.fetchval(
+                "SELECT $3::bytea || string_agg(int8send(v), ''::bytea ORDER BY o) FROM "
+                "unnest(llmmeter_hist_pairs($1::integer[], $2::bigint[])) WITH ORDINALITY AS u(v, o)",
+                keys, counts, sketch.PACK_TAG))
+        coll = Collector()
+        for sign in (1, -1):
+            chosen = [i for i, p in enumerate(pieces) if p[2] == sign]
+            coll.add_sent([pieces[i][0] for i in chosen], [blobs[i] for i in chosen], sign=sign)
+        got = coll.quantiles((0.5, 0.95, 0.99))
+        assert walked == ([len(alone)] if ordered else [one_key] if one_key else [])
+        assert got["tie"][0] == sketch.value_of(10)
+        for g in groups:
+            merged: dict[int, int] = defaultdict(int)
+            for name, hist, sign in pieces:
+                if name == g:
+                    for k, c in hist.items():
+                        merged[k] += sign * c
+            want = [sketch.quantile({k: c for k, c in merged.items() if c > 0}, q) for q in (0.5, 0.95, 0.99)]
+            assert got[g] == want, (g, ordered)

@@ -234,8 +234,9 @@ async def test_compaction_packs_the_pairs_and_an_append_unpacks_them(ingest_stub
     rows = await db_pool.fetch("SELECT * FROM usage_1m UNION ALL SELECT * FROM usage_1h "
                                "UNION ALL SELECT * FROM usage_1d")
     assert sum(r["lat_pack"] is not None for r in rows) == rewritten == len(rows)
-    for r in rows:
-        assert sorted(_unpack(r["lat_pack"])) == sorted(r["lat_hist"])
+    for r in rows:  # the same pairs, one per key, in key order
+        assert _unpack(r["lat_pack"]) == r["lat_hist"] == sorted(r["lat_hist"])
+        assert len({v >> sketch.PAIR_SHIFT for v in r["lat_hist"]}) == len(r["lat_hist"])
         assert r["ttft_pack"] == sketch.PACK_TAG and r["ttft_hist"] == []
     assert await percentiles() == before  # read from the packs now
 

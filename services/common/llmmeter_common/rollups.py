@@ -265,8 +265,11 @@ def compact_sql(rollup: Rollup) -> str:
     day's totals, say) grows by a few hundred pairs per chunk. Distinct keys are bounded (about
     2,600 for latencies up to a day), so a threshold a little above that rewrites each busy row
     once every several chunks, all rows in one set-based pass. A packed row has had no append
-    since its last compaction, so it has nothing to fold. Callers hold the rollup worker's
-    lock: a concurrent append between the read and the update would be lost.
+    since its last compaction, so it has nothing to fold. The folded pairs are written in key
+    order (one key each, so ordering by the pair orders by key): a reader can take a row read
+    alone as its group's histogram without merging (`histograms._alone_and_ordered`). Callers
+    hold the rollup worker's lock: a concurrent append between the read and the update would
+    be lost.
     """
     t = rollup.table
     key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
@@ -282,7 +285,8 @@ def compact_sql(rollup: Rollup) -> str:
     sets, joins = [], []
     for p, _ in HISTOGRAMS:
         parts.append(f"""m_{p} AS (
-    SELECT {key}, array_agg(v) AS pairs, {EMPTY_PACK_SQL} || string_agg(int8send(v), ''::bytea) AS pack
+    SELECT {key}, array_agg(v ORDER BY v) AS pairs,
+           {EMPTY_PACK_SQL} || string_agg(int8send(v), ''::bytea ORDER BY v) AS pack
     FROM (
         SELECT {key}, {pair_sql('k', 'c')} AS v FROM (
             SELECT {key}, (u.v >> {sketch.PAIR_SHIFT})::integer AS k,

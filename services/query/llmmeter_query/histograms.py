@@ -114,14 +114,18 @@ class Collector:
             return out
         gids = np.array(self._gids, dtype=np.int64)
         lens = np.array(self._lens, dtype=np.int64)
-        keys = np.concatenate(self._keys, dtype=np.int64)
-        counts = np.concatenate(self._counts, dtype=np.int64)
+        keys, counts = _joined(self._keys), _joined(self._counts)
         n = len(self._ids)
-        lo, span = _spans(gids, lens, keys, n)
-        if int(span.sum()) <= DENSE_CELLS:
-            found, total = _dense(gids, lens, keys, counts, lo, span, qs)
+        walk = _alone_and_ordered(gids, lens, keys, counts, n)
+        if not walk.any():
+            found, total = _merged(gids, lens, keys, counts, n, qs)
+        elif walk.all():
+            found, total = np.zeros((n, len(qs)), dtype=np.int64), np.zeros(n, dtype=np.int64)
+            found[gids], total[gids] = _walked(lens, keys, counts, qs)
         else:
-            found, total = _sorted(np.repeat(gids, lens), keys, counts, n, qs)
+            pairs = np.repeat(walk, lens)
+            found, total = _merged(gids[~walk], lens[~walk], keys[~pairs], counts[~pairs], n, qs)
+            found[gids[walk]], total[gids[walk]] = _walked(lens[walk], keys[pairs], counts[pairs], qs)
         values = np.where(found <= 0, 1.0, 2 * sketch.GAMMA ** found.astype(np.float64) / (sketch.GAMMA + 1))
         for name, row, count in zip(self._ids, values.tolist(), total.tolist(), strict=True):
             if count > 0:
@@ -129,8 +133,56 @@ class Collector:
         return out
 
 
+def _joined(parts: list[npt.NDArray[Any]]) -> Ints:
+    """The parts end to end as int64; one part (one parse of many blobs) is used without a copy."""
+    return np.asarray(parts[0], np.int64) if len(parts) == 1 else np.concatenate(parts, dtype=np.int64)
+
+
 #: Most cells (8 bytes each) laid out densely; more than that sorts instead.
 DENSE_CELLS = 16_000_000
+
+
+def _alone_and_ordered(gids: Ints, lens: Ints, keys: Ints, counts: Ints, n: int) -> npt.NDArray[np.bool_]:
+    """Per piece: whether it is its group's only piece, with keys strictly ascending and no
+    negative count. Such a piece is already its group's merged histogram in key order (a compacted
+    rollup row read alone, the common case of a series point), so its quantiles need no merge."""
+    alone = np.bincount(gids, minlength=n)[gids] == 1
+    starts = np.cumsum(lens) - lens
+    step = np.empty(len(keys), dtype=bool)
+    step[0] = True
+    np.greater(keys[1:], keys[:-1], out=step[1:])
+    step[starts] = True  # a piece's first pair has nothing before it in the piece
+    step &= counts >= 0
+    walk: npt.NDArray[np.bool_] = alone & np.logical_and.reduceat(step, starts)
+    return walk
+
+
+def _walked(lens: Ints, keys: Ints, counts: Ints, qs: Sequence[float]) -> tuple[Ints, Ints]:
+    """Quantile keys and totals of pieces that are whole histograms in key order: one running sum
+    over all of them and a `searchsorted` per quantile."""
+    cum = np.cumsum(counts)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    base = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0)
+    total = cum[ends - 1] - base
+    found = np.zeros((len(lens), len(qs)), dtype=np.int64)
+    for j, q in enumerate(qs):
+        rank = np.maximum(np.ceil(q * total), 1).astype(np.int64)
+        at = np.clip(np.searchsorted(cum, base + rank, side="left"), starts, ends - 1)
+        found[:, j] = keys[at]
+    return found, total
+
+
+def _merged(gids: Ints, lens: Ints, keys: Ints, counts: Ints, n: int,
+            qs: Sequence[float]) -> tuple[Ints, Ints]:
+    """Quantile keys and totals of all `n` groups from pieces in any order, several per group
+    (a group without pieces has total 0)."""
+    if len(keys) == 0:
+        return np.zeros((n, len(qs)), dtype=np.int64), np.zeros(n, dtype=np.int64)
+    lo, span = _spans(gids, lens, keys, n)
+    if int(span.sum()) <= DENSE_CELLS:
+        return _dense(gids, lens, keys, counts, lo, span, qs)
+    return _sorted(np.repeat(gids, lens), keys, counts, n, qs)
 
 
 def _spans(gids: Ints, lens: Ints, keys: Ints, n: int) -> tuple[Ints, Ints]:
