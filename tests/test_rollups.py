@@ -233,7 +233,11 @@ async def test_compaction_packs_the_pairs_and_an_append_unpacks_them(ingest_stub
         assert await compact(conn, minute, end, 0) == 0  # packed rows have nothing to fold
     rows = await db_pool.fetch("SELECT * FROM usage_1m UNION ALL SELECT * FROM usage_1h "
                                "UNION ALL SELECT * FROM usage_1d")
-    assert sum(r["lat_pack"] is not None for r in rows) == rewritten == len(rows)
+    minute_rows = await db_pool.fetchval("SELECT count(*) FROM usage_1m")
+    # every minute row now; hour and day rows too, unless their bucket had closed (and they were
+    # packed) while the worker drained, depending on the time of day
+    assert minute_rows <= rewritten <= len(rows)
+    assert all(r["lat_pack"] is not None for r in rows)
     for r in rows:  # the same pairs, one per key, in key order
         assert _unpack(r["lat_pack"]) == r["lat_hist"] == sorted(r["lat_hist"])
         assert len({v >> sketch.PAIR_SHIFT for v in r["lat_hist"]}) == len(r["lat_hist"])

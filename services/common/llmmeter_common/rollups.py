@@ -282,26 +282,24 @@ def compact_sql(rollup: Rollup) -> str:
       AND bucket >= date_bin('{rollup.width}', $1::timestamptz, {ORIGIN}) AND bucket <= $2
       AND ({long_}) AND ({unpacked})
     FOR UPDATE)"""]
-    sets, joins = [], []
+    sets, folds = [], []
+    folded = pair_sql(f"u.v >> {sketch.PAIR_SHIFT}", f"sum(u.v & {sketch.COUNT_MASK})::bigint")
     for p, _ in HISTOGRAMS:
-        parts.append(f"""m_{p} AS (
-    SELECT {key}, array_agg(v ORDER BY v) AS pairs,
-           {EMPTY_PACK_SQL} || string_agg(int8send(v), ''::bytea ORDER BY v) AS pack
-    FROM (
-        SELECT {key}, {pair_sql('k', 'c')} AS v FROM (
-            SELECT {key}, (u.v >> {sketch.PAIR_SHIFT})::integer AS k,
-                   sum(u.v & {sketch.COUNT_MASK})::bigint AS c
-            FROM cand, unnest({p}_hist) AS u(v) GROUP BY {key}, k) AS s) AS f
-    GROUP BY {key})""")
-        joins.append(f"LEFT JOIN m_{p} USING ({key})")
+        # each row's pairs folded on their own: sorting a few thousand pairs per row, not every
+        # candidate row's pairs at once by the row's eleven-column key (that spilled to disk)
+        folds.append(f"""LATERAL (
+        SELECT array_agg(v ORDER BY v) AS h,
+               {EMPTY_PACK_SQL} || string_agg(int8send(v), ''::bytea ORDER BY v) AS pk
+        FROM (SELECT {folded} AS v
+              FROM unnest(cand.{p}_hist) AS u(v) GROUP BY u.v >> {sketch.PAIR_SHIFT}) AS f) AS {p}""")
         sets.append(f"{p}_hist = coalesce(m.{p}_h, '{{}}'), {p}_pack = coalesce(m.{p}_pk, {EMPTY_PACK_SQL})")
-    merged = ", ".join(f"m_{p}.pairs AS {p}_h, m_{p}.pack AS {p}_pk" for p, _ in HISTOGRAMS)
+    merged = ", ".join(f"{p}.h AS {p}_h, {p}.pk AS {p}_pk" for p, _ in HISTOGRAMS)
+    keys = ", ".join(f"cand.{c}" for c in key.split(", "))
     match = " AND ".join(f"t.{c} = m.{c}" for c in key.split(", "))
-    ctes = ",\n".join(parts)
-    return f"""WITH {ctes},
+    return f"""WITH {parts[0]},
 done AS (
     UPDATE {t} AS t SET {", ".join(sets)}
-    FROM (SELECT {key}, {merged} FROM cand {" ".join(joins)}) AS m
+    FROM (SELECT {keys}, {merged} FROM cand, {", ".join(folds)}) AS m
     WHERE {match}
     RETURNING 1)
 SELECT count(*) FROM done"""
