@@ -57,13 +57,19 @@ def test_split_of_one_day_stretch_cuts_on_hours() -> None:
 
 async def test_fetch_all_reads_the_callers_snapshot_on_a_second_backend(db_pool: asyncpg.Pool) -> None:
     await db_pool.execute("CREATE TABLE snap_probe (v int); INSERT INTO snap_probe VALUES (1), (2)")
-    statements = [("SELECT pg_backend_pid() AS pid, count(*) AS n FROM snap_probe", [])] * 4
+    # The helper lane steals work: with statements that return at once, the caller can finish
+    # them all before a second backend is handed over. An idle connection waits in the pool and
+    # every statement sleeps, so the helper is sure to take at least one.
+    async with db_pool.acquire(), db_pool.acquire():
+        pass
+    assert db_pool.get_idle_size() >= 2
+    statements = [("SELECT pg_backend_pid() AS pid, count(*) AS n FROM snap_probe, pg_sleep(0.2)", [])] * 6
     async with db_pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         assert await conn.fetchval("SELECT count(*) FROM snap_probe") == 2
         await db_pool.execute("INSERT INTO snap_probe VALUES (3)")  # committed after our snapshot
         results = await fetch_all(db_pool, conn, statements, lanes=2)
         own = await conn.fetchval("SELECT pg_backend_pid()")
-    assert [r[0]["n"] for r in results] == [2, 2, 2, 2]
+    assert [r[0]["n"] for r in results] == [2] * 6
     pids = {r[0]["pid"] for r in results}
     assert own in pids and len(pids) == 2
     assert await db_pool.fetchval("SELECT count(*) FROM snap_probe") == 3
