@@ -20,6 +20,7 @@ from llmmeter.cli.common import (
     progress_bar,
     send_batches,
 )
+from llmmeter.cli.subcommands import SubParsers, add_command
 from llmmeter.config import ClientConfig
 from llmmeter.demo import generate_records
 from llmmeter.v1 import usage_pb2
@@ -38,17 +39,15 @@ The server refuses records older than its raw retention (14 days by default).
 """
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
-) -> None:
+def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> None:
     """Adds the `demo` command to the `llmmeter` parser."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
         parents=parents,
-        help="send realistic synthetic traffic to the ingest service",
+        help_="send realistic synthetic traffic to the ingest service",
         description="Generate realistic synthetic LLM usage records and send them to the ingest service.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--records", metavar="N", type=positive_int, default=10_000, help="number of records (default: 10000)"

@@ -24,6 +24,7 @@ from llmmeter.cli.common import (
     send_batches,
 )
 from llmmeter.cli.jsonl import JsonlReader, count_lines
+from llmmeter.cli.subcommands import SubParsers, add_command
 from llmmeter.config import ClientConfig
 from llmmeter.v1 import usage_pb2
 
@@ -43,17 +44,15 @@ already stored, 1 when any line was rejected or the upload failed.
 """
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
-) -> None:
+def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> None:
     """Adds the `ingest` command to the `llmmeter` parser."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "ingest",
         parents=parents,
-        help="send usage records from a JSON Lines file",
+        help_="send usage records from a JSON Lines file",
         description="Send usage records from a JSON Lines file (or stdin) to the ingest service.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", metavar="FILE", help="JSON Lines file to read, or - for standard input")
     parser.add_argument(

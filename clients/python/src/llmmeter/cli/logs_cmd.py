@@ -13,31 +13,34 @@ import asyncio
 import contextlib
 import sys
 from datetime import UTC, datetime
-from typing import Any
-
-from rich.json import JSON
-from rich.table import Table
 
 from llmmeter.cli.common import positive_int
-from llmmeter.cli.queryargs import filter_flags, set_window, window, window_flags, window_is_fixed
+from llmmeter.cli.exports import print_report, write_export
+from llmmeter.cli.logs_render import rows_table, show_request, tail_header, tail_row
+from llmmeter.cli.queryargs import (
+    filter_flags,
+    set_window,
+    time_point,
+    window,
+    window_flags,
+    window_is_fixed,
+)
 from llmmeter.cli.render import (
     CsvOut,
     add_format_argument,
     console,
     field_names,
-    fmt_cost,
-    fmt_int,
-    fmt_ms,
     message_json,
     message_row,
     print_json,
+    print_response,
     write_csv,
 )
-from llmmeter.cli.usage_cmd import print_report, write_export
+from llmmeter.cli.subcommands import SubParsers, add_command, add_group
 from llmmeter.client import QueryClient
 from llmmeter.config import ClientConfig
 from llmmeter.errors import LlmmeterError
-from llmmeter.timeparse import TimePoint, format_time, format_timestamp, parse_time, timestamp
+from llmmeter.timeparse import format_time, timestamp
 from llmmeter.v1 import query_pb2
 
 _GROUP_EPILOG = """\
@@ -101,37 +104,20 @@ def _page_size(text: str) -> int:
     return value
 
 
-def _time(text: str) -> TimePoint:
-    try:
-        return parse_time(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
-) -> None:
+def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> None:
     """Adds the `logs` command group to the `llmmeter` parser."""
-    logs = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "logs",
-        help="the request log: list, show, tail, export",
+        help_="the request log: list, show, tail, export",
         description="The request log from the query service: list, show one, follow, export.",
         epilog=_GROUP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = logs.add_subparsers(dest="logs_command", metavar="COMMAND", required=True)
 
     def add(
         name: str, help_: str, epilog: str, extra: list[argparse.ArgumentParser]
     ) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            parents=[*parents, *extra],
-            help=help_,
-            description=help_[0].upper() + help_[1:] + ".",
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return add_command(sub, name, help_=help_, epilog=epilog, parents=[*parents, *extra])
 
     list_ = add("list", "one page of the request log, newest first", _LIST_EPILOG, [window_flags()])
     list_.add_argument(
@@ -147,7 +133,7 @@ def register(
     show.add_argument("request_id", metavar="ID", help="the request id")
     show.add_argument(
         "--start-time",
-        type=_time,
+        type=time_point,
         default=None,
         metavar="TIME",
         help="its start time, RFC 3339, when several requests share the id (default: the newest)",
@@ -208,52 +194,12 @@ async def run_list(args: argparse.Namespace, config: ClientConfig) -> int:
         if span is not None:
             out.print(f"[dim]window[/] {span.describe()}", highlight=False)
         if response.requests:
-            out.print(_rows_table(response.requests))
+            out.print(rows_table(response.requests))
         else:
             out.print("no requests")
         if response.next_page_token:
             out.print(f"next_page_token: {response.next_page_token}", highlight=False, soft_wrap=True)
     return 0
-
-
-def _rows_table(rows: Any) -> Table:
-    table = Table()
-    for name, justify in (
-        ("start_time", "left"),
-        ("request_id", "left"),
-        ("status", "right"),
-        ("model", "left"),
-        ("user", "left"),
-        ("team", "left"),
-        ("in", "right"),
-        ("out", "right"),
-        ("latency", "right"),
-        ("ttft", "right"),
-        ("cost", "right"),
-        ("error_type", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for r in rows:
-        table.add_row(*_row_cells(r))
-    return table
-
-
-def _row_cells(r: query_pb2.RequestRow) -> list[str]:
-    status = f"[red]{r.status_code}[/]" if not r.success else str(r.status_code)
-    return [
-        format_timestamp(r.start_time),
-        r.request_id,
-        status,
-        r.model,
-        r.user,
-        r.team,
-        fmt_int(r.input_tokens),
-        fmt_int(r.output_tokens),
-        fmt_ms(r.latency_ms),
-        fmt_ms(r.ttft_ms) if r.ttft_ms else "-",
-        fmt_cost(r.cost),
-        r.error_type,
-    ]
 
 
 # show
@@ -266,146 +212,13 @@ async def run_show(args: argparse.Namespace, config: ClientConfig) -> int:
         request.start_time.CopyFrom(timestamp(args.start_time.resolve(datetime.now(UTC))))
     async with QueryClient(config) as client:
         response = await client.get_request(request)
-    if args.format == "json":
-        print_json(response)
-    elif args.format == "csv":
-        write_csv([message_row(response)])
-    else:
-        _show(response)
+    print_response(
+        response, args.format, csv_rows=lambda: [message_row(response)], table=lambda: show_request(response)
+    )
     return 0
 
 
-def _duration_ms(message: Any, name: str) -> str:
-    if not message.HasField(name):
-        return "-"
-    return fmt_ms(getattr(message, name).ToMicroseconds() / 1000)
-
-
-def _streaming(rec: Any) -> str:
-    if not rec.streaming:
-        return "no"
-    return f"yes, {fmt_int(rec.output_chunks)} chunks" if rec.output_chunks else "yes"
-
-
-def _show(response: query_pb2.GetRequestResponse) -> None:
-    out = console()
-    rec = response.record
-    ok = 200 <= rec.status_code < 400
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
-    model = rec.model
-    if rec.response_model not in ("", rec.model):
-        model += f" (answered by {rec.response_model})"
-    status = str(rec.status_code) if ok else f"[red]{rec.status_code}[/] {rec.error_type}".rstrip()
-    fields: list[tuple[str, str]] = [
-        ("request_id", rec.request_id),
-        ("start_time", format_timestamp(rec.start_time)),
-        ("end_time", format_timestamp(rec.end_time)),
-        ("stored", format_timestamp(response.ingest_time)),
-        ("status", status),
-        ("error", rec.error_message),
-        ("model", model),
-        ("model_alias", rec.model_alias),
-        ("model_id", rec.model_id),
-        ("provider", rec.provider),
-        ("api_base", rec.api_base),
-        ("call_type", rec.call_type),
-        ("user", rec.user),
-        ("team", rec.team),
-        ("account", rec.account),
-        ("client_ip", rec.client_ip),
-        ("streaming", _streaming(rec)),
-        (
-            "input tokens",
-            f"{fmt_int(rec.input_tokens)} (cache read {fmt_int(rec.cache_read_tokens)}, "
-            f"cache write {fmt_int(rec.cache_write_tokens)})",
-        ),
-        ("output tokens", f"{fmt_int(rec.output_tokens)} (reasoning {fmt_int(rec.reasoning_tokens)})"),
-        ("latency", fmt_ms(response.latency_ms)),
-        ("time to first token", _duration_ms(rec, "time_to_first_token")),
-        ("inter-token latency", fmt_ms(response.itl_ms) if response.itl_ms else "-"),
-        ("time per output token", fmt_ms(response.tpot_ms) if response.tpot_ms else "-"),
-        ("gateway overhead", _duration_ms(rec, "gateway_overhead")),
-        ("retries", str(rec.retries)),
-        ("cache hit", "yes" if rec.cache_hit else "no"),
-        ("cost", fmt_cost(rec.cost) + " USD"),
-    ]
-    media = rec.media
-    for name, amount, text in (
-        ("images", media.images, fmt_int(media.images)),
-        ("audio", media.audio_seconds, f"{media.audio_seconds:,.1f} s"),
-        ("video", media.video_seconds, f"{media.video_seconds:,.1f} s"),
-        ("characters", media.characters, fmt_int(media.characters)),
-    ):
-        if amount:
-            fields.append((name, text))
-    for name, value in fields:
-        if value:
-            grid.add_row(name, value)
-    out.print(grid)
-    if rec.cost_breakdown:
-        costs = Table("cost component", "USD", title="cost breakdown", title_justify="left")
-        for component, usd in sorted(rec.cost_breakdown.items()):
-            costs.add_row(component, fmt_cost(usd))
-        out.print(costs)
-    if rec.metadata:
-        meta = Table("key", "value", title="metadata", title_justify="left")
-        for key, value in sorted(rec.metadata.items()):
-            meta.add_row(key, value)
-        out.print(meta)
-    parts = [part for part in ("request", "response") if rec.payload.HasField(part)]
-    for part in parts:
-        out.print(f"[bold]{part} payload[/]")
-        out.print(JSON(message_json(getattr(rec.payload, part))))
-    if not parts:
-        out.print("[dim]no payload stored[/]")
-
-
 # tail
-
-
-#: Columns of a `logs tail` table line: (title, width, right-aligned); the last one is not padded.
-_TAIL_COLUMNS = (
-    ("start_time", 24, False),
-    ("status", 6, True),
-    ("model", 20, False),
-    ("user", 12, False),
-    ("team", 12, False),
-    ("in", 8, True),
-    ("out", 8, True),
-    ("latency", 9, True),
-    ("ttft", 9, True),
-    ("cost", 11, True),
-    ("error_type", 18, False),
-    ("request_id", 0, False),
-)
-
-
-def _tail_line(cells: list[str]) -> str:
-    parts = []
-    for (_, width, right), cell in zip(_TAIL_COLUMNS, cells, strict=True):
-        if width and len(cell) > width:
-            cell = cell[: width - 1] + "…"
-        parts.append(cell.rjust(width) if right else cell.ljust(width))
-    return "  ".join(parts).rstrip()
-
-
-def _tail_cells(r: query_pb2.RequestRow) -> list[str]:
-    return [
-        format_timestamp(r.start_time),
-        str(r.status_code),
-        r.model,
-        r.user,
-        r.team,
-        fmt_int(r.input_tokens),
-        fmt_int(r.output_tokens),
-        fmt_ms(r.latency_ms),
-        fmt_ms(r.ttft_ms) if r.ttft_ms else "-",
-        fmt_cost(r.cost),
-        r.error_type or "-",
-        r.request_id,
-    ]
 
 
 async def run_tail(args: argparse.Namespace, config: ClientConfig) -> int:
@@ -424,7 +237,7 @@ async def run_tail(args: argparse.Namespace, config: ClientConfig) -> int:
         limit = f"; stopping after {args.max_rows:,}" if args.max_rows else "; Ctrl-C to stop"
         print(f"watching for new requests {what}{limit}", file=sys.stderr, flush=True)
         if args.format == "table":
-            print(_tail_line([title for title, _, _ in _TAIL_COLUMNS]), flush=True)
+            print(tail_header(), flush=True)
 
     try:
         async with (
@@ -437,7 +250,7 @@ async def run_tail(args: argparse.Namespace, config: ClientConfig) -> int:
                 elif csv_out is not None:
                     csv_out.row(message_row(message.request))
                 else:
-                    sys.stdout.write(_tail_line(_tail_cells(message.request)) + "\n")
+                    sys.stdout.write(tail_row(message.request) + "\n")
                 sys.stdout.flush()
                 shown += 1
                 if args.max_rows and shown >= args.max_rows:

@@ -28,7 +28,8 @@ def _span(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _point(text: str) -> TimePoint:
+def time_point(text: str) -> TimePoint:
+    """argparse type: an RFC 3339 time or a time ago like `2h` (usage error when it is neither)."""
     try:
         return parse_time(text)
     except ValueError as error:
@@ -66,13 +67,13 @@ def window_flags() -> argparse.ArgumentParser:
     since_or_from.add_argument(
         "--from",
         dest="from_",
-        type=_point,
+        type=time_point,
         metavar="TIME",
         help="window start: RFC 3339 (2025-06-01T12:00:00Z; no offset means UTC) or a time ago like 2h",
     )
     flags.add_argument(
         "--to",
-        type=_point,
+        type=time_point,
         metavar="TIME",
         help="window end, exclusive, in the same forms (default: now); with --since the span ends here",
     )

@@ -1,29 +1,27 @@
-"""Output of the read commands (`usage`, `logs`): table, JSON and CSV, charts, export files.
+"""Output of the read commands (`usage`, `logs`): table, JSON and CSV, charts.
 
 `--format json` is the response message in protobuf's JSON mapping with the
 proto field names and every field present, so scripts can rely on the keys;
 `--format csv` is one header row and a row per item with the same names
 (nested fields joined by dots); `--format table` is for people and may
-round, abbreviate and leave columns out.
+round, abbreviate and leave columns out. Export files are in
+:mod:`llmmeter.cli.exports`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 Format = Literal["table", "json", "csv"]
 FORMATS: tuple[str, ...] = ("table", "json", "csv")
@@ -146,6 +144,27 @@ def write_csv(rows: Iterable[Mapping[str, Any]], header: Sequence[str] = ()) -> 
     sys.stdout.flush()
 
 
+def print_response(
+    message: Message,
+    output_format: str,
+    *,
+    csv_rows: Callable[[], Iterable[Mapping[str, Any]]],
+    table: Callable[[], None],
+    csv_header: Sequence[str] = (),
+) -> None:
+    """Prints a response in the `--format` asked for, so every read command maps the formats alike.
+
+    `json` is the whole message, `csv` the rows `csv_rows()` makes (with
+    `csv_header` when there are none), `table` whatever `table()` prints.
+    """
+    if output_format == "json":
+        print_json(message)
+    elif output_format == "csv":
+        write_csv(csv_rows(), header=csv_header)
+    else:
+        table()
+
+
 def field_names(message_type: type[Message]) -> list[str]:
     """The top-level field names of a message type, for the header of an empty CSV."""
     return [f.name for f in message_type.DESCRIPTOR.fields]
@@ -230,60 +249,3 @@ def sparkline(values: Sequence[float | None], width: int) -> str:
             level = int((v - low) / span * (len(_BLOCKS) - 1) + 0.5)
             out.append(_BLOCKS[min(len(_BLOCKS) - 1, max(1 if v > low else 0, level))])
     return "".join(out)
-
-
-# export files
-
-
-@contextlib.contextmanager
-def output_file(name: str) -> Iterator[IO[bytes]]:
-    """Opens the export target: `-` is stdout; a file is written as `NAME.part` and renamed when complete.
-
-    A failed or interrupted export therefore never leaves a truncated file
-    under the requested name.
-    """
-    if name == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    target = Path(name)
-    partial = target.with_name(target.name + ".part")
-    stream = open(partial, "wb")  # noqa: SIM115 - closed below on every path
-    try:
-        yield stream
-        stream.close()
-        os.replace(partial, target)
-    except BaseException:
-        stream.close()
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
-
-
-@contextlib.contextmanager
-def rows_progress(enabled: bool, description: str) -> Iterator[Progress | None]:
-    """A rich spinner with the rows written so far, on stderr when that is a terminal."""
-    err = Console(stderr=True)
-    if not enabled or not err.is_terminal:
-        yield None
-        return
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("[bold]{task.completed:,.0f}[/] rows"),
-        TextColumn("{task.fields[size]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=True) as progress:
-        progress.add_task(description, total=None, size="")
-        yield progress
-
-
-def human_bytes(size: int) -> str:
-    """`1.5 MiB`."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

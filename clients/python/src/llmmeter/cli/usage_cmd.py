@@ -9,37 +9,36 @@ the same window and filter flags and prints a table, JSON or CSV.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import re
-import sys
-from typing import Any
 
-from rich.table import Table
-
+from llmmeter.cli.exports import print_report, write_export
 from llmmeter.cli.queryargs import non_negative_int, set_window, window, window_flags
-from llmmeter.cli.render import (
-    CsvOut,
-    add_format_argument,
-    console,
-    field_names,
-    fmt_cost,
-    fmt_int,
-    fmt_ms,
-    fmt_number,
-    fmt_pct,
-    human_bytes,
-    message_row,
-    output_file,
-    print_json,
-    rows_progress,
-    sparkline,
-    write_csv,
+from llmmeter.cli.render import add_format_argument, field_names, message_row, print_response
+from llmmeter.cli.subcommands import SubParsers, add_command, add_group
+from llmmeter.cli.usage_metrics import metric_label, metric_names, parse_metric
+from llmmeter.cli.usage_render import (
+    SERIES_CSV_HEADER,
+    breakdown_table,
+    series_chart,
+    series_rows,
+    summary_table,
 )
 from llmmeter.client import QueryClient
 from llmmeter.config import ClientConfig
-from llmmeter.timeparse import format_timestamp
 from llmmeter.v1 import query_pb2
+
+__all__ = [
+    "metric_label",
+    "metric_names",
+    "parse_metric",
+    "print_report",
+    "register",
+    "run_breakdown",
+    "run_export",
+    "run_series",
+    "run_summary",
+    "write_export",
+]
 
 _GROUP_EPILOG = """\
 examples:
@@ -87,58 +86,9 @@ examples:
 The file is written as FILE.part and renamed when complete. Cost is exact.
 """
 
-#: Short metric names of the command line that are not the enum's own lower-cased name.
-_ALIASES = {
-    "rps": "REQUESTS_PER_SECOND",
-    "itl": "ITL_AVG",
-    "tpot": "TPOT_AVG",
-    "tpm": "TOKENS_PER_MINUTE",
-}
-_SHORT = {value: key for key, value in _ALIASES.items()}
 _GRANULARITIES = ("auto", "1m", "5m", "15m", "1h", "6h", "1d")
 _BREAKDOWN_TOPS = "5, 10, 25, 50 or 0 for all"
-_CHART_MIN, _CHART_MAX = 20, 100
-#: Metrics whose bucket values add up to a meaningful total.
-_ADDITIVE = frozenset(
-    query_pb2.Metric.Value(f"METRIC_{name}")
-    for name in (
-        "REQUESTS",
-        "SUCCESSES",
-        "FAILURES",
-        "COST",
-        "INPUT_TOKENS",
-        "OUTPUT_TOKENS",
-        "CACHE_READ_TOKENS",
-        "CACHE_WRITE_TOKENS",
-        "TOTAL_TOKENS",
-    )
-)
 _DASH_WORD = re.compile(r"^-(\d+|\d*\.\d+|[a-z][a-z0-9_]*)$")
-
-
-def metric_names() -> list[str]:
-    """The metric names `--metric` accepts, in enum order."""
-    names = []
-    for name in query_pb2.Metric.DESCRIPTOR.values_by_name:
-        if name != "METRIC_UNSPECIFIED":
-            bare = name.removeprefix("METRIC_")
-            names.append(_SHORT.get(bare, bare.lower()))
-    return names
-
-
-def parse_metric(text: str) -> int:
-    """argparse type: `latency_p95`, `rps`, `METRIC_COST`, ... -> the Metric enum value."""
-    bare = text.strip().upper().removeprefix("METRIC_")
-    bare = _ALIASES.get(bare.lower(), bare)
-    if bare == "UNSPECIFIED" or f"METRIC_{bare}" not in query_pb2.Metric.DESCRIPTOR.values_by_name:
-        raise argparse.ArgumentTypeError(f"unknown metric {text!r}; one of {', '.join(metric_names())}")
-    return query_pb2.Metric.Value(f"METRIC_{bare}")
-
-
-def metric_label(metric: int) -> str:
-    """The command-line name of a Metric value."""
-    bare = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
-    return _SHORT.get(bare, bare.lower())
 
 
 def _order_by(text: str) -> str:
@@ -151,29 +101,19 @@ def _order_by(text: str) -> str:
     return column
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
-) -> None:
+def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> None:
     """Adds the `usage` command group to the `llmmeter` parser."""
-    usage = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "usage",
-        help="usage numbers: summary cards, time series, breakdowns, chargeback export",
+        help_="usage numbers: summary cards, time series, breakdowns, chargeback export",
         description="Usage numbers from the query service: summary cards, time series, breakdowns, exports.",
         epilog=_GROUP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = usage.add_subparsers(dest="usage_command", metavar="COMMAND", required=True)
     common = [*parents, window_flags()]
 
     def add(name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            parents=common,
-            help=help_,
-            description=help_[0].upper() + help_[1:] + ".",
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return add_command(sub, name, help_=help_, epilog=epilog, parents=common)
 
     summary = add("summary", "the summary cards of a window", _SUMMARY_EPILOG)
     add_format_argument(summary)
@@ -278,56 +218,13 @@ async def run_summary(args: argparse.Namespace, config: ClientConfig) -> int:
     request = set_window(query_pb2.GetSummaryRequest(filter=args.filter), span)
     async with QueryClient(config) as client:
         response = await client.get_summary(request)
-    if args.format == "json":
-        print_json(response)
-    elif args.format == "csv":
-        write_csv([message_row(response.summary)])
-    else:
-        _summary_table(response.summary, span.describe(), args.filter)
+    print_response(
+        response,
+        args.format,
+        csv_rows=lambda: [message_row(response.summary)],
+        table=lambda: summary_table(response.summary, span.describe(), args.filter),
+    )
     return 0
-
-
-_METHODS = {
-    query_pb2.PERCENTILE_METHOD_UNSPECIFIED: "no data",
-    query_pb2.PERCENTILE_METHOD_EXACT: "exact",
-    query_pb2.PERCENTILE_METHOD_ESTIMATED: "estimated (within 0.5%)",
-}
-
-
-def _summary_table(s: query_pb2.Summary, span: str, filt: str) -> None:
-    out = console()
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(justify="right")
-    grid.add_column(style="dim")
-    rows: list[tuple[str, str, str]] = [
-        ("requests", fmt_int(s.request_count), ""),
-        ("successes", fmt_int(s.success_count), ""),
-        ("errors", fmt_int(s.error_count), ""),
-        ("success rate", fmt_pct(s.success_rate), ""),
-        (
-            "input tokens",
-            fmt_int(s.input_tokens),
-            f"cache read {fmt_int(s.cache_read_tokens)}, cache write {fmt_int(s.cache_write_tokens)}",
-        ),
-        ("output tokens", fmt_int(s.output_tokens), f"reasoning {fmt_int(s.reasoning_tokens)}"),
-        ("total tokens", fmt_int(s.total_tokens), ""),
-        ("cost", f"${s.cost_exact or s.cost}", "USD"),
-        ("latency", fmt_ms(s.latency_avg_ms), f"avg; p95 {fmt_ms(s.latency_p95_ms)}"),
-        ("time to first token", fmt_ms(s.ttft_avg_ms), f"avg over streamed; p95 {fmt_ms(s.ttft_p95_ms)}"),
-    ]
-    media = [
-        ("images", fmt_int(s.images)) if s.images else None,
-        ("audio", f"{s.audio_seconds:,.1f} s") if s.audio_seconds else None,
-        ("video", f"{s.video_seconds:,.1f} s") if s.video_seconds else None,
-        ("characters", fmt_int(s.characters)) if s.characters else None,
-    ]
-    rows += [(name, value, "") for name, value in filter(None, media)]
-    for row in rows:
-        grid.add_row(*row)
-    out.print(f"[dim]window[/] {span}" + (f"  [dim]filter[/] {filt}" if filt else ""), highlight=False)
-    out.print(grid)
-    out.print(f"[dim]percentiles: {_METHODS.get(s.percentile_method, '?')}[/]")
 
 
 # series
@@ -348,65 +245,14 @@ async def run_series(args: argparse.Namespace, config: ClientConfig) -> int:
     )
     async with QueryClient(config) as client:
         response = await client.get_time_series(request)
-    if args.format == "json":
-        print_json(response)
-    elif args.format == "csv":
-        write_csv(
-            (
-                {
-                    "metric": metric_label(s.metric),
-                    "group": s.group,
-                    "time": p.time.ToJsonString(),
-                    "value": p.value,
-                    "present": p.present,
-                }
-                for s in response.series
-                for p in s.points
-            ),
-            header=("metric", "group", "time", "value", "present"),
-        )
-    else:
-        _series_chart(response, span.describe(), args.by)
+    print_response(
+        response,
+        args.format,
+        csv_rows=lambda: series_rows(response),
+        csv_header=SERIES_CSV_HEADER,
+        table=lambda: series_chart(response, span.describe(), args.by),
+    )
     return 0
-
-
-def _series_chart(response: query_pb2.GetTimeSeriesResponse, span: str, by: str) -> None:
-    out = console()
-    points = len(response.series[0].points) if response.series else 0
-    out.print(
-        f"[dim]window[/] {span}  [dim]buckets[/] {points} x {response.granularity}"
-        f"  [dim]percentiles[/] {_METHODS.get(response.percentile_method, '?')}",
-        highlight=False,
-    )
-    if not response.series or not points:
-        out.print("no data")
-        return
-    width = max(_CHART_MIN, min(_CHART_MAX, out.width - 70))
-    table = Table(box=None, padding=(0, 1), pad_edge=False)
-    table.add_column("metric", no_wrap=True)
-    if by:
-        table.add_column(by, no_wrap=True)
-    table.add_column(
-        f"{format_timestamp(response.series[0].points[0].time)} .. "
-        f"{format_timestamp(response.series[0].points[-1].time)}",
-        no_wrap=True,
-        overflow="crop",
-    )
-    for name in ("min", "avg", "max", "last", "total"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for series in response.series:
-        values = [p.value if p.present else None for p in series.points]
-        present = [v for v in values if v is not None]
-        cells = [metric_label(series.metric), *([series.group or "(empty)"] if by else [])]
-        cells.append(f"[cyan]{sparkline(values, width)}[/]")
-        if present:
-            cells += [fmt_number(v) for v in (min(present), sum(present) / len(present), max(present))]
-            cells.append(fmt_number(values[-1]) if values[-1] is not None else "-")
-            cells.append(fmt_number(sum(present)) if series.metric in _ADDITIVE else "-")
-        else:
-            cells += ["-"] * 5
-        table.add_row(*cells)
-    out.print(table)
 
 
 # breakdown
@@ -423,58 +269,14 @@ async def run_breakdown(args: argparse.Namespace, config: ClientConfig) -> int:
     )
     async with QueryClient(config) as client:
         response = await client.get_breakdown(request)
-    if args.format == "json":
-        print_json(response)
-    elif args.format == "csv":
-        write_csv((message_row(r) for r in response.rows), header=field_names(query_pb2.BreakdownRow))
-    else:
-        _breakdown_table(response, span.describe(), args.by)
-    return 0
-
-
-def _breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str) -> None:
-    out = console()
-    out.print(f"[dim]window[/] {span}", highlight=False)
-    if not response.rows:
-        out.print("no requests")
-        return
-    columns = (
-        (by, "left"),
-        ("requests", "right"),
-        ("failures", "right"),
-        ("success", "right"),
-        ("rpm", "right"),
-        ("input tok", "right"),
-        ("output tok", "right"),
-        ("cost", "right"),
-        ("lat avg", "right"),
-        ("lat p50", "right"),
-        ("lat p95", "right"),
-        ("lat p99", "right"),
-        ("ttft p95", "right"),
+    print_response(
+        response,
+        args.format,
+        csv_rows=lambda: (message_row(r) for r in response.rows),
+        csv_header=field_names(query_pb2.BreakdownRow),
+        table=lambda: breakdown_table(response, span.describe(), args.by),
     )
-    table = Table()
-    for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=name != by)  # type: ignore[arg-type]
-    for r in response.rows:
-        table.add_row(
-            r.group or "(empty)",
-            fmt_int(r.request_count),
-            fmt_int(r.failure_count),
-            fmt_pct(r.success_rate),
-            f"{r.rpm:,.2f}",
-            fmt_int(r.input_tokens),
-            fmt_int(r.output_tokens),
-            fmt_cost(r.cost),
-            fmt_ms(r.latency_avg_ms),
-            fmt_ms(r.latency_p50_ms),
-            fmt_ms(r.latency_p95_ms),
-            fmt_ms(r.latency_p99_ms),
-            fmt_ms(r.ttft_p95_ms),
-        )
-    out.print(table)
-    if response.omitted_groups:
-        out.print(f"... {response.omitted_groups:,} more groups not shown (--top 0 for all)")
+    return 0
 
 
 # export
@@ -494,32 +296,3 @@ async def run_export(args: argparse.Namespace, config: ClientConfig) -> int:
         )
     print_report(report, args.format, to_stderr=args.output == "-")
     return 0
-
-
-async def write_export(chunks: Any, output: str, *, quiet: bool, description: str) -> dict[str, Any]:
-    """Writes the `data` of each streamed chunk to `output` as it arrives; returns the report."""
-    rows = size = 0
-    with output_file(output) as stream, rows_progress(not quiet, description) as progress:
-        async with contextlib.aclosing(chunks) as messages:
-            async for message in messages:
-                stream.write(message.data)
-                rows, size = int(message.rows_written), size + len(message.data)
-                if progress is not None:
-                    progress.update(progress.task_ids[0], completed=rows, size=human_bytes(size))
-    return {"output": output, "rows_written": rows, "bytes": size}
-
-
-def print_report(report: dict[str, Any], output_format: str, *, to_stderr: bool) -> None:
-    """Prints what an export wrote: a line, a JSON object or a CSV row."""
-    stream = sys.stderr if to_stderr else sys.stdout
-    if output_format == "json":
-        stream.write(json.dumps(report) + "\n")
-    elif output_format == "csv":
-        out = CsvOut(stream)
-        out.row(report)
-    else:
-        where = "stdout" if report["output"] == "-" else report["output"]
-        rows = report["rows_written"]
-        noun = "row" if rows == 1 else "rows"
-        stream.write(f"wrote {rows:,} {noun} ({human_bytes(report['bytes'])}) to {where}\n")
-    stream.flush()
