@@ -66,14 +66,15 @@ async def _stored_ids(db_pool: asyncpg.Pool) -> list[str]:
 async def test_valid_invalid_blank_and_duplicate_lines(
     ingest_addr: str, db_pool: asyncpg.Pool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    first = _line("e2e-1")
     lines = [
-        _line("e2e-1"),  # 1
+        first,  # 1
         "",  # 2
         _line("e2e-2", camel=True),  # 3
         "{not json",  # 4
         _line("e2e-3", end_time="2000-01-01T00:00:00Z"),  # 5: ends before it starts
         "   ",  # 6
-        _line("e2e-1"),  # 7: duplicate of line 1
+        first,  # 7: duplicate of line 1 (the same line, whatever the clock did meanwhile)
         _line("e2e-4", colour="blue"),  # 8: unknown field
         _line("e2e-5", model=""),  # 9: model is required
         _line("e2e-6"),  # 10

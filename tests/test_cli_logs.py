@@ -246,9 +246,16 @@ async def _wait_for(
     return out, err
 
 
-async def test_tail_receives_a_record_stored_after_it_started(capsys, addr, ingest_stub) -> None:
+async def test_tail_receives_a_record_stored_after_it_started(capsys, addr, ingest_stub, query_stub) -> None:
     capsys.readouterr()
+    # The service hands out commits in order: once a probe has seen a sentinel stored after
+    # "before", "before" is behind it, and a tail started now cannot receive it.
+    probe = query_stub.TailRequests(query_pb2.TailRequestsRequest(filter='request_id = "sentinel"'))
+    await probe.initial_metadata()
     await ingest(ingest_stub, [record(request_id="before", team="payments")])
+    await ingest(ingest_stub, [record(request_id="sentinel", team="probe")])
+    assert (await asyncio.wait_for(probe.read(), 15)).request.request_id == "sentinel"
+    probe.cancel()
     tail = asyncio.ensure_future(
         asyncio.to_thread(
             main,

@@ -31,9 +31,13 @@ async def test_database_restart_during_ingest_loses_nothing_accepted(own_cluster
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
 
+            crashed = asyncio.Event()
+
             async def send_all() -> None:
                 nonlocal acked, unavailable
-                for b in batches:
+                for i, b in enumerate(batches):
+                    if i == 10:  # the rest goes out with the database down (and then back)
+                        await crashed.wait()
                     while True:  # a client retrying as it should: re-sending is safe
                         try:
                             resp = await _batch(stub, b)
@@ -49,6 +53,7 @@ async def test_database_restart_during_ingest_loses_nothing_accepted(own_cluster
             while acked < 1000:
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(own_cluster.stop, "immediate")  # a crash, no checkpoint
+            crashed.set()
             await asyncio.sleep(1.0)
             await asyncio.to_thread(own_cluster.start)
             await asyncio.wait_for(sender, 120)

@@ -49,7 +49,7 @@ async def test_health_follows_the_database(own_cluster: LocalCluster) -> None:
     await ingest.start()
     query = QueryServer(QuerySettings(database_url=own_cluster.dsn(), host="127.0.0.1", port=0,
                                       shutdown_grace_seconds=2.0, health_probe_interval_seconds=0.2,
-                                      health_probe_timeout_seconds=0.5))
+                                      health_probe_timeout_seconds=0.5, metrics_port=0))
     await query.start()
     try:
         for port, name in ((ingest.port, INGEST), (query.port, QUERY)):

@@ -117,7 +117,7 @@ async def test_tail_with_a_bad_filter_is_invalid(query_stub) -> None:
 
 async def test_tail_ends_with_unavailable_when_the_service_stops(db_url) -> None:
     server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0,
-                                       shutdown_grace_seconds=2.0))
+                                       shutdown_grace_seconds=2.0, metrics_port=0))
     await server.start()
     stopped = False
     try:

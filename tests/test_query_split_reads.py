@@ -86,7 +86,8 @@ async def test_fetch_all_without_a_free_connection_reads_on_the_caller(db_url: s
         await pool.close()
 
 
-async def test_split_reads_give_the_single_reads_answer(ingest_stub, db_url: str, db_pool) -> None:
+async def test_split_reads_give_the_single_reads_answer(ingest_server, ingest_stub, db_url: str,
+                                                     db_pool) -> None:
     rng = random.Random(3)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     models, users = ("m1", "m2", "m3", "m4"), ("ana", "bo", "cy", "di", "ed")
@@ -96,7 +97,9 @@ async def test_split_reads_give_the_single_reads_answer(ingest_stub, db_url: str
             for i in range(1500)]
     await ingest(ingest_stub, recs[:1000])
     await drain_rollups(db_url)
-    await ingest(ingest_stub, recs[1000:])  # these stay queued: both kinds of source in every part
+    await ingest_server.rollups.stop()  # the rest stays queued: both kinds of source in every part
+    await ingest(ingest_stub, recs[1000:])
+    assert await db_pool.fetchval("SELECT count(*) FROM usage_rollup_pending") == 500
     window = Window(now - timedelta(days=4, minutes=7), now + timedelta(seconds=1))
     single = Aggregator(db_pool, timedelta(hours=1), lanes=1)
     split_ = Aggregator(db_pool, timedelta(hours=1), lanes=2, split_min_rows=1)

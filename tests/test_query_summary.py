@@ -146,8 +146,10 @@ async def test_start_after_end_is_invalid(query_stub) -> None:
 
 
 async def test_totals_are_exact_while_rollups_lag(db_url, db_pool, query_stub) -> None:
-    server = IngestServer(ingest_settings(db_url, rollup_idle_seconds=3600))  # the worker idles
+    server = IngestServer(ingest_settings(db_url))
     await server.start()
+    assert server.rollups is not None
+    await server.rollups.stop()  # the rollups lag: every record stays queued
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             now = datetime.now(UTC)

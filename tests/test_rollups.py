@@ -180,7 +180,10 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
 async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold(ingest_stub, db_pool,
                                                                                db_url) -> None:
     rng = random.Random(8)
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    # a day that no drain below closes on its own, whatever the time of day: each drain's fresh
+    # worker closes only the last closed hour and day (yesterday, or the day before until 00:05)
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
+    hour = day + timedelta(hours=10)
     recs = [record(hour + timedelta(seconds=rng.uniform(0, 3599)), latency_ms=rng.lognormvariate(6, 0.6),
                    ttft_ms=None, request_id=f"h-{i}") for i in range(800)]
     for i in range(0, 800, 200):  # four chunks appending to the same rows
@@ -192,13 +195,20 @@ async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold
                 f"(SELECT count(DISTINCT v >> {sketch.PAIR_SHIFT}) FROM unnest(lat_hist) AS v)")
 
     assert await db_pool.fetchval(repeated("usage_1h")) == 1
-    worker = RollupWorker(db_pool, 1000, 1.0)
-    now = hour + timedelta(hours=1, minutes=10)  # the hour closed (and its grace passed)
-    async with db_pool.acquire() as conn, conn.transaction():
-        await worker._close_buckets(conn, now)
+    assert await db_pool.fetchval(repeated("usage_1d")) == 1
+
+    async def close_at(now: datetime) -> None:
+        worker = RollupWorker(db_pool, 1000, 1.0)  # fresh: closes the last closed hour and day
+        async with db_pool.acquire() as conn, conn.transaction():
+            await worker._close_buckets(conn, now)
+
+    await close_at(hour + timedelta(hours=1) + CLOSE_GRACE + timedelta(minutes=5))  # the hour closed
     assert await db_pool.fetchval(repeated("usage_1h")) == 0
-    day_closed = now - CLOSE_GRACE >= hour.replace(hour=0) + timedelta(days=1)
-    assert await db_pool.fetchval(repeated("usage_1d")) == (0 if day_closed else 1)
+    assert await db_pool.fetchval(repeated("usage_1d")) == 1  # its day is still open
+    await close_at(day + timedelta(days=1) + CLOSE_GRACE - timedelta(seconds=1))  # not quite closed
+    assert await db_pool.fetchval(repeated("usage_1d")) == 1
+    await close_at(day + timedelta(days=1) + CLOSE_GRACE + timedelta(seconds=1))
+    assert await db_pool.fetchval(repeated("usage_1d")) == 0
     assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1h WHERE dims_mask = 0") == 800
 
 
