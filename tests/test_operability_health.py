@@ -57,8 +57,8 @@ async def test_health_follows_the_database(own_cluster: LocalCluster) -> None:
             assert await _status(port, name) == SERVING
         await asyncio.to_thread(own_cluster.stop, "immediate")
         for port, name in ((ingest.port, INGEST), (query.port, QUERY)):
-            await _wait_for(port, "", NOT_SERVING, within=5)
-            await _wait_for(port, name, NOT_SERVING, within=5)
+            await _wait_for(port, "", NOT_SERVING, within=10)
+            await _wait_for(port, name, NOT_SERVING, within=10)
         await asyncio.to_thread(own_cluster.start)
         for port, name in ((ingest.port, INGEST), (query.port, QUERY)):
             await _wait_for(port, "", SERVING)
