@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,6 +39,22 @@ def _with_db(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+def _init_and_start(data_dir: Path) -> LocalCluster:
+    """A new server on a port free at start time: a port picked before `initdb` (seconds
+    earlier) can be taken by then, so a start that fails is tried again on another one."""
+    cluster = LocalCluster(data_dir, 0)
+    cluster.init()
+    for attempt in range(3):
+        cluster.port = free_port()
+        try:
+            cluster.start()
+            return cluster
+        except subprocess.CalledProcessError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """URL of the `postgres` database of the session's server."""
@@ -46,9 +63,7 @@ def pg_server_url() -> Iterator[str]:
         yield external
         return
     with tempfile.TemporaryDirectory(prefix="llmmeter-test-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "pgdata", free_port())
-        cluster.init()
-        cluster.start()
+        cluster = _init_and_start(Path(tmp) / "pgdata")
         try:
             yield cluster.dsn()
         finally:
@@ -135,9 +150,7 @@ async def ingest_stub(ingest_addr: str) -> AsyncIterator[ingest_pb2_grpc.IngestS
 async def own_cluster() -> AsyncIterator[LocalCluster]:
     """A PostgreSQL server of this test's own, so it can be stopped without hurting others."""
     with tempfile.TemporaryDirectory(prefix="llmmeter-restart-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "pgdata", free_port())
-        await asyncio.to_thread(cluster.init)
-        await asyncio.to_thread(cluster.start)
+        cluster = await asyncio.to_thread(_init_and_start, Path(tmp) / "pgdata")
         try:
             yield cluster
         finally:
