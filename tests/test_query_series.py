@@ -109,6 +109,7 @@ async def test_breakdown_by_model_sorted_with_top_n(ingest_stub, query_stub) -> 
     assert (a.request_count, a.success_count, a.failure_count, a.success_rate) == (2, 1, 1, 0.5)
     assert (a.total_tokens, a.rpm, a.tpm) == (30, 2 / 60, 30 / 60)
     assert (a.latency_avg_ms, a.latency_p50_ms, a.latency_p99_ms) == (200, 100, 300)
+    assert (a.ttft_count, a.ttft_p95_ms) == (0, 0)  # no streamed call: zero for want of data
     assert resp.percentile_method == M.PERCENTILE_METHOD_EXACT
     by_name = await query_stub.GetBreakdown(M.GetBreakdownRequest(order_by="group", **window))
     assert [r.group for r in by_name.rows] == ["a", "b", "c"]
@@ -125,6 +126,8 @@ async def test_a_users_model_usage(ingest_stub, query_stub) -> None:
         group_by="model"))
     assert [(r.group, r.request_count, r.success_count, r.failure_count) for r in resp.rows] == [
         ("a", 2, 1, 1), ("b", 1, 1, 0)]
+    assert [r.ttft_count for r in resp.rows] == [2, 1]
+    assert all(r.ttft_p50_ms == pytest.approx(300, rel=0.01) for r in resp.rows)
     assert resp.percentile_method == M.PERCENTILE_METHOD_ESTIMATED
 
 

@@ -54,7 +54,10 @@ async def test_cards_by_hand(ingest_stub, query_stub) -> None:
     assert (s.ttft_p50_ms, s.ttft_p99_ms) == (200, 400)
     assert s.tpot_avg_ms == pytest.approx(((1000 - 200) / 49 + (2000 - 400) / 149) / 2)
     assert s.itl_avg_ms == 0  # no call reported chunks
+    assert (s.ttft_count, s.itl_count, s.tpot_count) == (2, 0, 2)  # which zeros mean "no data"
     assert s.percentile_method == query_pb2.PERCENTILE_METHOD_EXACT
+    unstreamed = (await summary(query_stub, t0, t0 + timedelta(minutes=5), 'model = "claude"')).summary
+    assert (unstreamed.request_count, unstreamed.ttft_count, unstreamed.ttft_p95_ms) == (1, 0, 0)
 
 
 async def test_window_is_half_open(ingest_stub, query_stub) -> None:

@@ -64,6 +64,13 @@ def percentile_ms(s: Stats, prefix: str, q: float) -> float:
     return _ms(s.percentile(prefix, q))
 
 
+def _measured(s: Stats) -> dict[str, int]:
+    """How many requests measured each optional timing: a mean or percentile of 0 over none
+    of them means "no data", which a client can only tell from these counts."""
+    return {"ttft_count": int(s.get("ttft_count")), "itl_count": int(s.get("itl_count")),
+            "tpot_count": int(s.get("tpot_count"))}
+
+
 def _mean_ms(s: Stats, sum_col: str, count_col: str) -> float:
     return _ratio(float(s.get(sum_col)), float(s.get(count_col))) / 1000
 
@@ -91,7 +98,7 @@ def summary(s: Stats) -> dict[str, Any]:
         "video_seconds": float(s.get("video_seconds")), "characters": int(s.get("characters")),
         **_percentiles(s, "lat", "latency", _ALL_QS), **_percentiles(s, "ttft", "ttft", _ALL_QS),
         "itl_avg_ms": _mean_ms(s, "itl_us_sum", "itl_count"),
-        "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"),
+        "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"), **_measured(s),
     }
 
 
@@ -109,7 +116,7 @@ def breakdown_row(group: str, s: Stats, minutes: float) -> dict[str, Any]:
         "cache_write_tokens": int(s.get("cache_write_tokens")),
         "reasoning_tokens": int(s.get("reasoning_tokens")),
         "itl_avg_ms": _mean_ms(s, "itl_us_sum", "itl_count"),
-        "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"),
+        "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"), **_measured(s),
     }
 
 

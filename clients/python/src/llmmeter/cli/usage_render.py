@@ -48,7 +48,11 @@ def summary_table(s: query_pb2.Summary, span: str, filt: str) -> None:
         ("total tokens", fmt_int(s.total_tokens), ""),
         ("cost", f"${s.cost_exact or s.cost}", "USD"),
         ("latency", fmt_ms(s.latency_avg_ms), f"avg; p95 {fmt_ms(s.latency_p95_ms)}"),
-        ("time to first token", fmt_ms(s.ttft_avg_ms), f"avg over streamed; p95 {fmt_ms(s.ttft_p95_ms)}"),
+        (
+            ("time to first token", fmt_ms(s.ttft_avg_ms), f"avg over streamed; p95 {fmt_ms(s.ttft_p95_ms)}")
+            if s.ttft_count
+            else ("time to first token", "-", "no streamed requests")
+        ),
     ]
     media = [
         ("images", fmt_int(s.images)) if s.images else None,
@@ -158,7 +162,7 @@ def breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str
             fmt_ms(r.latency_p50_ms),
             fmt_ms(r.latency_p95_ms),
             fmt_ms(r.latency_p99_ms),
-            fmt_ms(r.ttft_p95_ms),
+            fmt_ms(r.ttft_p95_ms) if r.ttft_count else "-",
         )
     out.print(table)
     if response.omitted_groups:

@@ -264,6 +264,9 @@ class Summary(_message.Message):
     TTFT_P99_MS_FIELD_NUMBER: _builtins.int
     ITL_AVG_MS_FIELD_NUMBER: _builtins.int
     TPOT_AVG_MS_FIELD_NUMBER: _builtins.int
+    TTFT_COUNT_FIELD_NUMBER: _builtins.int
+    ITL_COUNT_FIELD_NUMBER: _builtins.int
+    TPOT_COUNT_FIELD_NUMBER: _builtins.int
     request_count: _builtins.int
     """All requests."""
     success_count: _builtins.int
@@ -326,6 +329,14 @@ class Summary(_message.Message):
     """Mean inter-token latency over streamed requests that measured it, ms."""
     tpot_avg_ms: _builtins.float
     """Mean time per output token, ms."""
+    ttft_count: _builtins.int
+    """Requests that measured time to first token (streamed ones). When 0 the ttft_* fields
+    are 0 for want of data, not because the first token came at once.
+    """
+    itl_count: _builtins.int
+    """Requests that measured inter-token latency; itl_avg_ms is 0 when this is 0."""
+    tpot_count: _builtins.int
+    """Requests that measured time per output token; tpot_avg_ms is 0 when this is 0."""
     def __init__(
         self,
         *,
@@ -360,10 +371,13 @@ class Summary(_message.Message):
         ttft_p99_ms: _builtins.float = ...,
         itl_avg_ms: _builtins.float = ...,
         tpot_avg_ms: _builtins.float = ...,
+        ttft_count: _builtins.int = ...,
+        itl_count: _builtins.int = ...,
+        tpot_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "characters", b"characters", "cost", b"cost", "cost_exact", b"cost_exact", "error_count", b"error_count", "images", b"images", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "percentile_method", b"percentile_method", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpot_avg_ms", b"tpot_avg_ms", "ttft_avg_ms", b"ttft_avg_ms", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "video_seconds", b"video_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "characters", b"characters", "cost", b"cost", "cost_exact", b"cost_exact", "error_count", b"error_count", "images", b"images", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "itl_count", b"itl_count", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "percentile_method", b"percentile_method", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpot_avg_ms", b"tpot_avg_ms", "tpot_count", b"tpot_count", "ttft_avg_ms", b"ttft_avg_ms", "ttft_count", b"ttft_count", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "video_seconds", b"video_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -843,6 +857,9 @@ class BreakdownRow(_message.Message):
     TTFT_P99_MS_FIELD_NUMBER: _builtins.int
     ITL_AVG_MS_FIELD_NUMBER: _builtins.int
     TPOT_AVG_MS_FIELD_NUMBER: _builtins.int
+    TTFT_COUNT_FIELD_NUMBER: _builtins.int
+    ITL_COUNT_FIELD_NUMBER: _builtins.int
+    TPOT_COUNT_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """The group's value."""
     request_count: _builtins.int
@@ -899,6 +916,14 @@ class BreakdownRow(_message.Message):
     """Mean inter-token latency, ms."""
     tpot_avg_ms: _builtins.float
     """Mean time per output token, ms."""
+    ttft_count: _builtins.int
+    """Requests that measured time to first token (streamed ones). When 0 the ttft_* fields
+    are 0 for want of data, not because the first token came at once.
+    """
+    itl_count: _builtins.int
+    """Requests that measured inter-token latency; itl_avg_ms is 0 when this is 0."""
+    tpot_count: _builtins.int
+    """Requests that measured time per output token; tpot_avg_ms is 0 when this is 0."""
     def __init__(
         self,
         *,
@@ -930,10 +955,13 @@ class BreakdownRow(_message.Message):
         ttft_p99_ms: _builtins.float = ...,
         itl_avg_ms: _builtins.float = ...,
         tpot_avg_ms: _builtins.float = ...,
+        ttft_count: _builtins.int = ...,
+        itl_count: _builtins.int = ...,
+        tpot_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cost", b"cost", "failure_count", b"failure_count", "group", b"group", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "rpm", b"rpm", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpm", b"tpm", "tpot_avg_ms", b"tpot_avg_ms", "ttft_avg_ms", b"ttft_avg_ms", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cost", b"cost", "failure_count", b"failure_count", "group", b"group", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "itl_count", b"itl_count", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "rpm", b"rpm", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpm", b"tpm", "tpot_avg_ms", b"tpot_avg_ms", "tpot_count", b"tpot_count", "ttft_avg_ms", b"ttft_avg_ms", "ttft_count", b"ttft_count", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
