@@ -3,7 +3,7 @@
 #   docker build -t llmmeter-services:dev .
 #   docker run --rm -e DATABASE_URL=postgresql://... llmmeter-services:dev python -m llmmeter_query
 # Note: this file is not built by the tests or CI; the development machines
-# have no Docker engine. tests/test_k8s_manifests.py checks it statically.
+# have no Docker engine. tests/test_k8s_services.py checks it statically.
 
 # Build stage: a virtualenv with the client (`llmmeter`, its CLI) and the
 # services, without the `embedded` and `dev` extras. Every dependency ships

@@ -1,4 +1,4 @@
-"""Helpers the CLI tests share: running `llmmeter` in-process against a real server, and times."""
+"""Helpers the CLI tests share: running `llmmeter` in-process against a real server, times, row fields."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 from llmmeter.cli.main import main
+from llmmeter.v1 import query_pb2
+
+#: The fields of a RequestRow: what `logs list` and `logs tail` print of each request.
+REQUEST_ROW_KEYS = {f.name for f in query_pb2.RequestRow.DESCRIPTOR.fields}
 
 
 def base_time() -> datetime:

@@ -5,6 +5,12 @@ wheel (or `LLMMETER_TEST_DATABASE_URL` names an existing server). The schema
 is migrated once into a template database; every test gets its own database
 cloned from it, so tests never see each other's rows. Services run in the
 test's event loop on port 0, exactly as `python -m` runs them.
+
+At the end, the fixtures that several test modules of one area share: the
+CLI tests' query address and usage records, the alerts service tests'
+webhook receiver and service replicas, the rendered Kubernetes manifests.
+Their helpers live in modules of their own (cli_helpers.py, alerts_harness.py,
+k8s_render.py).
 """
 
 from __future__ import annotations
@@ -15,13 +21,17 @@ import os
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 
 from llmmeter.v1 import ingest_pb2_grpc, query_pb2_grpc
+from llmmeter_alerts.server import AlertsServer
+from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster, free_port
 from llmmeter_ingest.rollup_worker import RollupWorker
@@ -29,6 +39,16 @@ from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
+
+from cli_helpers import base_time
+from records import ingest, record
+
+# These helper modules assert too: rewritten like test modules, their failures show the values
+# compared, as when they were part of the test modules (registered before their first import).
+pytest.register_assert_rewrite("alerts_harness", "k8s_render", "migration_sql")
+
+from alerts_harness import Factory, FakeClock, Receiver  # noqa: E402
+from k8s_render import K8S, OVERLAYS, Doc, MiniKustomize, _kubectl, _kubectl_render  # noqa: E402
 
 _TEMPLATE = "llmmeter_template"
 _counter = itertools.count()
@@ -183,3 +203,145 @@ async def drain_rollups(db_url: str) -> None:
         await RollupWorker(pool, 1_000_000, 0.1).drain()
     finally:
         await pool.close()
+
+
+# --- the CLI tests (test_cli_logs_*.py, test_cli_usage_*.py): the query address, usage records ---------
+
+
+@pytest.fixture
+def addr(query_server: Any) -> str:
+    return f"127.0.0.1:{query_server.port}"
+
+
+@pytest.fixture
+async def stored(ingest_stub: Any) -> datetime:
+    """Six records over three teams and two models; returns the base time."""
+    t0 = base_time()
+    await ingest(
+        ingest_stub,
+        [
+            record(
+                t0,
+                latency_ms=1000,
+                ttft_ms=200,
+                request_id="u-1",
+                model="gpt-4o",
+                team="payments",
+                input_tokens=100,
+                output_tokens=50,
+                cost=0.01,
+                cache_read_tokens=40,
+            ),
+            record(
+                t0 + timedelta(seconds=5),
+                latency_ms=2000,
+                ttft_ms=400,
+                request_id="u-2",
+                model="gpt-4o",
+                team="payments",
+                input_tokens=300,
+                output_tokens=150,
+                cost=0.02,
+            ),
+            record(
+                t0 + timedelta(seconds=9),
+                latency_ms=500,
+                ttft_ms=None,
+                request_id="u-3",
+                model="claude",
+                team="payments",
+                status_code=503,
+                error_type="ServiceUnavailable",
+                input_tokens=10,
+                output_tokens=0,
+                cost=0,
+            ),
+            record(
+                t0 + timedelta(minutes=2),
+                latency_ms=3000,
+                ttft_ms=None,
+                request_id="u-4",
+                model="gpt-4o",
+                team="search",
+                status_code=500,
+                input_tokens=20,
+                output_tokens=0,
+                cost=0.005,
+            ),
+            record(
+                t0 + timedelta(minutes=3),
+                latency_ms=800,
+                ttft_ms=100,
+                request_id="u-5",
+                model="claude",
+                team="search",
+                input_tokens=1000,
+                output_tokens=500,
+                cost=0.3,
+            ),
+            record(
+                t0 + timedelta(minutes=4),
+                latency_ms=600,
+                ttft_ms=None,
+                request_id="u-6",
+                model="claude",
+                team='=HYPERLINK("http://x")',
+                input_tokens=7,
+                output_tokens=3,
+                cost=0.0001,
+            ),
+        ],
+    )
+    return t0
+
+
+# --- the alerts service tests (test_alerts_service_*.py): webhook receiver, service replicas ----------
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+@pytest.fixture
+async def make_alerts(db_url: str, query_server: QueryServer) -> AsyncIterator[Factory]:
+    """Starts alerts service replicas on this test's database, driven by a given clock."""
+    started: list[AlertsServer] = []
+
+    async def make(clock: FakeClock, **overrides: Any) -> AlertsServer:
+        values: dict[str, Any] = {
+            "database_url": db_url, "host": "127.0.0.1", "port": 0,
+            "query_addr": f"127.0.0.1:{query_server.port}", "evaluate": False,
+            "webhook_timeout_seconds": 10.0, "webhook_initial_backoff_seconds": 30.0,
+            "shutdown_grace_seconds": 1.0, "metrics_port": 0,
+        }
+        values.update(overrides)
+        server = AlertsServer(AlertsSettings(**values), clock)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if not getattr(server, "stopped", False):
+            await server.stop()
+
+
+# --- the Kubernetes manifests (test_k8s_*.py), rendered once per test module ------------------------
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> Path | None:
+    return _kubectl()
+
+
+@pytest.fixture(scope="module")
+def rendered(kubectl: Path | None) -> dict[str, list[Doc]]:
+    """overlay name -> its rendered documents (kubectl's kustomize, or MiniKustomize without it)."""
+    if kubectl is not None:
+        return {o: _kubectl_render(kubectl, o) for o in OVERLAYS}
+    return {o: MiniKustomize().render(K8S / "overlays" / o) for o in OVERLAYS}

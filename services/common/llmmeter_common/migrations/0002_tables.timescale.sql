@@ -2,7 +2,7 @@
 -- rollups usage_1m / usage_1h / usage_1d as views over (hierarchical)
 -- continuous aggregates instead of tables the ingest service upserts. Relation and column
 -- names, column order and column types match 0002_tables.postgres.sql, so the
--- query code reads either flavour the same way (tests/test_schema_flavors.py
+-- query code reads either flavour the same way (tests/test_schema_flavor_parity.py
 -- checks this). The whole file runs in one transaction (see migrate.py), which
 -- is why every continuous aggregate is created WITH NO DATA: the refresh
 -- policies materialise them, and materialized_only = false makes queries add
@@ -232,7 +232,7 @@ CREATE OR REPLACE AGGREGATE llmmeter_hist_merge_counts_agg(integer[], bigint[]) 
 -- change below.
 --
 -- llmmeter_rollup_ddl() writes all these statements, policies included; the
--- DO block below runs them. tests/test_schema_flavors.py checks the functions
+-- DO block below runs them. tests/test_schema_timescale_rollups.py checks the functions
 -- against rollups.py and runs the generated queries on plain PostgreSQL.
 
 -- rollups.DIMENSIONS, in order.

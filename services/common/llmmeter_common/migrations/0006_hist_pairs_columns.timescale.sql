@@ -5,7 +5,7 @@
 -- the last 14 days. So the union views of 0002 are renamed to usage_1m_arrays
 -- (and _1h, _1d) and usage_1m becomes a view converting their arrays; a
 -- constant dims_mask still reaches only one continuous aggregate (checked in
--- tests/test_schema_flavors.py). The conversion costs this flavour about
+-- tests/test_schema_timescale_rollups.py). The conversion costs this flavour about
 -- 0.35 µs per pair on every read.
 
 ALTER VIEW usage_1m RENAME TO usage_1m_arrays;

@@ -1,0 +1,175 @@
+"""Each service's Kubernetes objects, the security and resources of every pod, and the image they run.
+
+Per service and overlay: one Deployment, Service, ServiceAccount,
+PodDisruptionBudget and HorizontalPodAutoscaler wired to the same pods, native
+gRPC probes on the port the service serves, the alerts service reaching the
+query service by its Service name, and ConfigMap keys that are settings of
+their service. Every pod meets the restricted pod security profile with
+requests within limits, and the Dockerfile builds a slim, non-root image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import pytest
+
+from llmmeter_common.serving import LIVENESS
+
+from k8s_render import OVERLAYS, ROOT, SERVICES, Doc, _config_map, _one, _pod_spec, _quantity
+
+# --- per-service objects -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_each_service_has_its_objects_wired_together(
+        rendered: dict[str, list[Doc]], overlay: str, service: str) -> None:
+    docs, name = rendered[overlay], f"llmmeter-{service}"
+    deployment = _one(docs, "Deployment", name)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
+
+    spec = deployment["spec"]["template"]["spec"]
+    _one(docs, "ServiceAccount", spec["serviceAccountName"])
+    assert spec["serviceAccountName"] == name
+
+    svc = _one(docs, "Service", name)
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (container,) = spec["containers"]
+    port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["targetPort"] in port_names
+    assert svc_port["port"] == port_names[svc_port["targetPort"]]
+
+    pdb = _one(docs, "PodDisruptionBudget", name)
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable")
+
+    hpa = _one(docs, "HorizontalPodAutoscaler", name)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_probes_are_native_grpc_on_the_port_the_service_serves(
+        rendered: dict[str, list[Doc]], overlay: str, service: str) -> None:
+    docs = rendered[overlay]
+    module, settings = SERVICES[service]
+    config = _config_map(docs)["data"]
+    default_port = settings.model_fields["port"].default
+    assert int(config[f"LLMMETER_{service.upper()}_PORT"]) == default_port
+    assert config[f"LLMMETER_{service.upper()}_HOST"] == "0.0.0.0"
+
+    (container,) = _one(docs, "Deployment", f"llmmeter-{service}")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", module]
+    assert importlib.util.find_spec(module) is not None
+    metrics_port = settings.model_fields["metrics_port"].default
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("grpc", default_port), ("metrics", metrics_port)]
+    template = _one(docs, "Deployment", f"llmmeter-{service}")["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
+        assert container[probe]["grpc"]["port"] == default_port, probe
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["grpc"].get("service", "") == "", "overall health, following the database"
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS, "liveness ignores the database"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] > 120, "covers the 120 s database wait"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_alerts_reaches_the_query_service_by_its_service_name(
+        rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    host, _, port = _config_map(docs)["data"]["LLMMETER_ALERTS_QUERY_ADDR"].rpartition(":")
+    query = _one(docs, "Service", host)
+    assert query["spec"]["ports"][0]["port"] == int(port)
+    assert query["spec"]["selector"] == _one(docs, "Deployment", "llmmeter-query")["spec"]["selector"][
+        "matchLabels"]
+
+
+def test_service_settings_in_the_config_map_exist(rendered: dict[str, list[Doc]]) -> None:
+    for overlay in OVERLAYS:
+        for key in _config_map(rendered[overlay])["data"]:
+            m = re.fullmatch(r"LLMMETER_([A-Z]+)_([A-Z_]+)", key)
+            if m is None:
+                assert key.startswith("DB_"), key
+                continue
+            _, settings = SERVICES[m.group(1).lower()]
+            assert m.group(2).lower() in settings.model_fields, f"{key} is no setting of {settings.__name__}"
+
+
+# --- security, resources ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_meets_the_restricted_profile(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    workloads = [d for d in docs if _pod_spec(d) is not None]
+    assert {d["kind"] for d in workloads} == ({"Deployment", "Job", "StatefulSet"} if overlay == "dev"
+                                              else {"Deployment", "Job"})
+    for doc in workloads:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        spec = _pod_spec(doc)
+        assert spec is not None
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, where
+        assert pod_sc["runAsUser"] > 0, where
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert spec["enableServiceLinks"] is False, where
+        assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), where
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        assert all("hostPath" not in v for v in volumes.values()), where
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert not sc.get("privileged"), where
+            tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: /tmp is an emptyDir"
+    namespace = next(d for d in docs if d["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_requests_within_limits(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    for doc in rendered[overlay]:
+        spec = _pod_spec(doc)
+        for c in [] if spec is None else spec["containers"]:
+            res = c["resources"]
+            for resource in ("cpu", "memory"):
+                request, limit = res["requests"][resource], res["limits"][resource]
+                assert 0 < _quantity(request) <= _quantity(limit), (doc["metadata"]["name"], resource)
+
+
+# --- the image -----------------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_slim_non_root_services_image() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    froms = [ln for ln in lines if ln.startswith("FROM ")]
+    assert len(froms) == 2 and all(ln.split()[1] == "python:3.11-slim" for ln in froms), "multi-stage, slim"
+    final = lines[lines.index(froms[-1]):]
+    assert "USER 10001:10001" in final
+    assert any("useradd" in ln and "--uid 10001" in ln for ln in final)
+    assert not any(re.search(r"apt-get install|pip install", ln) for ln in final), "nothing built at the end"
+    assert "./clients/python ." in text and "[embedded" not in text and "[dev" not in text
+    cmd = json.loads(next(ln for ln in final if ln.startswith("CMD "))[4:])
+    assert cmd[:2] == ["python", "-m"] and importlib.util.find_spec(cmd[2]) is not None
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".tools", ".llmmeter", "**/__pycache__"} <= set(ignored)

@@ -1,0 +1,155 @@
+"""The two flavours of migration 0002 declare the same relations, columns, indexes and functions.
+
+TimescaleDB is not available to the tests, so its flavour is checked
+syntactically: both files are parsed with pglast (the PostgreSQL parser, see
+migration_sql.py) and compared statement by statement with each other and
+with `llmmeter_common.rollups`. The TimescaleDB flavour creates its rollups
+with the statements `llmmeter_rollup_ddl()` generates, not statically; those
+are run and checked in test_schema_timescale_rollups.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pglast import ast
+
+from llmmeter_common.rollups import DIMENSIONS, PENDING_COLUMNS, ROLLUPS, rollup_columns
+
+from migration_sql import (
+    QUEUE,
+    RAW,
+    RELATIONS,
+    _array_columns,
+    _calls,
+    _column_defs,
+    _declared,
+    _sql,
+    _stmts,
+    _tables,
+    _type,
+)
+
+SHARED_FUNCTIONS = ("llmmeter_ensure_partitions", "llmmeter_apply_retention")
+
+
+def _setof_type(tn: ast.TypeName) -> str:
+    return ("setof " if tn.setof else "") + _type(tn)
+
+
+def _functions(flavor: str) -> dict[str, ast.CreateFunctionStmt]:
+    return {s.funcname[-1].sval: s for s in _stmts(flavor) if isinstance(s, ast.CreateFunctionStmt)}
+
+
+def _inputs(fn: ast.CreateFunctionStmt) -> list[str]:
+    """Types of a function's input parameters (IN, INOUT, VARIADIC or unmarked)."""
+    return [_type(p.argType) for p in fn.parameters or () if p.mode in ("i", "b", "v", "d")]
+
+
+# --- syntax: both flavours ----------------------------------------------------
+
+
+def test_postgres_file_parses_and_creates_every_relation_once() -> None:
+    created = [s.relation.relname for s in _stmts("postgres") if isinstance(s, ast.CreateStmt)]
+    assert sorted(created) == sorted(RELATIONS)
+
+
+def test_timescale_file_creates_the_raw_tables_and_runs_the_generated_rollup_ddl() -> None:
+    stmts = _stmts("timescale")
+    assert sorted(s.relation.relname for s in stmts if isinstance(s, ast.CreateStmt)) == sorted([*RAW, QUEUE])
+    # Every rollup relation comes from llmmeter_rollup_ddl() (checked live below), none statically.
+    assert not [s for s in stmts if isinstance(s, ast.CreateTableAsStmt | ast.ViewStmt)]
+    kinds = [type(s).__name__ for s in stmts]
+    create = next(i for i, s in enumerate(stmts)
+                  if isinstance(s, ast.CreateFunctionStmt) and s.funcname[-1].sval == "llmmeter_rollup_ddl")
+    (do,) = [i for i, k in enumerate(kinds) if k == "DoStmt"]
+    body = stmts[do].args[0].arg.sval
+    assert "SELECT llmmeter_rollup_ddl()" in body and "EXECUTE stmt" in body
+    drop = stmts[do + 1]
+    assert create < do and isinstance(drop, ast.DropStmt), "the generator is dropped right after use"
+    assert [o.objname[-1].sval for o in drop.objects] == ["llmmeter_rollup_ddl"]
+
+
+def test_raw_tables_are_identical_in_both_flavors() -> None:
+    for table in RAW:
+        pg = [_sql(c) for c in _column_defs("postgres", table)]
+        ts = [_sql(c) for c in _column_defs("timescale", table)]
+        assert ts == pg, table
+        pg_pk = [_sql(c) for c in _tables("postgres")[table].tableElts if isinstance(c, ast.Constraint)]
+        ts_pk = [_sql(c) for c in _tables("timescale")[table].tableElts if isinstance(c, ast.Constraint)]
+        assert ts_pk == pg_pk == ["PRIMARY KEY (start_time, request_id)"], table
+    assert [n for n, _ in _declared("timescale", "usage_payloads")] == [
+        "start_time", "request_id", "request", "response"]
+
+
+def test_rollup_queue_is_identical_in_both_flavors_and_holds_what_rollups_need() -> None:
+    pg = [_sql(c) for c in _column_defs("postgres", QUEUE)]
+    assert [_sql(c) for c in _column_defs("timescale", QUEUE)] == pg
+    assert [n for n, _ in _declared("postgres", QUEUE)] == list(PENDING_COLUMNS)
+
+
+def test_request_id_index_in_both_flavors() -> None:
+    for flavor in ("postgres", "timescale"):
+        idx = [s for s in _stmts(flavor) if isinstance(s, ast.IndexStmt)]
+        assert [(i.idxname, i.relation.relname, [p.name for p in i.indexParams]) for i in idx] == [
+            ("usage_records_request_id_idx", "usage_records", ["request_id"])], flavor
+
+
+def test_postgres_rollup_tables_have_the_rollup_columns() -> None:
+    for r in ROLLUPS:
+        assert [n for n, _ in _declared("postgres", r.table)] == _array_columns(), r.table
+        assert _declared("postgres", r.table) == _declared("postgres", "usage_1m")
+    assert rollup_columns()[:2 + len(DIMENSIONS)] == ["bucket", "dims_mask", *DIMENSIONS]
+
+
+def test_histogram_aggregates_are_declared_parallel_safe_with_shared_state() -> None:
+    aggs = {s.defnames[-1].sval: s for s in _stmts("timescale")
+            if isinstance(s, ast.DefineStmt) and s.kind.name == "OBJECT_AGGREGATE"}
+    assert set(aggs) == {"llmmeter_hist_keys_agg", "llmmeter_hist_counts_agg",
+                         "llmmeter_hist_merge_keys_agg", "llmmeter_hist_merge_counts_agg"}
+    fns = _functions("timescale")
+    for name, agg in aggs.items():
+        opts = {d.defname.lower(): _sql(d.arg) for d in agg.definition}
+        assert opts["parallel"].lower() == "safe", name
+        assert opts["initcond"] == "'{}'", name
+        for role in ("sfunc", "combinefunc", "finalfunc"):
+            fn = fns[opts[role]]
+            fopts = {o.defname: o.arg.sval for o in fn.options if o.defname in ("volatility", "parallel")}
+            assert fopts == {"volatility": "immutable", "parallel": "safe"}, (name, role, fopts)
+    # keys and counts of one histogram share sfunc/stype/initcond, so PostgreSQL computes the state once
+    for family in ("llmmeter_hist_{}_agg", "llmmeter_hist_merge_{}_agg"):
+        keys, counts = (
+            {d.defname.lower(): _sql(d.arg) for d in aggs[family.format(part)].definition
+             if d.defname.lower() in ("sfunc", "stype", "initcond")}
+            for part in ("keys", "counts"))
+        assert keys == counts, family
+
+
+@pytest.mark.parametrize("func", SHARED_FUNCTIONS)
+def test_shared_functions_have_the_same_signature_in_both_flavors(func: str) -> None:
+    pg, ts = _functions("postgres")[func], _functions("timescale")[func]
+    assert _inputs(ts) == _inputs(pg)
+    assert [p.name for p in ts.parameters] == [p.name for p in pg.parameters]
+    assert _setof_type(ts.returnType) == _setof_type(pg.returnType)
+    expected = {"llmmeter_ensure_partitions": (["timestamptz", "timestamptz"], "void"),
+                "llmmeter_apply_retention": (["interval", "interval", "interval"], "setof text")}
+    assert (_inputs(pg), _setof_type(pg.returnType)) == expected[func]
+
+
+def test_timescale_static_policies() -> None:
+    stmts = _stmts("timescale")
+    hypertables = _calls(stmts, "create_hypertable")
+    assert sorted(rel for rel, _ in hypertables) == sorted(RAW)
+    for stmt in stmts:
+        if isinstance(stmt, ast.SelectStmt) and "create_hypertable" in _sql(stmt):
+            assert "by_range('start_time', CAST('1 day' AS interval))" in _sql(stmt)
+    days = "CAST('{} days' AS interval)".format
+    # the continuous aggregates' policies are generated (test_generated_policies)
+    assert _calls(stmts, "add_continuous_aggregate_policy") == []
+    assert dict(_calls(stmts, "add_retention_policy")) == {
+        "usage_records": {"drop_after": days(14)}, "usage_payloads": {"drop_after": days(14)}}
+    assert _calls(stmts, "add_compression_policy") == [("usage_records", {"compress_after": days(2)})]
+    (alter,) = [s for s in stmts if isinstance(s, ast.AlterTableStmt)]
+    assert alter.relation.relname == "usage_records"
+    settings = {(d.defnamespace, d.defname): d.arg.sval if d.arg else None for d in alter.cmds[0].def_}
+    assert settings[("timescaledb", "compress_segmentby")] == "model"
+    assert settings[("timescaledb", "compress_orderby")].startswith("start_time DESC")
