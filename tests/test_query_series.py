@@ -162,3 +162,22 @@ def test_series_metrics_and_breakdown_rows_read_only_the_measures_they_declare()
         assert fn(part, width) == fn(full, width), name
     row = metrics.breakdown_row("g", only(set(metrics.BREAKDOWN_MEASURES)), 60.0)
     assert row == metrics.breakdown_row("g", full, 60.0)
+
+
+async def test_grouping_by_number_and_boolean_fields(ingest_stub, query_stub) -> None:
+    t = datetime.now(UTC) - timedelta(days=2)
+    await ingest(ingest_stub, [
+        record(t, status_code=200), record(t, status_code=200, ttft_ms=None), record(t, status_code=429),
+        record(t, status_code=500, ttft_ms=None),
+    ])
+    window = {"start_time": ts(t - timedelta(days=1)), "end_time": ts(t + timedelta(days=1))}
+    for group_by, want in (("status_code", {"200": 2, "429": 1, "500": 1}),
+                           ("streaming", {"true": 2, "false": 2})):
+        resp = await query_stub.GetBreakdown(M.GetBreakdownRequest(group_by=group_by, **window))
+        assert {r.group: r.request_count for r in resp.rows} == want, group_by
+        series = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(
+            group_by=group_by, granularity="1d", metrics=[M.METRIC_REQUESTS], **window))
+        assert {s.group: sum(p.value for p in s.points) for s in series.series} == want, group_by
+    recent = {"start_time": ts(t), "end_time": ts(t + timedelta(minutes=1))}  # raw rows, exact
+    resp = await query_stub.GetBreakdown(M.GetBreakdownRequest(group_by="cache_hit", **recent))
+    assert {r.group: r.request_count for r in resp.rows} == {"false": 4}

@@ -23,7 +23,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
-from llmmeter_query.filters import FIELDS, ROLLUP_COLUMNS, Filter
+from llmmeter_query.filters import FIELDS, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
 from llmmeter_query.window import Stretch, Window, plan, rollup_buckets, split, usable_levels
@@ -62,7 +62,8 @@ def parse_group(name: str) -> Grouping | None:
             return Grouping(name, f"coalesce(metadata->>'{key}', '')", None)
     column = FIELDS.get(name)
     if column is not None:
-        return Grouping(name, column, frozenset({column}) if column in ROLLUP_COLUMNS else None)
+        expr = f"({column})::text" if name in NON_TEXT_FIELDS else column  # group values are strings
+        return Grouping(name, expr, frozenset({column}) if column in ROLLUP_COLUMNS else None)
     raise InvalidArgument(
         f"group_by: {name!r} is not a dimension, status_class or metadata.<key>",
         [FieldViolation("group_by", f"unknown dimension {name!r}")],

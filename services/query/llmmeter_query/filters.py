@@ -34,6 +34,8 @@ ROLLUP_COLUMNS = frozenset(
      "call_type")
 )
 _BOOL_FIELDS = frozenset(("streaming", "cache_hit"))
+#: Fields whose column is not text: grouped by their text form, like every other group value.
+NON_TEXT_FIELDS = _BOOL_FIELDS | {"status_code"}
 _OPS = ("<=", ">=", "!=", "=", "<", ">", ":")
 _TOKEN = re.compile(
     r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<op><=|>=|!=|=|<|>|:)|(?P<paren>[()])'
