@@ -181,3 +181,17 @@ async def test_grouping_by_number_and_boolean_fields(ingest_stub, query_stub) ->
     recent = {"start_time": ts(t), "end_time": ts(t + timedelta(minutes=1))}  # raw rows, exact
     resp = await query_stub.GetBreakdown(M.GetBreakdownRequest(group_by="cache_hit", **recent))
     assert {r.group: r.request_count for r in resp.rows} == {"false": 4}
+
+
+async def test_rates_divide_by_the_part_of_each_bucket_inside_the_window(ingest_stub, query_stub) -> None:
+    h = _hour(5)
+    at = ([h + timedelta(minutes=40, seconds=15 * i) for i in range(60)]  # first bucket: 30 min inside
+          + [h + timedelta(hours=1, seconds=100 * i) for i in range(36)]  # a whole hour
+          + [h + timedelta(hours=2, seconds=60 * i) for i in range(9)])  # last bucket: 15 min inside
+    await ingest(ingest_stub, [record(t, input_tokens=10, output_tokens=5) for t in at])
+    resp = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(
+        start_time=ts(h + timedelta(minutes=30)), end_time=ts(h + timedelta(hours=2, minutes=15)),
+        granularity="1h", metrics=[M.METRIC_REQUESTS_PER_SECOND, M.METRIC_TOKENS_PER_MINUTE]))
+    rps, tpm = ([p.value for p in s.points] for s in resp.series)
+    assert rps == [pytest.approx(60 / 1800), pytest.approx(36 / 3600), pytest.approx(9 / 900)]
+    assert tpm == [pytest.approx(60 * 15 / 30), pytest.approx(36 * 15 / 60), pytest.approx(9 * 15 / 15)]

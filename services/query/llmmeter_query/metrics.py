@@ -150,7 +150,8 @@ def _avg(sum_col: str, count_col: str) -> SeriesFn:
                           if s.get(count_col) else None)
 
 
-#: Series metric name (Metric enum without the prefix) -> value of a bucket, None when undefined.
+#: Series metric name (Metric enum without the prefix) -> value of a bucket, None when undefined;
+#: the second argument is how much of the bucket lies inside the window (rates divide by it).
 SERIES: dict[str, SeriesFn] = {
     "REQUESTS": lambda s, _w: requests(s),
     "REQUESTS_PER_SECOND": lambda s, w: requests(s) / w.total_seconds(),

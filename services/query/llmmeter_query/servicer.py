@@ -135,14 +135,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
+        # rates divide by the time a bucket has inside the window: the first and last are cut
+        spans = [min(b + width, window.end) - max(b, window.start) for b in buckets]
         empty = Stats()  # read only: a bucket without rows
         response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg))
         for metric, metric_name in zip(request.metrics, names, strict=True):
             fn = metrics.SERIES[metric_name]
             for g in groups:
                 add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
-                for b, stamp in zip(buckets, stamps, strict=True):
-                    value = fn(stats.get((g, b), empty), width)
+                for b, stamp, span in zip(buckets, stamps, spans, strict=True):
+                    value = fn(stats.get((g, b), empty), span)
                     add(time=stamp, value=value or 0.0, present=value is not None)
         return response
 

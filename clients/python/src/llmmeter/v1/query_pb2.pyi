@@ -56,7 +56,9 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     METRIC_REQUESTS: _Metric.ValueType  # 1
     """Requests per bucket."""
     METRIC_REQUESTS_PER_SECOND: _Metric.ValueType  # 2
-    """Requests per second, averaged over the bucket."""
+    """Requests per second, averaged over the part of the bucket inside the window (the first
+    and last buckets may be cut by the window's start and end).
+    """
     METRIC_SUCCESSES: _Metric.ValueType  # 3
     """Successful requests per bucket."""
     METRIC_FAILURES: _Metric.ValueType  # 4
@@ -106,7 +108,7 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     METRIC_TOTAL_TOKENS: _Metric.ValueType  # 26
     """Input + output tokens."""
     METRIC_TOKENS_PER_MINUTE: _Metric.ValueType  # 27
-    """Total tokens per minute, averaged over the bucket."""
+    """Total tokens per minute, averaged over the part of the bucket inside the window."""
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """A time series metric."""
@@ -116,7 +118,9 @@ METRIC_UNSPECIFIED: Metric.ValueType  # 0
 METRIC_REQUESTS: Metric.ValueType  # 1
 """Requests per bucket."""
 METRIC_REQUESTS_PER_SECOND: Metric.ValueType  # 2
-"""Requests per second, averaged over the bucket."""
+"""Requests per second, averaged over the part of the bucket inside the window (the first
+and last buckets may be cut by the window's start and end).
+"""
 METRIC_SUCCESSES: Metric.ValueType  # 3
 """Successful requests per bucket."""
 METRIC_FAILURES: Metric.ValueType  # 4
@@ -166,7 +170,7 @@ METRIC_CACHE_WRITE_TOKENS: Metric.ValueType  # 25
 METRIC_TOTAL_TOKENS: Metric.ValueType  # 26
 """Input + output tokens."""
 METRIC_TOKENS_PER_MINUTE: Metric.ValueType  # 27
-"""Total tokens per minute, averaged over the bucket."""
+"""Total tokens per minute, averaged over the part of the bucket inside the window."""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 class _ExportFormat:
