@@ -36,3 +36,8 @@ async def cli(capsys: pytest.CaptureFixture[str], addr: str, *argv: str) -> tupl
     code = await asyncio.to_thread(main, [*argv, "--query-addr", addr])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def table_cells(header: str, row: str) -> dict[str, str]:
+    """The cells of one line of a `rich` table, by column title (title line `┃`, rows `│`)."""
+    return dict(zip([c.strip() for c in header.split("┃")], [c.strip() for c in row.split("│")], strict=True))

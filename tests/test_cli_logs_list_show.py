@@ -18,7 +18,7 @@ import pytest
 from llmmeter.v1 import query_pb2
 
 from cli_helpers import REQUEST_ROW_KEYS as ROW_KEYS
-from cli_helpers import base_time, cli, rfc3339
+from cli_helpers import base_time, cli, rfc3339, table_cells
 from records import ingest, record
 
 
@@ -100,6 +100,9 @@ async def test_list_table_and_csv_print_the_next_token(capsys, addr, seven) -> N
     assert code == 0 and err == ""
     body = [line for line in out.splitlines() if "l-" in line]
     assert len(body) == 2 and "l-6" in body[0] and "l-5" in body[1] and "payments" in body[1]
+    header = next(line for line in out.splitlines() if "request_id" in line)
+    newest = table_cells(header, body[0])
+    assert (newest["in"], newest["out"], newest["total"]) == ("106", "50", "156")
     token = out.splitlines()[-1].removeprefix("next_page_token: ")
     assert out.splitlines()[-1].startswith("next_page_token: ") and token
     code, out, err = await cli(

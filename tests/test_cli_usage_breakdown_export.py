@@ -17,7 +17,7 @@ import pytest
 
 from llmmeter.v1 import query_pb2
 
-from cli_helpers import cli, listing
+from cli_helpers import cli, listing, table_cells
 
 ROW_KEYS = {f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields}
 
@@ -77,6 +77,9 @@ async def test_breakdown_default_by_model_table_and_csv(capsys, addr, stored) ->
     table_rows = [line for line in out.splitlines() if "claude" in line or "gpt-4o" in line]
     assert len(table_rows) == 2 and "claude" in table_rows[0] and "1,017" in table_rows[0]
     assert "gpt-4o" in table_rows[1] and "$0.035" in table_rows[1]
+    header = next(line for line in out.splitlines() if "requests" in line)
+    claude = table_cells(header, table_rows[0])
+    assert claude["tpm"] == f"{(10 + 1000 + 500 + 7 + 3) / 60:,.1f}"  # u-3, u-5, u-6 over the hour
     assert not table_rows[0].rstrip(" │").endswith("-")  # claude has a streamed call
     code, out, _ = await cli(capsys, addr, "usage", "breakdown", "--since", "1h",
                              "--filter", "status_code >= 500")

@@ -100,6 +100,10 @@ async def test_summary_table_and_csv(capsys, addr, stored) -> None:
     assert code == 0
     ttft = next(line for line in out.splitlines() if line.strip().startswith("time to first token"))
     assert re.split(r"\s{2,}", ttft.strip()) == ["time to first token", "-", "no streamed requests"]
+    # nothing in the window: no rate or latency to show, rather than 0.0% and 0 ms
+    code, out, _ = await cli(capsys, addr, "usage", "summary", "--since", "10m", "--to", "50m")
+    cards = dict(re.split(r"\s{2,}", line.strip())[:2] for line in out.splitlines()[1:-1])
+    assert (code, cards["requests"], cards["success rate"], cards["latency"]) == (0, "0", "-", "-")
     code, out, _ = await cli(capsys, addr, "usage", "summary", "--since", "1h", "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))

@@ -38,7 +38,7 @@ def summary_table(s: query_pb2.Summary, span: str, filt: str) -> None:
         ("requests", fmt_int(s.request_count), ""),
         ("successes", fmt_int(s.success_count), ""),
         ("errors", fmt_int(s.error_count), ""),
-        ("success rate", fmt_pct(s.success_rate), ""),
+        ("success rate", fmt_pct(s.success_rate) if s.request_count else "-", ""),
         (
             "input tokens",
             fmt_int(s.input_tokens),
@@ -47,7 +47,11 @@ def summary_table(s: query_pb2.Summary, span: str, filt: str) -> None:
         ("output tokens", fmt_int(s.output_tokens), f"reasoning {fmt_int(s.reasoning_tokens)}"),
         ("total tokens", fmt_int(s.total_tokens), ""),
         ("cost", f"${s.cost_exact or s.cost}", "USD"),
-        ("latency", fmt_ms(s.latency_avg_ms), f"avg; p95 {fmt_ms(s.latency_p95_ms)}"),
+        (
+            ("latency", fmt_ms(s.latency_avg_ms), f"avg; p95 {fmt_ms(s.latency_p95_ms)}")
+            if s.request_count
+            else ("latency", "-", "no requests")
+        ),
         (
             ("time to first token", fmt_ms(s.ttft_avg_ms), f"avg over streamed; p95 {fmt_ms(s.ttft_p95_ms)}")
             if s.ttft_count
@@ -136,6 +140,7 @@ def breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str
         ("failures", "right"),
         ("success", "right"),
         ("rpm", "right"),
+        ("tpm", "right"),
         ("input tok", "right"),
         ("output tok", "right"),
         ("cost", "right"),
@@ -155,6 +160,7 @@ def breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str
             fmt_int(r.failure_count),
             fmt_pct(r.success_rate),
             f"{r.rpm:,.2f}",
+            f"{r.tpm:,.1f}",
             fmt_int(r.input_tokens),
             fmt_int(r.output_tokens),
             fmt_cost(r.cost),
