@@ -56,6 +56,11 @@ async def test_export_ndjson_filtered(ingest_stub, query_stub) -> None:
     lines = [json.loads(line) for line in data.decode().splitlines()]
     assert rows == 1 and len(lines) == 1
     assert lines[0]["team"] == "a" and lines[0]["metadata"] == {"k": "v"} and lines[0]["cost"] == "0.125"
+    # the stored microseconds, and the same in the API's milliseconds; tokens as the log shows them
+    first = lines[0]
+    assert (first["latency_us"], first["latency_ms"], first["ttft_us"], first["ttft_ms"]) == (
+        1_200_000, 1200.0, 300_000, 300.0)
+    assert first["total_tokens"] == first["input_tokens"] + first["output_tokens"] > 0
 
 
 async def test_export_aggregates_for_chargeback(ingest_stub, query_stub) -> None:
@@ -77,6 +82,33 @@ async def test_export_aggregates_for_chargeback(ingest_stub, query_stub) -> None
         group_by=["metadata.tenant"], **window)))
     table = list(csv.DictReader(io.StringIO(data.decode())))
     assert {r["metadata.tenant"]: int(r["request_count"]) for r in table} == {"": 4, "acme": 1}
+
+
+async def test_export_aggregates_has_every_breakdown_column_and_per_bucket_rates(ingest_stub,
+                                                                                query_stub) -> None:
+    h = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+    await ingest(ingest_stub, [
+        record(h + timedelta(minutes=50), team="a", latency_ms=100, ttft_ms=None, input_tokens=6,
+               output_tokens=4),
+        record(h + timedelta(hours=1, minutes=5), team="a", latency_ms=300, ttft_ms=None, input_tokens=6,
+               output_tokens=4, status_code=500),
+        record(h + timedelta(hours=1, minutes=10), team="a", latency_ms=200, ttft_ms=None, input_tokens=6,
+               output_tokens=4),
+    ])
+    window = {"start_time": ts(h + timedelta(minutes=30)), "end_time": ts(h + timedelta(hours=2))}
+    data, _, rows = await _collect(query_stub.ExportAggregates(query_pb2.ExportAggregatesRequest(
+        group_by=["team"], granularity="1h", **window)))
+    table = list(csv.DictReader(io.StringIO(data.decode())))
+    columns = [f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields if f.name != "group"]
+    assert rows == 2 and set(columns) <= set(table[0])
+    first, second = table
+    # the first hour has 30 minutes inside the window, the second all 60
+    assert (float(first["rpm"]), float(first["tpm"])) == (pytest.approx(1 / 30), pytest.approx(10 / 30))
+    assert (float(second["rpm"]), float(second["tpm"])) == (pytest.approx(2 / 60), pytest.approx(20 / 60))
+    assert (second["failure_count"], float(second["success_rate"])) == ("1", 0.5)
+    assert (float(second["latency_p50_ms"]), float(second["latency_p99_ms"])) == (
+        pytest.approx(200, rel=0.01), pytest.approx(300, rel=0.01))  # estimated: the window is 1.5 h
+    assert (second["ttft_count"], float(second["ttft_p95_ms"])) == ("0", 0)
 
 
 async def test_export_aggregates_needs_a_group(query_stub) -> None:

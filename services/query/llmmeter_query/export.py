@@ -12,7 +12,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +33,16 @@ EXPORT_COLUMNS = (
     "response_model", "model_alias", "provider", "call_type", "user_name", "team", "account",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "latency_us", "ttft_us", "cost", "cache_hit", "retries", "streaming", "metadata",
+    "total_tokens", "latency_ms", "ttft_ms",
 )
+#: Export columns that are not stored as such: derived in the query, in the units the rest of
+#: the API uses (ms; tokens as the request log shows them). Added after the stored columns, so
+#: scripts reading the earlier ones by position keep working.
+_DERIVED = {
+    "total_tokens": "input_tokens + output_tokens",
+    "latency_ms": "latency_us / 1000.0::float8",
+    "ttft_ms": "ttft_us / 1000.0::float8",
+}
 
 
 def neutralise(cell: Any) -> Any:
@@ -59,7 +68,8 @@ async def export_requests(pool: asyncpg.Pool, window: Window, filt: Filter, ndjs
                           ) -> AsyncIterator[tuple[bytes, int]]:
     """Yield (chunk, rows so far) of the filtered request log, oldest first."""
     params: list[Any] = [window.start, window.end]
-    sql = (f"SELECT {', '.join(EXPORT_COLUMNS)} FROM usage_records "
+    select = ", ".join(f"{_DERIVED[c]} AS {c}" if c in _DERIVED else c for c in EXPORT_COLUMNS)
+    sql = (f"SELECT {select} FROM usage_records "
            f"WHERE start_time >= $1 AND start_time < $2 AND {filt.sql(params)} "
            "ORDER BY start_time, request_id")
     buf = io.StringIO()
@@ -84,15 +94,22 @@ async def export_requests(pool: asyncpg.Pool, window: Window, filt: Filter, ndjs
         yield buf.getvalue().encode(), rows
 
 
-_AGG_COLUMNS = (
+#: Metric columns of an aggregate export: the first eleven as they always were, then every other
+#: breakdown column (percentiles, cache and reasoning tokens, rates, ITL/TPOT and the counts
+#: that say whether a TTFT/ITL/TPOT of 0 means "no data").
+_FIRST_AGG_COLUMNS = (
     "request_count", "success_count", "failure_count", "input_tokens", "output_tokens",
     "total_tokens", "cost", "latency_avg_ms", "latency_p95_ms", "ttft_avg_ms", "ttft_p95_ms",
 )
+_AGG_COLUMNS = _FIRST_AGG_COLUMNS + tuple(
+    c for c in metrics.BREAKDOWN_COLUMNS if c != "group" and c not in _FIRST_AGG_COLUMNS)
 
 
 async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter,
-                            groups: list[Grouping], bucket: Any) -> AsyncIterator[tuple[bytes, int]]:
-    """Yield CSV chunks of metrics per combination of `groups` (and per bucket, if given)."""
+                            groups: list[Grouping], bucket: timedelta | None,
+                            ) -> AsyncIterator[tuple[bytes, int]]:
+    """Yield CSV chunks of metrics per combination of `groups` (and per bucket, if given); a
+    bucket's rpm and tpm are over its part inside the window."""
     if not groups:
         raise InvalidArgument("group_by: at least one grouping column is required",
                               [FieldViolation("group_by", "at least one")])
@@ -110,7 +127,8 @@ async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter
     rows = 0
     ordered = sorted(result.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or window.start))
     for (key, tb), stats in ordered:
-        row = metrics.breakdown_row("", stats, window.minutes)
+        span = window.overlap(tb, bucket) if tb is not None and bucket is not None else None
+        row = metrics.breakdown_row("", stats, window.minutes if span is None else span.total_seconds() / 60)
         row["cost"] = metrics.cost(stats)  # exact, for chargeback
         cells = [*key.split(sep), *([tb] if bucket is not None else []), *(row[c] for c in _AGG_COLUMNS)]
         _csv_line(writer, buf, cells)

@@ -136,7 +136,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         buckets = _buckets(window, width)
         stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
         # rates divide by the time a bucket has inside the window: the first and last are cut
-        spans = [min(b + width, window.end) - max(b, window.start) for b in buckets]
+        spans = [window.overlap(b, width) for b in buckets]
         empty = Stats()  # read only: a bucket without rows
         response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg))
         for metric, metric_name in zip(request.metrics, names, strict=True):

@@ -51,6 +51,11 @@ class Window:
         """Length in minutes (for per-minute rates)."""
         return (self.end - self.start).total_seconds() / 60
 
+    def overlap(self, start: datetime, width: timedelta) -> timedelta:
+        """How much of the bucket [start, start + width) lies inside the window: per-bucket
+        rates divide by it, so the buckets the window's ends cut show no false dips."""
+        return min(start + width, self.end) - max(start, self.start)
+
 
 @dataclass(frozen=True)
 class Stretch:

@@ -155,14 +155,17 @@ class QueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportRequests(self, request, context):
-        """The filtered request log as CSV or NDJSON, in chunks.
+        """The filtered request log as CSV or NDJSON, in chunks, oldest first: the stored columns
+        (durations in microseconds, `latency_us`, `ttft_us`), then `total_tokens`, `latency_ms`
+        and `ttft_ms`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportAggregates(self, request, context):
-        """Grouped metrics as CSV, for chargeback.
+        """Grouped metrics as CSV, for chargeback: the grouping columns, `bucket` when bucketed, then
+        every BreakdownRow column (cost exact; rpm and tpm over the bucket's part of the window).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

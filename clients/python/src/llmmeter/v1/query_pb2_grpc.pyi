@@ -64,9 +64,14 @@ class QueryServiceStub:
     GetBreakdown: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetBreakdownRequest, _query_pb2.GetBreakdownResponse]
     """A table of metrics per group (per model, user, team, ...)."""
     ExportRequests: _grpc.UnaryStreamMultiCallable[_query_pb2.ExportRequestsRequest, _query_pb2.ExportRequestsResponse]
-    """The filtered request log as CSV or NDJSON, in chunks."""
+    """The filtered request log as CSV or NDJSON, in chunks, oldest first: the stored columns
+    (durations in microseconds, `latency_us`, `ttft_us`), then `total_tokens`, `latency_ms`
+    and `ttft_ms`.
+    """
     ExportAggregates: _grpc.UnaryStreamMultiCallable[_query_pb2.ExportAggregatesRequest, _query_pb2.ExportAggregatesResponse]
-    """Grouped metrics as CSV, for chargeback."""
+    """Grouped metrics as CSV, for chargeback: the grouping columns, `bucket` when bucketed, then
+    every BreakdownRow column (cost exact; rpm and tpm over the bucket's part of the window).
+    """
     TailRequests: _grpc.UnaryStreamMultiCallable[_query_pb2.TailRequestsRequest, _query_pb2.TailRequestsResponse]
     """New requests matching a filter, as they are stored."""
 
@@ -106,9 +111,14 @@ class QueryServiceAsyncStub(QueryServiceStub):
     GetBreakdown: _aio.UnaryUnaryMultiCallable[_query_pb2.GetBreakdownRequest, _query_pb2.GetBreakdownResponse]  # type: ignore[assignment]
     """A table of metrics per group (per model, user, team, ...)."""
     ExportRequests: _aio.UnaryStreamMultiCallable[_query_pb2.ExportRequestsRequest, _query_pb2.ExportRequestsResponse]  # type: ignore[assignment]
-    """The filtered request log as CSV or NDJSON, in chunks."""
+    """The filtered request log as CSV or NDJSON, in chunks, oldest first: the stored columns
+    (durations in microseconds, `latency_us`, `ttft_us`), then `total_tokens`, `latency_ms`
+    and `ttft_ms`.
+    """
     ExportAggregates: _aio.UnaryStreamMultiCallable[_query_pb2.ExportAggregatesRequest, _query_pb2.ExportAggregatesResponse]  # type: ignore[assignment]
-    """Grouped metrics as CSV, for chargeback."""
+    """Grouped metrics as CSV, for chargeback: the grouping columns, `bucket` when bucketed, then
+    every BreakdownRow column (cost exact; rpm and tpm over the bucket's part of the window).
+    """
     TailRequests: _aio.UnaryStreamMultiCallable[_query_pb2.TailRequestsRequest, _query_pb2.TailRequestsResponse]  # type: ignore[assignment]
     """New requests matching a filter, as they are stored."""
 
@@ -181,7 +191,10 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _query_pb2.ExportRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_query_pb2.ExportRequestsResponse], _abc.AsyncIterator[_query_pb2.ExportRequestsResponse]]:
-        """The filtered request log as CSV or NDJSON, in chunks."""
+        """The filtered request log as CSV or NDJSON, in chunks, oldest first: the stored columns
+        (durations in microseconds, `latency_us`, `ttft_us`), then `total_tokens`, `latency_ms`
+        and `ttft_ms`.
+        """
 
     @_abc_1.abstractmethod
     def ExportAggregates(
@@ -189,7 +202,9 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _query_pb2.ExportAggregatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_query_pb2.ExportAggregatesResponse], _abc.AsyncIterator[_query_pb2.ExportAggregatesResponse]]:
-        """Grouped metrics as CSV, for chargeback."""
+        """Grouped metrics as CSV, for chargeback: the grouping columns, `bucket` when bucketed, then
+        every BreakdownRow column (cost exact; rpm and tpm over the bucket's part of the window).
+        """
 
     @_abc_1.abstractmethod
     def TailRequests(
