@@ -158,8 +158,8 @@ def test_series_metrics_and_breakdown_rows_read_only_the_measures_they_declare()
 
     for name, fn in metrics.SERIES.items():
         part = only({"request_count", *metrics.SERIES_MEASURES[name]})
-        width = timedelta(minutes=5)
-        assert fn(part, width) == fn(full, width), name
+        bucket = metrics.Bucket(timedelta(minutes=5), 7)
+        assert fn(part, bucket) == fn(full, bucket), name
     row = metrics.breakdown_row("g", only(set(metrics.BREAKDOWN_MEASURES)), 60.0)
     assert row == metrics.breakdown_row("g", full, 60.0)
 
@@ -195,3 +195,21 @@ async def test_rates_divide_by_the_part_of_each_bucket_inside_the_window(ingest_
     rps, tpm = ([p.value for p in s.points] for s in resp.series)
     assert rps == [pytest.approx(60 / 1800), pytest.approx(36 / 3600), pytest.approx(9 / 900)]
     assert tpm == [pytest.approx(60 * 15 / 30), pytest.approx(36 * 15 / 60), pytest.approx(9 * 15 / 15)]
+
+
+async def test_failure_share_by_status_class_adds_up_to_the_failure_rate(ingest_stub, query_stub) -> None:
+    h = _hour(3)
+    codes = [200, 200, 200, 500, 503, 429]
+    await ingest(ingest_stub, [record(h + timedelta(minutes=5 * i), status_code=c)
+                               for i, c in enumerate(codes)])
+    window = {"start_time": ts(h), "end_time": ts(h + timedelta(hours=2))}
+    resp = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(
+        group_by="status_class", granularity="1h", top_n=2,
+        metrics=[M.METRIC_FAILURE_SHARE, M.METRIC_FAILURE_RATE], **window))
+    share = {s.group: s.points[0].value for s in resp.series if s.metric == M.METRIC_FAILURE_SHARE}
+    rate = {s.group: s.points[0].value for s in resp.series if s.metric == M.METRIC_FAILURE_RATE}
+    assert share == {"2xx": 0, "5xx": pytest.approx(2 / 6), "other": pytest.approx(1 / 6)}  # 4xx folded
+    assert rate == {"2xx": 0, "5xx": 1, "other": 1}  # within each group: says nothing of the mix
+    assert sum(share.values()) == pytest.approx(3 / 6)
+    empty = [s.points[1] for s in resp.series if s.metric == M.METRIC_FAILURE_SHARE]
+    assert all(not p.present for p in empty)  # the second hour has no requests: no share at all

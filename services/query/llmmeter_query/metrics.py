@@ -8,6 +8,7 @@ come out as plain dicts keyed by the proto field names.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -134,11 +135,21 @@ BREAKDOWN_COLUMNS = tuple(breakdown_row("", Stats(), 1.0))
 PERCENTILE_COLUMNS = frozenset({**_percentiles(Stats(), "lat", "latency", _ALL_QS),
                                 **_percentiles(Stats(), "ttft", "ttft", _ALL_QS)})
 
-SeriesFn = Callable[[Stats, timedelta], "float | None"]
+@dataclass(frozen=True)
+class Bucket:
+    """What a series value needs to know of its bucket besides the group's own sums."""
+
+    span: timedelta
+    """How much of the bucket lies inside the window (rates divide by it)."""
+    requests: int
+    """Requests of every group in the bucket together ("other" included): shares divide by it."""
+
+
+SeriesFn = Callable[[Stats, Bucket], "float | None"]
 
 
 def _pct(prefix: str, q: float) -> SeriesFn:
-    def value(s: Stats, _w: timedelta) -> float | None:
+    def value(s: Stats, _b: Bucket) -> float | None:
         us = s.percentile(prefix, q)
         return None if us is None else us / 1000
 
@@ -146,30 +157,31 @@ def _pct(prefix: str, q: float) -> SeriesFn:
 
 
 def _avg(sum_col: str, count_col: str) -> SeriesFn:
-    return lambda s, _w: (float(s.get(sum_col)) / float(s.get(count_col)) / 1000
+    return lambda s, _b: (float(s.get(sum_col)) / float(s.get(count_col)) / 1000
                           if s.get(count_col) else None)
 
 
 #: Series metric name (Metric enum without the prefix) -> value of a bucket, None when undefined;
 #: the second argument is how much of the bucket lies inside the window (rates divide by it).
 SERIES: dict[str, SeriesFn] = {
-    "REQUESTS": lambda s, _w: requests(s),
-    "REQUESTS_PER_SECOND": lambda s, w: requests(s) / w.total_seconds(),
-    "SUCCESSES": lambda s, _w: successes(s),
-    "FAILURES": lambda s, _w: failures(s),
-    "FAILURE_RATE": lambda s, _w: _ratio(failures(s), requests(s)) if requests(s) else None,
-    "SUCCESS_RATE": lambda s, _w: _ratio(successes(s), requests(s)) if requests(s) else None,
+    "REQUESTS": lambda s, _b: requests(s),
+    "REQUESTS_PER_SECOND": lambda s, b: requests(s) / b.span.total_seconds(),
+    "SUCCESSES": lambda s, _b: successes(s),
+    "FAILURES": lambda s, _b: failures(s),
+    "FAILURE_RATE": lambda s, _b: _ratio(failures(s), requests(s)) if requests(s) else None,
+    "FAILURE_SHARE": lambda s, b: _ratio(failures(s), b.requests) if b.requests else None,
+    "SUCCESS_RATE": lambda s, _b: _ratio(successes(s), requests(s)) if requests(s) else None,
     "LATENCY_AVG": _avg("latency_us_sum", "request_count"),
     "TTFT_AVG": _avg("ttft_us_sum", "ttft_count"),
     "ITL_AVG": _avg("itl_us_sum", "itl_count"),
     "TPOT_AVG": _avg("tpot_us_sum", "tpot_count"),
-    "COST": lambda s, _w: float(cost(s)),
-    "INPUT_TOKENS": lambda s, _w: int(s.get("input_tokens")),
-    "OUTPUT_TOKENS": lambda s, _w: int(s.get("output_tokens")),
-    "CACHE_READ_TOKENS": lambda s, _w: int(s.get("cache_read_tokens")),
-    "CACHE_WRITE_TOKENS": lambda s, _w: int(s.get("cache_write_tokens")),
-    "TOTAL_TOKENS": lambda s, _w: total_tokens(s),
-    "TOKENS_PER_MINUTE": lambda s, w: total_tokens(s) / (w.total_seconds() / 60),
+    "COST": lambda s, _b: float(cost(s)),
+    "INPUT_TOKENS": lambda s, _b: int(s.get("input_tokens")),
+    "OUTPUT_TOKENS": lambda s, _b: int(s.get("output_tokens")),
+    "CACHE_READ_TOKENS": lambda s, _b: int(s.get("cache_read_tokens")),
+    "CACHE_WRITE_TOKENS": lambda s, _b: int(s.get("cache_write_tokens")),
+    "TOTAL_TOKENS": lambda s, _b: total_tokens(s),
+    "TOKENS_PER_MINUTE": lambda s, b: total_tokens(s) / (b.span.total_seconds() / 60),
     **{f"LATENCY_P{int(q * 100)}": _pct("lat", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
     **{f"TTFT_P{int(q * 100)}": _pct("ttft", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
 }
@@ -180,7 +192,8 @@ _TOKENS = ("input_tokens", "output_tokens")
 SERIES_MEASURES: dict[str, tuple[str, ...]] = {
     **{name: () for name in SERIES if "_P" in name},
     "REQUESTS": (), "REQUESTS_PER_SECOND": (),
-    **{name: ("error_count",) for name in ("SUCCESSES", "FAILURES", "FAILURE_RATE", "SUCCESS_RATE")},
+    **{name: ("error_count",)
+       for name in ("SUCCESSES", "FAILURES", "FAILURE_RATE", "SUCCESS_RATE", "FAILURE_SHARE")},
     "LATENCY_AVG": ("latency_us_sum",), "TTFT_AVG": ("ttft_us_sum", "ttft_count"),
     "ITL_AVG": ("itl_us_sum", "itl_count"), "TPOT_AVG": ("tpot_us_sum", "tpot_count"),
     "COST": ("cost",), "INPUT_TOKENS": ("input_tokens",), "OUTPUT_TOKENS": ("output_tokens",),

@@ -7,6 +7,7 @@ that the shared interceptor maps to a status with details.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -135,16 +136,20 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
-        # rates divide by the time a bucket has inside the window: the first and last are cut
-        spans = [window.overlap(b, width) for b in buckets]
+        # rates divide by the time a bucket has inside the window (the first and last are cut);
+        # shares by the bucket's requests of every group together
+        totals: dict[datetime | None, int] = defaultdict(int)
+        for (_, b), s in stats.items():
+            totals[b] += metrics.requests(s)
+        contexts = [metrics.Bucket(window.overlap(b, width), totals[b]) for b in buckets]
         empty = Stats()  # read only: a bucket without rows
         response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg))
         for metric, metric_name in zip(request.metrics, names, strict=True):
             fn = metrics.SERIES[metric_name]
             for g in groups:
                 add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
-                for b, stamp, span in zip(buckets, stamps, spans, strict=True):
-                    value = fn(stats.get((g, b), empty), span)
+                for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
+                    value = fn(stats.get((g, b), empty), bucket)
                     add(time=stamp, value=value or 0.0, present=value is not None)
         return response
 

@@ -109,6 +109,12 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     """Input + output tokens."""
     METRIC_TOKENS_PER_MINUTE: _Metric.ValueType  # 27
     """Total tokens per minute, averaged over the part of the bucket inside the window."""
+    METRIC_FAILURE_SHARE: _Metric.ValueType  # 28
+    """A group's failures / all requests of the bucket (every group together, under the filter),
+    0..1. Grouped by `status_class` or `error_type`, it is the failure rate by error type:
+    the groups' values add up to the bucket's failure rate, where METRIC_FAILURE_RATE of a
+    group of failures alone is always 1.
+    """
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """A time series metric."""
@@ -171,6 +177,12 @@ METRIC_TOTAL_TOKENS: Metric.ValueType  # 26
 """Input + output tokens."""
 METRIC_TOKENS_PER_MINUTE: Metric.ValueType  # 27
 """Total tokens per minute, averaged over the part of the bucket inside the window."""
+METRIC_FAILURE_SHARE: Metric.ValueType  # 28
+"""A group's failures / all requests of the bucket (every group together, under the filter),
+0..1. Grouped by `status_class` or `error_type`, it is the failure rate by error type:
+the groups' values add up to the bucket's failure rate, where METRIC_FAILURE_RATE of a
+group of failures alone is always 1.
+"""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 class _ExportFormat:
