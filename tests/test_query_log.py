@@ -48,9 +48,11 @@ async def test_row_columns(ingest_stub, query_stub) -> None:
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
     await ingest(ingest_stub, [record(start, latency_ms=1500, ttft_ms=120, request_id="chatcmpl-1",
                                       input_tokens=11, output_tokens=7, cost=0.25, user="ana",
-                                      status_code=429, error_type="RateLimitError")])
+                                      status_code=429, error_type="RateLimitError"),
+                               record(start - timedelta(seconds=1), ttft_ms=None, request_id="batch-1")])
     page = await query_stub.ListRequests(query_pb2.ListRequestsRequest())
-    (row,) = page.requests
+    row, unstreamed = page.requests
+    assert (row.ttft_measured, unstreamed.ttft_measured, unstreamed.ttft_ms) == (True, False, 0)
     assert (row.request_id, row.status_code, row.success, row.user) == ("chatcmpl-1", 429, False, "ana")
     assert (row.input_tokens, row.output_tokens, row.total_tokens) == (11, 7, 18)
     assert (row.latency_ms, row.ttft_ms, row.cost, row.error_type) == (1500, 120, 0.25, "RateLimitError")

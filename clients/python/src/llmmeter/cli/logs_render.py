@@ -65,7 +65,7 @@ def _cells(r: query_pb2.RequestRow) -> dict[str, str]:
         "out": fmt_int(r.output_tokens),
         "total": fmt_int(r.total_tokens),
         "latency": fmt_ms(r.latency_ms),
-        "ttft": fmt_ms(r.ttft_ms) if r.ttft_ms else "-",
+        "ttft": fmt_ms(r.ttft_ms) if r.ttft_measured else "-",
         "cost": fmt_cost(r.cost),
         "error_type": r.error_type,
     }

@@ -444,6 +444,7 @@ class RequestRow(_message.Message):
     TTFT_MS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    TTFT_MEASURED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id."""
     status_code: _builtins.int
@@ -472,6 +473,10 @@ class RequestRow(_message.Message):
     """Cost, USD."""
     error_type: _builtins.str
     """Error class of failed requests."""
+    ttft_measured: _builtins.bool
+    """Whether the call measured time to first token (streamed calls do); when false, ttft_ms
+    is 0 for want of a value.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the request started."""
@@ -494,10 +499,11 @@ class RequestRow(_message.Message):
         ttft_ms: _builtins.float = ...,
         cost: _builtins.float = ...,
         error_type: _builtins.str = ...,
+        ttft_measured: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "error_type", b"error_type", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "request_id", b"request_id", "start_time", b"start_time", "status_code", b"status_code", "success", b"success", "team", b"team", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "error_type", b"error_type", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "request_id", b"request_id", "start_time", b"start_time", "status_code", b"status_code", "success", b"success", "team", b"team", "total_tokens", b"total_tokens", "ttft_measured", b"ttft_measured", "ttft_ms", b"ttft_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
