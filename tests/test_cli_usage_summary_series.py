@@ -191,6 +191,13 @@ async def test_series_metric_names_top_and_csv(capsys, addr, stored) -> None:
     )
     groups = [(s["group"], sum(p["value"] for p in s["points"])) for s in json.loads(out)["series"]]
     assert groups == [("payments", 3), ("other", 3)]
+    # ranked by cost, the team with two requests but $0.305 of the $0.3351 is the one shown
+    _, out, _ = await cli(capsys, addr, "usage", "series", *window, "--by", "team", "--top", "1",
+                          "--rank-by", "cost", "--format", "json")
+    groups = [(s["group"], sum(p["value"] for p in s["points"])) for s in json.loads(out)["series"]]
+    assert groups == [("search", 2), ("other", 4)]
+    code, out, err = await cli(capsys, addr, "usage", "series", *window, "--by", "team", "--rank-by", "rps")
+    assert code == 1 and out == "" and "rank_by" in err and err.count("\n") == 1
 
 
 async def test_series_chart(capsys, addr, stored) -> None:

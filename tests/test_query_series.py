@@ -213,3 +213,23 @@ async def test_failure_share_by_status_class_adds_up_to_the_failure_rate(ingest_
     assert sum(share.values()) == pytest.approx(3 / 6)
     empty = [s.points[1] for s in resp.series if s.metric == M.METRIC_FAILURE_SHARE]
     assert all(not p.present for p in empty)  # the second hour has no requests: no share at all
+
+
+async def test_groups_ranked_by_cost_keep_the_expensive_model(ingest_stub, query_stub) -> None:
+    h = _hour(3)
+    await ingest(ingest_stub, [
+        *(record(h + timedelta(minutes=i), model="cheap", cost=0.01) for i in range(5)),
+        *(record(h + timedelta(minutes=i), model="pricey", cost=2.0) for i in range(2)),
+        record(h, model="mid", cost=0.5),
+    ])
+    base = {"start_time": ts(h), "end_time": ts(h + timedelta(hours=2)), "granularity": "1h",
+            "group_by": "model", "top_n": 1, "metrics": [M.METRIC_COST]}
+    by_requests = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(**base))
+    assert [s.group for s in by_requests.series] == ["cheap", "other"]
+    by_cost = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(rank_by=M.METRIC_COST, **base))
+    assert [(s.group, s.points[0].value) for s in by_cost.series] == [("pricey", 4.0),
+                                                                      ("other", pytest.approx(0.55))]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(rank_by=M.METRIC_LATENCY_P95, **base))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value)[0][0] == "rank_by"

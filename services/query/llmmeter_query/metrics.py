@@ -186,6 +186,10 @@ SERIES: dict[str, SeriesFn] = {
     **{f"TTFT_P{int(q * 100)}": _pct("ttft", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
 }
 
+#: Series metrics whose bucket values add up over a window: groups can be ranked by them.
+RANKABLE = frozenset(("REQUESTS", "SUCCESSES", "FAILURES", "COST", "INPUT_TOKENS", "OUTPUT_TOKENS",
+                      "CACHE_READ_TOKENS", "CACHE_WRITE_TOKENS", "TOTAL_TOKENS"))
+
 _TOKENS = ("input_tokens", "output_tokens")
 #: The summed measures each series metric reads (request_count is always read); percentiles
 #: read histograms only.

@@ -8,7 +8,7 @@ that the shared interceptor maps to a status with details.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,6 +67,24 @@ def _buckets(window: Window, width: timedelta) -> list[datetime]:
 def _by_requests(totals: dict[Any, Stats]) -> list[Any]:
     """Busiest groups first (ties by name): which series get their own line."""
     return sorted(totals, key=lambda g: (-metrics.requests(totals[g]), str(g)))
+
+
+def _rank_by(metric: int) -> tuple[str, Callable[[dict[Any, Stats]], list[Any]]]:
+    """The series metric groups are ranked by, and the ranking: largest total first, ties by name."""
+    if metric in (query_pb2.METRIC_UNSPECIFIED, query_pb2.METRIC_REQUESTS):
+        return "REQUESTS", _by_requests
+    name = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
+    if name not in metrics.RANKABLE:
+        allowed = ", ".join(f"METRIC_{n}" for n in sorted(metrics.RANKABLE))
+        raise InvalidArgument(f"rank_by: {name} does not add up over a window; one of {allowed}",
+                              [FieldViolation("rank_by", f"one of {allowed}")])
+    value = metrics.SERIES[name]
+    whole = metrics.Bucket(timedelta(0), 0)  # additive metrics read neither
+
+    def order(totals: dict[Any, Stats]) -> list[Any]:
+        return sorted(totals, key=lambda g: (-(value(totals[g], whole) or 0), str(g)))
+
+    return name, order
 
 
 def _breakdown_rows(totals: dict[Any, Stats], minutes: float, column: str,
@@ -129,10 +147,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         group = parse_group(request.group_by)
         top_n = request.top_n if request.top_n > 0 else 10
         names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in request.metrics]
-        top = Top(top_n, _by_requests, fold=True) if group else None
+        rank_name, rank = _rank_by(request.rank_by)
+        top = Top(top_n, rank, fold=True) if group else None
+        measures = [c for n in (*names, rank_name) for c in metrics.SERIES_MEASURES[n]]
         agg = await self._agg.run(window, parse_filter(request.filter), group, width, top=top,
-                                  percentiles=_series_percentiles(names),
-                                  measures=[c for n in names for c in metrics.SERIES_MEASURES[n]])
+                                  percentiles=_series_percentiles(names), measures=measures)
         groups, stats = (agg.shown if group else [""]), agg.groups
         buckets = _buckets(window, width)
         stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series

@@ -60,6 +60,7 @@ examples:
   llmmeter usage series --since 6h
   llmmeter usage series --metric latency_p95 --metric ttft_p95 --granularity 5m --since 2h
   llmmeter usage series --metric cost --by team --top 5 --since 7d --granularity 1d
+  llmmeter usage series --metric cost --by model --rank-by cost --top 5 --since 30d
   llmmeter usage series --metric failures --by status_class --format csv
 
 metrics: {metrics}
@@ -152,6 +153,14 @@ def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> 
         metavar="N",
         help='with --by: keep the N groups with most requests, fold the rest into "other" (default: 10)',
     )
+    series.add_argument(
+        "--rank-by",
+        type=parse_metric,
+        default=query_pb2.METRIC_UNSPECIFIED,
+        metavar="NAME",
+        help="with --by: rank groups by this metric's total instead of requests: successes, failures, "
+        "cost or a token count",
+    )
     add_format_argument(series)
     series.set_defaults(handler=run_series)
 
@@ -240,6 +249,7 @@ async def run_series(args: argparse.Namespace, config: ClientConfig) -> int:
             granularity=args.granularity,
             group_by=args.by,
             top_n=args.top,
+            rank_by=args.rank_by,
         ),
         span,
     )

@@ -662,6 +662,7 @@ class GetTimeSeriesRequest(_message.Message):
     GRANULARITY_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
     TOP_N_FIELD_NUMBER: _builtins.int
+    RANK_BY_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
     """AIP-160 filter (see QueryService)."""
     granularity: _builtins.str
@@ -670,6 +671,11 @@ class GetTimeSeriesRequest(_message.Message):
     """Optional grouping: a dimension, `status_class`, or `metadata.<key>`."""
     top_n: _builtins.int
     """With group_by: keep the top N groups by request count and fold the rest into "other" (default 10)."""
+    rank_by: Global___Metric.ValueType
+    """With group_by: rank groups by this metric's total over the window instead of by request
+    count (so a cost chart keeps the most expensive groups). Only metrics that add up:
+    requests, successes, failures, cost and the token counts. Default: METRIC_REQUESTS.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the window, inclusive. Default: end_time minus 24 hours."""
@@ -692,10 +698,11 @@ class GetTimeSeriesRequest(_message.Message):
         granularity: _builtins.str = ...,
         group_by: _builtins.str = ...,
         top_n: _builtins.int = ...,
+        rank_by: Global___Metric.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "filter", b"filter", "granularity", b"granularity", "group_by", b"group_by", "metrics", b"metrics", "start_time", b"start_time", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "filter", b"filter", "granularity", b"granularity", "group_by", b"group_by", "metrics", b"metrics", "rank_by", b"rank_by", "start_time", b"start_time", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
