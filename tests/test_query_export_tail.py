@@ -101,6 +101,7 @@ async def test_export_aggregates_has_every_breakdown_column_and_per_bucket_rates
     table = list(csv.DictReader(io.StringIO(data.decode())))
     columns = [f.name for f in query_pb2.BreakdownRow.DESCRIPTOR.fields if f.name != "group"]
     assert rows == 2 and set(columns) <= set(table[0])
+    assert {"images", "audio_seconds", "video_seconds", "characters"} <= set(table[0])
     first, second = table
     # the first hour has 30 minutes inside the window, the second all 60
     assert (float(first["rpm"]), float(first["tpm"])) == (pytest.approx(1 / 30), pytest.approx(10 / 30))

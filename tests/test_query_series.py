@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from llmmeter.v1 import query_pb2
+from llmmeter.v1 import query_pb2, usage_pb2
 
 from records import bad_request_fields, ingest, record, ts
 
@@ -233,3 +233,26 @@ async def test_groups_ranked_by_cost_keep_the_expensive_model(ingest_stub, query
         await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(rank_by=M.METRIC_LATENCY_P95, **base))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(err.value)[0][0] == "rank_by"
+
+
+async def test_usage_units_per_model_over_time(ingest_stub, query_stub) -> None:
+    h = _hour(3)
+    await ingest(ingest_stub, [
+        record(h, model="dall-e-3", media=usage_pb2.MediaUsage(images=2), ttft_ms=None),
+        record(h + timedelta(minutes=1), model="dall-e-3", media=usage_pb2.MediaUsage(images=3),
+               ttft_ms=None),
+        record(h, model="tts-1", media=usage_pb2.MediaUsage(audio_seconds=12.5, characters=400),
+               ttft_ms=None),
+        record(h, model="gpt-4o"),
+    ])
+    resp = await query_stub.GetTimeSeries(M.GetTimeSeriesRequest(
+        start_time=ts(h), end_time=ts(h + timedelta(hours=1)), granularity="1h", group_by="model",
+        rank_by=M.METRIC_IMAGES, top_n=1,
+        metrics=[M.METRIC_IMAGES, M.METRIC_AUDIO_SECONDS, M.METRIC_CHARACTERS, M.METRIC_VIDEO_SECONDS]))
+    got = {(M.Metric.Name(s.metric), s.group): s.points[0].value for s in resp.series}
+    assert got == {
+        ("METRIC_IMAGES", "dall-e-3"): 5, ("METRIC_IMAGES", "other"): 0,
+        ("METRIC_AUDIO_SECONDS", "dall-e-3"): 0, ("METRIC_AUDIO_SECONDS", "other"): 12.5,
+        ("METRIC_CHARACTERS", "dall-e-3"): 0, ("METRIC_CHARACTERS", "other"): 400,
+        ("METRIC_VIDEO_SECONDS", "dall-e-3"): 0, ("METRIC_VIDEO_SECONDS", "other"): 0,
+    }

@@ -20,7 +20,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_query import metrics
-from llmmeter_query.aggregate import Aggregator, Grouping
+from llmmeter_query.aggregate import Aggregator, Grouping, Stats
 from llmmeter_query.filters import Filter
 from llmmeter_query.window import Window
 
@@ -102,7 +102,8 @@ _FIRST_AGG_COLUMNS = (
     "total_tokens", "cost", "latency_avg_ms", "latency_p95_ms", "ttft_avg_ms", "ttft_p95_ms",
 )
 _AGG_COLUMNS = _FIRST_AGG_COLUMNS + tuple(
-    c for c in metrics.BREAKDOWN_COLUMNS if c != "group" and c not in _FIRST_AGG_COLUMNS)
+    c for c in metrics.BREAKDOWN_COLUMNS if c != "group" and c not in _FIRST_AGG_COLUMNS
+) + tuple(metrics.units(Stats()))
 
 
 async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter,
@@ -130,6 +131,7 @@ async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter
         span = window.overlap(tb, bucket) if tb is not None and bucket is not None else None
         row = metrics.breakdown_row("", stats, window.minutes if span is None else span.total_seconds() / 60)
         row["cost"] = metrics.cost(stats)  # exact, for chargeback
+        row.update(metrics.units(stats))
         cells = [*key.split(sep), *([tb] if bucket is not None else []), *(row[c] for c in _AGG_COLUMNS)]
         _csv_line(writer, buf, cells)
         rows += 1

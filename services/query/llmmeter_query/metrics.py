@@ -72,6 +72,13 @@ def _measured(s: Stats) -> dict[str, int]:
             "tpot_count": int(s.get("tpot_count"))}
 
 
+def units(s: Stats) -> dict[str, Any]:
+    """The non-token usage units (images, audio and video seconds, characters) that image,
+    speech and video models are billed by."""
+    return {"images": int(s.get("images")), "audio_seconds": float(s.get("audio_seconds")),
+            "video_seconds": float(s.get("video_seconds")), "characters": int(s.get("characters"))}
+
+
 def _mean_ms(s: Stats, sum_col: str, count_col: str) -> float:
     return _ratio(float(s.get(sum_col)), float(s.get(count_col))) / 1000
 
@@ -95,9 +102,7 @@ def summary(s: Stats) -> dict[str, Any]:
         "reasoning_tokens": int(s.get("reasoning_tokens")), "total_tokens": total_tokens(s),
         "cost": float(c), "cost_exact": str(c),
         "latency_avg_ms": latency_avg_ms(s), "ttft_avg_ms": ttft_avg_ms(s),
-        "images": int(s.get("images")), "audio_seconds": float(s.get("audio_seconds")),
-        "video_seconds": float(s.get("video_seconds")), "characters": int(s.get("characters")),
-        **_percentiles(s, "lat", "latency", _ALL_QS), **_percentiles(s, "ttft", "ttft", _ALL_QS),
+        **units(s), **_percentiles(s, "lat", "latency", _ALL_QS), **_percentiles(s, "ttft", "ttft", _ALL_QS),
         "itl_avg_ms": _mean_ms(s, "itl_us_sum", "itl_count"),
         "tpot_avg_ms": _mean_ms(s, "tpot_us_sum", "tpot_count"), **_measured(s),
     }
@@ -181,6 +186,10 @@ SERIES: dict[str, SeriesFn] = {
     "CACHE_READ_TOKENS": lambda s, _b: int(s.get("cache_read_tokens")),
     "CACHE_WRITE_TOKENS": lambda s, _b: int(s.get("cache_write_tokens")),
     "TOTAL_TOKENS": lambda s, _b: total_tokens(s),
+    "IMAGES": lambda s, _b: int(s.get("images")),
+    "AUDIO_SECONDS": lambda s, _b: float(s.get("audio_seconds")),
+    "VIDEO_SECONDS": lambda s, _b: float(s.get("video_seconds")),
+    "CHARACTERS": lambda s, _b: int(s.get("characters")),
     "TOKENS_PER_MINUTE": lambda s, b: total_tokens(s) / (b.span.total_seconds() / 60),
     **{f"LATENCY_P{int(q * 100)}": _pct("lat", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
     **{f"TTFT_P{int(q * 100)}": _pct("ttft", q) for q in (0.5, 0.75, 0.9, 0.95, 0.99)},
@@ -188,7 +197,8 @@ SERIES: dict[str, SeriesFn] = {
 
 #: Series metrics whose bucket values add up over a window: groups can be ranked by them.
 RANKABLE = frozenset(("REQUESTS", "SUCCESSES", "FAILURES", "COST", "INPUT_TOKENS", "OUTPUT_TOKENS",
-                      "CACHE_READ_TOKENS", "CACHE_WRITE_TOKENS", "TOTAL_TOKENS"))
+                      "CACHE_READ_TOKENS", "CACHE_WRITE_TOKENS", "TOTAL_TOKENS",
+                      *(unit.upper() for unit in units(Stats()))))
 
 _TOKENS = ("input_tokens", "output_tokens")
 #: The summed measures each series metric reads (request_count is always read); percentiles
@@ -203,4 +213,5 @@ SERIES_MEASURES: dict[str, tuple[str, ...]] = {
     "COST": ("cost",), "INPUT_TOKENS": ("input_tokens",), "OUTPUT_TOKENS": ("output_tokens",),
     "CACHE_READ_TOKENS": ("cache_read_tokens",), "CACHE_WRITE_TOKENS": ("cache_write_tokens",),
     "TOTAL_TOKENS": _TOKENS, "TOKENS_PER_MINUTE": _TOKENS,
+    **{unit.upper(): (unit,) for unit in units(Stats())},
 }

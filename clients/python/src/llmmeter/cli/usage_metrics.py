@@ -33,6 +33,10 @@ ADDITIVE = frozenset(
         "CACHE_READ_TOKENS",
         "CACHE_WRITE_TOKENS",
         "TOTAL_TOKENS",
+        "IMAGES",
+        "AUDIO_SECONDS",
+        "VIDEO_SECONDS",
+        "CHARACTERS",
     )
 )
 

@@ -115,6 +115,14 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     the groups' values add up to the bucket's failure rate, where METRIC_FAILURE_RATE of a
     group of failures alone is always 1.
     """
+    METRIC_IMAGES: _Metric.ValueType  # 29
+    """Images generated (non-token usage units, e.g. image models)."""
+    METRIC_AUDIO_SECONDS: _Metric.ValueType  # 30
+    """Audio seconds processed."""
+    METRIC_VIDEO_SECONDS: _Metric.ValueType  # 31
+    """Video seconds processed."""
+    METRIC_CHARACTERS: _Metric.ValueType  # 32
+    """Characters billed (e.g. text-to-speech)."""
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """A time series metric."""
@@ -183,6 +191,14 @@ METRIC_FAILURE_SHARE: Metric.ValueType  # 28
 the groups' values add up to the bucket's failure rate, where METRIC_FAILURE_RATE of a
 group of failures alone is always 1.
 """
+METRIC_IMAGES: Metric.ValueType  # 29
+"""Images generated (non-token usage units, e.g. image models)."""
+METRIC_AUDIO_SECONDS: Metric.ValueType  # 30
+"""Audio seconds processed."""
+METRIC_VIDEO_SECONDS: Metric.ValueType  # 31
+"""Video seconds processed."""
+METRIC_CHARACTERS: Metric.ValueType  # 32
+"""Characters billed (e.g. text-to-speech)."""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 class _ExportFormat:
@@ -674,7 +690,8 @@ class GetTimeSeriesRequest(_message.Message):
     rank_by: Global___Metric.ValueType
     """With group_by: rank groups by this metric's total over the window instead of by request
     count (so a cost chart keeps the most expensive groups). Only metrics that add up:
-    requests, successes, failures, cost and the token counts. Default: METRIC_REQUESTS.
+    requests, successes, failures, cost, the token counts and the usage units (images, audio
+    and video seconds, characters). Default: METRIC_REQUESTS.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
