@@ -92,9 +92,14 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     METRIC_TTFT_P99: _Metric.ValueType  # 18
     """99th percentile time to first token, ms."""
     METRIC_ITL_AVG: _Metric.ValueType  # 19
-    """Mean inter-token latency, ms."""
+    """Mean inter-token latency, ms: the record's mean_inter_token_latency, else (latency - TTFT)
+    / (output_chunks - 1) for streamed calls that counted their chunks.
+    """
     METRIC_TPOT_AVG: _Metric.ValueType  # 20
-    """Mean time per output token, ms."""
+    """Mean time per output token, ms: (latency - TTFT) / (output_tokens - 1) for calls that
+    measured TTFT; latency / output_tokens (prefill included) for the others. Filter on
+    `streaming = true` to compare decode speed alone.
+    """
     METRIC_COST: _Metric.ValueType  # 21
     """Cost, USD."""
     METRIC_INPUT_TOKENS: _Metric.ValueType  # 22
@@ -168,9 +173,14 @@ METRIC_TTFT_P95: Metric.ValueType  # 17
 METRIC_TTFT_P99: Metric.ValueType  # 18
 """99th percentile time to first token, ms."""
 METRIC_ITL_AVG: Metric.ValueType  # 19
-"""Mean inter-token latency, ms."""
+"""Mean inter-token latency, ms: the record's mean_inter_token_latency, else (latency - TTFT)
+/ (output_chunks - 1) for streamed calls that counted their chunks.
+"""
 METRIC_TPOT_AVG: Metric.ValueType  # 20
-"""Mean time per output token, ms."""
+"""Mean time per output token, ms: (latency - TTFT) / (output_tokens - 1) for calls that
+measured TTFT; latency / output_tokens (prefill included) for the others. Filter on
+`streaming = true` to compare decode speed alone.
+"""
 METRIC_COST: Metric.ValueType  # 21
 """Cost, USD."""
 METRIC_INPUT_TOKENS: Metric.ValueType  # 22
