@@ -119,25 +119,30 @@ async def test_export_aggregates_needs_a_group(query_stub) -> None:
 
 
 async def test_tail_receives_matching_records_stored_after_it_started(ingest_stub, query_stub) -> None:
-    call = query_stub.TailRequests(query_pb2.TailRequestsRequest(filter='team = "payments"'))
+    call = query_stub.TailRequests(query_pb2.TailRequestsRequest(
+        filter='team = "payments" AND -model_id = "azure/*"'))  # any filter field, evaluated on the row
     await asyncio.wait_for(call.initial_metadata(), 10)  # the watch is live
     resp = await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[
         record(request_id="other-team", team="search"),
-        record(request_id="pay-1", team="payments"),
+        record(request_id="pay-azure", team="payments", model_id="azure/gpt-4o-eu"),
+        record(request_id="pay-1", team="payments", model_id="openai/gpt-4o"),
         record(datetime.now(UTC) - timedelta(days=3), request_id="pay-late", team="payments"),
     ]))
-    assert resp.accepted_count == 3
+    assert resp.accepted_count == 4
+    # a later commit: once it arrives, everything of the first has been handed out (commit order)
+    await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[
+        record(request_id="pay-end", team="payments")]))
     got: list[str] = []
 
-    async def read_two() -> None:
+    async def read_to_the_end() -> None:
         async for item in call:
             got.append(item.request.request_id)
-            if len(got) == 2:
+            if got[-1] == "pay-end":
                 return
 
-    await asyncio.wait_for(read_two(), 10)  # a bound against hanging; the latency is benchmarked
+    await asyncio.wait_for(read_to_the_end(), 10)  # a bound against hanging; the latency is benchmarked
     call.cancel()
-    assert sorted(got) == ["pay-1", "pay-late"]
+    assert sorted(got) == ["pay-1", "pay-end", "pay-late"]
 
 
 async def test_tail_with_a_bad_filter_is_invalid(query_stub) -> None:

@@ -115,15 +115,18 @@ async def test_long_window_uses_rollups_and_equals_raw(ingest_stub, query_stub, 
     ('team = "payments" model = "gpt-4o"', {"a"}),
     ('team = "payments" AND model = "claude" OR status_code = 500', {"c"}),
     ('request_id = "b"', {"b"}),
+    ('model_id = "azure/gpt-4o-eu"', {"d"}),
+    ('response_model = "gpt-4o-2024-08-06"', {"a", "d"}),
 ])
 async def test_filters(ingest_stub, query_stub, filt, expected) -> None:
     t0 = _at(20)
     await ingest(ingest_stub, [
-        record(t0, request_id="a", model="gpt-4o", user="ana", team="payments", metadata={"tenant": "acme"}),
+        record(t0, request_id="a", model="gpt-4o", user="ana", team="payments", metadata={"tenant": "acme"},
+               response_model="gpt-4o-2024-08-06", model_id="openai/gpt-4o"),
         record(t0, request_id="b", model="gpt-4o-mini", user="bo", team="search", metadata={"tenant": "x"}),
         record(t0, request_id="c", model="claude", user="dana", team="payments", status_code=429),
         record(t0, request_id="d", model="gpt-4o", user="eve", team="search", status_code=500,
-               metadata={"tenant": "acme"}),
+               metadata={"tenant": "acme"}, response_model="gpt-4o-2024-08-06", model_id="azure/gpt-4o-eu"),
     ])
     s = (await summary(query_stub, t0 - HOUR, t0 + HOUR, filt)).summary
     assert s.request_count == len(expected)

@@ -26,7 +26,8 @@ FIELDS: dict[str, str] = {
     "model": "model", "model_alias": "model_alias", "provider": "provider", "user": "user_name",
     "team": "team", "account": "account", "call_type": "call_type", "status_code": "status_code",
     "error_type": "error_type", "request_id": "request_id", "streaming": "streaming",
-    "cache_hit": "cache_hit",
+    "cache_hit": "cache_hit", "model_id": "model_id", "response_model": "response_model",
+    "api_base": "api_base",
 }
 #: Fields the rollups keep (as their column names).
 ROLLUP_COLUMNS = frozenset(

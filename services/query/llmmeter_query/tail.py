@@ -21,14 +21,16 @@ import asyncpg
 
 from llmmeter_common.errors import LlmmeterError, ResourceExhausted, Unavailable
 from llmmeter_common.timeutil import from_us
-from llmmeter_query.filters import Filter
+from llmmeter_query.filters import FIELDS, Filter
 from llmmeter_query.request_log import LOG_COLUMNS
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "llmmeter_records"
+#: What a tail reads of each new row: the log row, and every column a filter can test.
+_COLUMNS = (*LOG_COLUMNS, *(c for c in dict.fromkeys(FIELDS.values()) if c not in LOG_COLUMNS), "metadata")
 _FETCH = (
-    f"SELECT {', '.join(LOG_COLUMNS)}, account, model_alias, call_type, streaming, cache_hit, metadata "
+    f"SELECT {', '.join(_COLUMNS)} "
     "FROM usage_records AS r JOIN unnest($2::timestamptz[]) AS h(hour) "
     "ON r.start_time >= h.hour AND r.start_time < h.hour + interval '1 hour' "
     "WHERE r.xmin::text::bigint = $1 ORDER BY r.start_time"
