@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import pytest
 from llmmeter.v1 import ingest_pb2_grpc, query_pb2
 from llmmeter_ingest.server import IngestServer
 
+from cli_helpers import cli, rfc3339
 from conftest import drain_rollups, ingest_settings
 from records import bad_request_fields, ingest, record, ts
 
@@ -173,3 +175,35 @@ async def test_totals_are_exact_while_rollups_lag(db_url, db_pool, query_stub) -
     assert Decimal(lagging.cost_exact) == Decimal(caught_up.cost_exact) == sum(
         Decimal(str(0.01 * i)) for i in range(40))
     assert lagging.latency_p95_ms == caught_up.latency_p95_ms
+
+
+async def test_raw_only_answers_say_where_retention_cut_them(ingest_stub, query_stub, db_pool, db_url,
+                                                             addr, capsys) -> None:
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=12), now - timedelta(days=2)
+    await ingest(ingest_stub, [record(old, metadata={"tenant": "acme"}),
+                               record(recent, request_id="kept", metadata={"tenant": "acme"})])
+    await drain_rollups(db_url)
+    start = now - timedelta(days=30)
+    fresh = await summary(query_stub, start, now, 'metadata.tenant = "acme"')
+    assert fresh.summary.request_count == 2 and not fresh.HasField("counted_from")
+    # raw rows kept 5 days (the rollups far longer): the 12-day-old day partition goes
+    await db_pool.fetch("SELECT llmmeter_apply_retention('5 days', '5 days', '400 days')")
+    cut = await summary(query_stub, start, now, 'metadata.tenant = "acme"')
+    assert cut.summary.request_count == 1
+    assert cut.counted_from.ToDatetime(tzinfo=UTC) == recent  # the oldest raw row left
+    whole = await summary(query_stub, start, now)  # the rollups answer: nothing is missing
+    assert whole.summary.request_count == 2 and not whole.HasField("counted_from")
+    series = await query_stub.GetTimeSeries(query_pb2.GetTimeSeriesRequest(
+        start_time=ts(start), end_time=ts(now), granularity="1d", group_by="metadata.tenant",
+        metrics=[query_pb2.METRIC_REQUESTS]))
+    breakdown = await query_stub.GetBreakdown(query_pb2.GetBreakdownRequest(
+        start_time=ts(start), end_time=ts(now), group_by="metadata.tenant"))
+    assert series.counted_from == breakdown.counted_from == cut.counted_from
+    recent_only = await summary(query_stub, now - timedelta(days=3), now, 'metadata.tenant = "acme"')
+    assert not recent_only.HasField("counted_from")  # the window starts after the cut
+    capsys.readouterr()
+    code, out, err = await cli(capsys, addr, "usage", "breakdown", "--since", "30d",
+                               "--by", "metadata.tenant", "--format", "json")
+    assert code == 0 and json.loads(out)["counted_from"] == rfc3339(recent)
+    assert err.startswith("llmmeter: note: counted from ") and err.count("\n") == 1

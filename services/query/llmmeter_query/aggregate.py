@@ -23,6 +23,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
+from llmmeter_common.timeutil import floor_to
 from llmmeter_query.filters import FIELDS, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
@@ -119,6 +120,21 @@ class Aggregates:
     groups: dict[Key, Stats]
     exact: bool
     shown: list[Any] = field(default_factory=list)
+    counted_from: datetime | None = None
+    """Set when only raw rows could answer and retention had dropped those before it (see
+    `_COUNTED_FROM`): the answer counts the window from here on."""
+
+
+#: When an answer can only come from raw rows: the oldest raw row, if the window starts before it
+#: and the rollups (kept far longer) hold traffic in whole hours before it, i.e. retention dropped
+#: raw rows the window asks for (it drops whole days). A fresh install whose window starts before
+#: its first record is not flagged.
+_COUNTED_FROM = """
+SELECT r.first FROM (SELECT min(start_time) AS first FROM usage_records) AS r
+WHERE r.first > $1
+  AND EXISTS (SELECT 1 FROM usage_1h WHERE dims_mask = 0 AND bucket >= $2
+              AND bucket + interval '1 hour' <= r.first)
+"""
 
 
 class Aggregator:
@@ -134,7 +150,7 @@ class Aggregator:
     def _query(self, window: Window, filt: Filter, group: Grouping | None,
                bucket: timedelta | None) -> _Query:
         dims = set(filt.columns())
-        rollups_ok = filt.rollup_compatible() and (group is None or group.dims is not None)
+        rollups_ok = _rollups_can_answer(filt, group)
         if group is not None and group.dims is not None:
             dims |= group.dims
         small = window.end - window.start <= self._exact_window
@@ -156,6 +172,10 @@ class Aggregator:
         query = self._query(window, filt, group, bucket)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
+            counted_from = None
+            if not _rollups_can_answer(filt, group) and window.end - window.start > self._exact_window:
+                hour = floor_to(window.start, timedelta(hours=1))
+                counted_from = await conn.fetchval(_COUNTED_FROM, window.start, hour)
             groups: dict[Key, Stats] = {}
             columns = _MEASURE_COLUMNS if measures is None else _measure_subset(measures)
             sql, params = query.measures(columns)
@@ -185,13 +205,18 @@ class Aggregator:
                 for rows in results[len(reads):]:
                     _collect(collectors, rows, False, OTHER)
                 _read_quantiles(groups, collectors, percentiles)
-        return Aggregates(groups, exact, shown)
+        return Aggregates(groups, exact, shown, counted_from)
 
     def _parts(self, query: _Query, groups: int) -> list[_Query]:
         """The query cut by time into one part per lane when it reads enough histogram rows."""
         if self._lanes < 2 or groups * rollup_buckets(query.stretches) < self._split_min_rows:
             return [query]
         return [query.over(part) for part in split(query.stretches, self._lanes)]
+
+
+def _rollups_can_answer(filt: Filter, group: Grouping | None) -> bool:
+    """Whether the rollups keep every field the filter tests and the grouping needs."""
+    return filt.rollup_compatible() and (group is None or group.dims is not None)
 
 
 def _measure_subset(names: Sequence[str]) -> tuple[str, ...]:

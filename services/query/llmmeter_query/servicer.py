@@ -64,6 +64,11 @@ def _buckets(window: Window, width: timedelta) -> list[datetime]:
     return out
 
 
+def _counted(agg: Aggregates) -> dict[str, Any]:
+    """The response's `counted_from` when retention had cut the raw rows the answer needed."""
+    return {} if agg.counted_from is None else {"counted_from": ts(agg.counted_from)}
+
+
 def _by_requests(totals: dict[Any, Stats]) -> list[Any]:
     """Busiest groups first (ties by name): which series get their own line."""
     return sorted(totals, key=lambda g: (-metrics.requests(totals[g]), str(g)))
@@ -116,7 +121,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         agg = await self._agg.run(_window(request), parse_filter(request.filter), None, None)
         stats = agg.groups.get(("", None), Stats())
         return query_pb2.GetSummaryResponse(summary=query_pb2.Summary(
-            **metrics.summary(stats), percentile_method=_method(agg)))
+            **metrics.summary(stats), percentile_method=_method(agg)), **_counted(agg))
 
     async def ListRequests(self, request: query_pb2.ListRequestsRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.ListRequestsResponse:
@@ -162,7 +167,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             totals[b] += metrics.requests(s)
         contexts = [metrics.Bucket(window.overlap(b, width), totals[b]) for b in buckets]
         empty = Stats()  # read only: a bucket without rows
-        response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg))
+        response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg),
+                                                   **_counted(agg))
         for metric, metric_name in zip(request.metrics, names, strict=True):
             fn = metrics.SERIES[metric_name]
             for g in groups:
@@ -197,7 +203,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         cut = rows[: request.top_n] if request.top_n else rows
         return query_pb2.GetBreakdownResponse(
             rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(totals) - len(cut),
-            percentile_method=_method(agg))
+            percentile_method=_method(agg), **_counted(agg))
 
     async def ExportRequests(self, request: query_pb2.ExportRequestsRequest,
                              context: grpc.aio.ServicerContext,

@@ -19,6 +19,7 @@ from llmmeter.cli.usage_metrics import metric_label, metric_names, parse_metric
 from llmmeter.cli.usage_render import (
     SERIES_CSV_HEADER,
     breakdown_table,
+    note_counted_from,
     series_chart,
     series_rows,
     summary_table,
@@ -227,6 +228,7 @@ async def run_summary(args: argparse.Namespace, config: ClientConfig) -> int:
     request = set_window(query_pb2.GetSummaryRequest(filter=args.filter), span)
     async with QueryClient(config) as client:
         response = await client.get_summary(request)
+    note_counted_from(response)
     print_response(
         response,
         args.format,
@@ -255,6 +257,7 @@ async def run_series(args: argparse.Namespace, config: ClientConfig) -> int:
     )
     async with QueryClient(config) as client:
         response = await client.get_time_series(request)
+    note_counted_from(response)
     print_response(
         response,
         args.format,
@@ -279,6 +282,7 @@ async def run_breakdown(args: argparse.Namespace, config: ClientConfig) -> int:
     )
     async with QueryClient(config) as client:
         response = await client.get_breakdown(request)
+    note_counted_from(response)
     print_response(
         response,
         args.format,

@@ -8,6 +8,7 @@ line contract.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -173,3 +174,12 @@ def breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str
     out.print(table)
     if response.omitted_groups:
         out.print(f"... {response.omitted_groups:,} more groups not shown (--top 0 for all)")
+
+
+def note_counted_from(response: Any) -> None:
+    """Says on stderr (whatever the format) when retention cut the raw rows an answer needed, so a
+    30-day report filtered on metadata is never silently a 14-day one."""
+    if response.HasField("counted_from"):
+        since = format_timestamp(response.counted_from)
+        print(f"llmmeter: note: counted from {since} on: this filter or grouping needs raw rows, and "
+              "retention has dropped the older ones", file=sys.stderr)

@@ -432,18 +432,28 @@ class GetSummaryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUMMARY_FIELD_NUMBER: _builtins.int
+    COUNTED_FROM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def summary(self) -> Global___Summary:
         """The cards."""
+
+    @_builtins.property
+    def counted_from(self) -> _timestamp_pb2.Timestamp:
+        """Set when the answer could only come from raw rows (a filter or grouping the rollups do not
+        keep: metadata.*, request_id, model_id, ...), the window starts earlier than the oldest raw
+        row, and the rollups show traffic before it: raw rows were dropped by retention, and only
+        requests from this time on are counted. Unset when the whole window was counted.
+        """
 
     def __init__(
         self,
         *,
         summary: Global___Summary | None = ...,
+        counted_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counted_from", b"counted_from", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_from", b"counted_from", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -808,6 +818,7 @@ class GetTimeSeriesResponse(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     GRANULARITY_FIELD_NUMBER: _builtins.int
     PERCENTILE_METHOD_FIELD_NUMBER: _builtins.int
+    COUNTED_FROM_FIELD_NUMBER: _builtins.int
     granularity: _builtins.str
     """The bucket width used, e.g. `1h`."""
     percentile_method: Global___PercentileMethod.ValueType
@@ -816,16 +827,25 @@ class GetTimeSeriesResponse(_message.Message):
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
         """Series in metric order, groups by descending request count."""
 
+    @_builtins.property
+    def counted_from(self) -> _timestamp_pb2.Timestamp:
+        """Set when the answer could only come from raw rows (a filter or grouping the rollups do not
+        keep: metadata.*, request_id, model_id, ...), the window starts earlier than the oldest raw
+        row, and the rollups show traffic before it: raw rows were dropped by retention, and only
+        requests from this time on are counted. Unset when the whole window was counted.
+        """
+
     def __init__(
         self,
         *,
         series: _abc.Iterable[Global___Series] | None = ...,
         granularity: _builtins.str = ...,
         percentile_method: Global___PercentileMethod.ValueType = ...,
+        counted_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counted_from", b"counted_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["granularity", b"granularity", "percentile_method", b"percentile_method", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_from", b"counted_from", "granularity", b"granularity", "percentile_method", b"percentile_method", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1032,6 +1052,7 @@ class GetBreakdownResponse(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     OMITTED_GROUPS_FIELD_NUMBER: _builtins.int
     PERCENTILE_METHOD_FIELD_NUMBER: _builtins.int
+    COUNTED_FROM_FIELD_NUMBER: _builtins.int
     omitted_groups: _builtins.int
     """Groups beyond top_n (0 when none were cut)."""
     percentile_method: Global___PercentileMethod.ValueType
@@ -1040,16 +1061,25 @@ class GetBreakdownResponse(_message.Message):
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakdownRow]:
         """Sorted rows."""
 
+    @_builtins.property
+    def counted_from(self) -> _timestamp_pb2.Timestamp:
+        """Set when the answer could only come from raw rows (a filter or grouping the rollups do not
+        keep: metadata.*, request_id, model_id, ...), the window starts earlier than the oldest raw
+        row, and the rollups show traffic before it: raw rows were dropped by retention, and only
+        requests from this time on are counted. Unset when the whole window was counted.
+        """
+
     def __init__(
         self,
         *,
         rows: _abc.Iterable[Global___BreakdownRow] | None = ...,
         omitted_groups: _builtins.int = ...,
         percentile_method: Global___PercentileMethod.ValueType = ...,
+        counted_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counted_from", b"counted_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["omitted_groups", b"omitted_groups", "percentile_method", b"percentile_method", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_from", b"counted_from", "omitted_groups", b"omitted_groups", "percentile_method", b"percentile_method", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
