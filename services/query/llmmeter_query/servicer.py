@@ -69,15 +69,10 @@ def _counted(agg: Aggregates) -> dict[str, Any]:
     return {} if agg.counted_from is None else {"counted_from": ts(agg.counted_from)}
 
 
-def _by_requests(totals: dict[Any, Stats]) -> list[Any]:
-    """Busiest groups first (ties by name): which series get their own line."""
-    return sorted(totals, key=lambda g: (-metrics.requests(totals[g]), str(g)))
-
-
 def _rank_by(metric: int) -> tuple[str, Callable[[dict[Any, Stats]], list[Any]]]:
-    """The series metric groups are ranked by, and the ranking: largest total first, ties by name."""
-    if metric in (query_pb2.METRIC_UNSPECIFIED, query_pb2.METRIC_REQUESTS):
-        return "REQUESTS", _by_requests
+    """The series metric groups are ranked by (default: requests, the busiest groups get their own
+    line), and the ranking: largest total over the window first, ties by name."""
+    metric = metric or query_pb2.METRIC_REQUESTS
     name = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
     if name not in metrics.RANKABLE:
         allowed = ", ".join(f"METRIC_{n}" for n in sorted(metrics.RANKABLE))
