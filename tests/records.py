@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,3 +73,14 @@ async def ingest(stub: Any, recs: list[usage_pb2.UsageRecord]) -> None:
     for i in range(0, len(recs), 5000):
         resp = await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=recs[i:i + 5000]))
         assert resp.accepted_count == len(recs[i:i + 5000]), resp
+
+
+def alike(a: Any, b: Any, rel: float = 1e-12) -> bool:
+    """Equal dicts or messages, except that floats need only agree to `rel`: PostgreSQL may add a
+    double precision column (TPOT, ITL sums) in another order from one statement to the next
+    (parallel aggregation, another plan), which changes the last bits and nothing else."""
+    fa, fb = (x if isinstance(x, Mapping) else {f.name: v for f, v in x.ListFields()} for x in (a, b))
+    if fa.keys() != fb.keys():
+        return False
+    return all(math.isclose(x, y, rel_tol=rel) if isinstance(x, float) and isinstance(y, float) else x == y
+               for x, y in ((fa[k], fb[k]) for k in fa))
