@@ -26,6 +26,7 @@ from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sq
 from llmmeter_common.timeutil import floor_to
 from llmmeter_query.filters import FIELDS, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
+from llmmeter_query.local_days import LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
 from llmmeter_query.window import Stretch, Window, plan, rollup_buckets, split, usable_levels
 
@@ -148,28 +149,31 @@ class Aggregator:
         self._split_min_rows = split_min_rows
 
     def _query(self, window: Window, filt: Filter, group: Grouping | None,
-               bucket: timedelta | None) -> _Query:
+               bucket: timedelta | None, days: LocalDays | None = None) -> _Query:
         dims = set(filt.columns())
         rollups_ok = _rollups_can_answer(filt, group)
         if group is not None and group.dims is not None:
             dims |= group.dims
         small = window.end - window.start <= self._exact_window
-        levels = usable_levels(bucket) if rollups_ok and not small else ()
-        return _Query(filt, group, bucket, plan(window.start, window.end, levels), covering_mask(dims))
+        days = days if bucket == timedelta(days=1) else None
+        nesting = days.levels(window) if days is not None else usable_levels(bucket)
+        levels = nesting if rollups_ok and not small else ()
+        return _Query(filt, group, bucket, plan(window.start, window.end, levels), covering_mask(dims), days)
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
                   *, top: Top | None = None,
                   percentiles: Mapping[str, Sequence[float]] = ALL_PERCENTILES,
-                  measures: Sequence[str] | None = None) -> Aggregates:
+                  measures: Sequence[str] | None = None, days: LocalDays | None = None) -> Aggregates:
         """Aggregate; only the `percentiles` asked for ({prefix: quantiles}) are computed, exactly
         when only raw rows were read and no groups fold, and only the `measures` named (all when
         None; request_count always, `Top` orders may need it). Every summed column costs: numeric
         sums especially, and a series chart needs one or two.
 
         All statements of one call read one snapshot, so a row the rollup worker moves
-        meanwhile is counted once in the sums and the histograms alike.
+        meanwhile is counted once in the sums and the histograms alike. With `days`, day buckets
+        are that time zone's local days.
         """
-        query = self._query(window, filt, group, bucket)
+        query = self._query(window, filt, group, bucket, days)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
             counted_from = None
@@ -197,7 +201,7 @@ class Aggregator:
                 reads = self._parts(query, len({g for g, _ in groups}) if only is None else len(only))
                 statements: list[Statement] = [q.histograms(prefixes, only) for q in reads]
                 if fold:  # "other" = the total minus the kept groups
-                    total = self._query(window, filt, None, bucket)
+                    total = self._query(window, filt, None, bucket, days)
                     statements += [q.histograms(prefixes, None) for q in self._parts(total, 1)]
                 results = await fetch_all(self._pool, conn, statements, self._lanes)
                 for rows in results[: len(reads)]:
@@ -293,18 +297,20 @@ class _Query:
     """Builds the UNION ALL over stretches for one aggregation."""
 
     def __init__(self, filt: Filter, group: Grouping | None, bucket: timedelta | None,
-                 stretches: list[Stretch], mask: int) -> None:
-        self.filt, self.group, self.bucket = filt, group, bucket
+                 stretches: list[Stretch], mask: int, days: LocalDays | None = None) -> None:
+        self.filt, self.group, self.bucket, self.days = filt, group, bucket, days
         self.stretches, self.mask = stretches, mask
 
     def over(self, stretches: list[Stretch]) -> _Query:
         """The same query over other stretches (a part of this one's)."""
-        return _Query(self.filt, self.group, self.bucket, stretches, self.mask)
+        return _Query(self.filt, self.group, self.bucket, stretches, self.mask, self.days)
 
     def _keys(self, time_col: str) -> str:
         g = self.group.expr if self.group else "''"
         if self.bucket is None:
             tb = "NULL::timestamptz"
+        elif self.days is not None:
+            tb = f"date_trunc('day', {time_col}, {self.days.sql})"
         else:
             tb = f"date_bin('{int(self.bucket.total_seconds())} seconds', {time_col}, {_ORIGIN_SQL})"
         return f"{g} AS g, {tb} AS tb"

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_query import metrics
 from llmmeter_query.aggregate import Aggregator, Grouping, Stats
 from llmmeter_query.filters import Filter
+from llmmeter_query.local_days import Calendar
 from llmmeter_query.window import Window
 
 CHUNK_BYTES = 256 * 1024
@@ -107,7 +108,7 @@ _AGG_COLUMNS = _FIRST_AGG_COLUMNS + tuple(
 
 
 async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter,
-                            groups: list[Grouping], bucket: timedelta | None,
+                            groups: list[Grouping], calendar: Calendar | None,
                             ) -> AsyncIterator[tuple[bytes, int]]:
     """Yield CSV chunks of metrics per combination of `groups` (and per bucket, if given); a
     bucket's rpm and tpm are over its part inside the window."""
@@ -120,7 +121,8 @@ async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter
         " || '\x1f' || ".join(f"({g.expr})::text" for g in groups),
         None if any(g.dims is None for g in groups) else frozenset().union(*(g.dims or () for g in groups)),
     )
-    result = await aggregator.run(window, filt, combined, bucket)
+    bucket = calendar.width if calendar is not None else None
+    result = await aggregator.run(window, filt, combined, bucket, days=calendar.days if calendar else None)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = [g.name for g in groups] + (["bucket"] if bucket is not None else []) + list(_AGG_COLUMNS)
@@ -128,7 +130,7 @@ async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter
     rows = 0
     ordered = sorted(result.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or window.start))
     for (key, tb), stats in ordered:
-        span = window.overlap(tb, bucket) if tb is not None and bucket is not None else None
+        span = window.overlap(tb, calendar.end(tb)) if tb is not None and calendar is not None else None
         row = metrics.breakdown_row("", stats, window.minutes if span is None else span.total_seconds() / 60)
         row["cost"] = metrics.cost(stats)  # exact, for chargeback
         row.update(metrics.units(stats))

@@ -17,12 +17,12 @@ import grpc
 
 from llmmeter.v1 import query_pb2, query_pb2_grpc
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.timeutil import floor_to
 from llmmeter_query import metrics
 from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
 from llmmeter_query.convert import opt_time, request_row, ts, usage_record
 from llmmeter_query.export import export_aggregates, export_requests
 from llmmeter_query.filters import parse_filter
+from llmmeter_query.local_days import Calendar, parse_time_zone
 from llmmeter_query.request_log import RequestLog
 from llmmeter_query.tail import TailHub
 from llmmeter_query.window import Window, parse_granularity, resolve_window
@@ -54,14 +54,6 @@ def _order(order_by: str) -> tuple[str, bool]:
         raise InvalidArgument(f"order_by: unknown column {text!r}",
                               [FieldViolation("order_by", f"one of {', '.join(metrics.BREAKDOWN_COLUMNS)}")])
     return text, (text != "group") if desc is None else desc
-
-
-def _buckets(window: Window, width: timedelta) -> list[datetime]:
-    t, out = floor_to(window.start, width), []
-    while t < window.end:
-        out.append(t)
-        t += width
-    return out
 
 
 def _counted(agg: Aggregates) -> dict[str, Any]:
@@ -150,17 +142,19 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         rank_name, rank = _rank_by(request.rank_by)
         top = Top(top_n, rank, fold=True) if group else None
         measures = [c for n in (*names, rank_name) for c in metrics.SERIES_MEASURES[n]]
+        calendar = Calendar.of(width, parse_time_zone(request.time_zone))
         agg = await self._agg.run(window, parse_filter(request.filter), group, width, top=top,
-                                  percentiles=_series_percentiles(names), measures=measures)
+                                  percentiles=_series_percentiles(names), measures=measures,
+                                  days=calendar.days)
         groups, stats = (agg.shown if group else [""]), agg.groups
-        buckets = _buckets(window, width)
+        buckets = calendar.starts(window)
         stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
         # rates divide by the time a bucket has inside the window (the first and last are cut);
         # shares by the bucket's requests of every group together
         totals: dict[datetime | None, int] = defaultdict(int)
         for (_, b), s in stats.items():
             totals[b] += metrics.requests(s)
-        contexts = [metrics.Bucket(window.overlap(b, width), totals[b]) for b in buckets]
+        contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
         empty = Stats()  # read only: a bucket without rows
         response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg),
                                                    **_counted(agg))
@@ -214,10 +208,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                                ) -> AsyncIterator[query_pb2.ExportAggregatesResponse]:
         """Grouped metrics as CSV chunks."""
         window = _window(request)
-        bucket = parse_granularity(request.granularity, window)[1] if request.granularity else None
+        days = parse_time_zone(request.time_zone)
+        width = parse_granularity(request.granularity, window)[1] if request.granularity else None
+        calendar = Calendar.of(width, days) if width is not None else None
         groups = [g for g in (parse_group(name) for name in request.group_by) if g is not None]
         async for data, rows in export_aggregates(self._agg, window, parse_filter(request.filter),
-                                                  groups, bucket):
+                                                  groups, calendar):
             yield query_pb2.ExportAggregatesResponse(data=data, rows_written=rows)
 
     async def TailRequests(self, request: query_pb2.TailRequestsRequest,

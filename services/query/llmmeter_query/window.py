@@ -51,10 +51,10 @@ class Window:
         """Length in minutes (for per-minute rates)."""
         return (self.end - self.start).total_seconds() / 60
 
-    def overlap(self, start: datetime, width: timedelta) -> timedelta:
-        """How much of the bucket [start, start + width) lies inside the window: per-bucket
-        rates divide by it, so the buckets the window's ends cut show no false dips."""
-        return min(start + width, self.end) - max(start, self.start)
+    def overlap(self, start: datetime, end: datetime) -> timedelta:
+        """How much of the bucket [start, end) lies inside the window: per-bucket rates divide
+        by it, so the buckets the window's ends cut show no false dips."""
+        return min(end, self.end) - max(start, self.start)
 
 
 @dataclass(frozen=True)

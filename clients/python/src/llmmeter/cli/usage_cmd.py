@@ -61,6 +61,7 @@ examples:
   llmmeter usage series --since 6h
   llmmeter usage series --metric latency_p95 --metric ttft_p95 --granularity 5m --since 2h
   llmmeter usage series --metric cost --by team --top 5 --since 7d --granularity 1d
+  llmmeter usage series --metric cost --since 30d --granularity 1d --tz America/New_York
   llmmeter usage series --metric cost --by model --rank-by cost --top 5 --since 30d
   llmmeter usage series --metric failures --by status_class --format csv
 
@@ -141,6 +142,7 @@ def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> 
         default="auto",
         help="bucket width (default: auto, about 60-200 points)",
     )
+    add_time_zone_argument(series)
     series.add_argument(
         "--by",
         default="",
@@ -211,6 +213,7 @@ def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> 
         default=None,
         help="one row per group and time bucket (default: one row per group over the window)",
     )
+    add_time_zone_argument(export)
     export.add_argument(
         "--output", "-o", required=True, metavar="FILE", help="file to write, or - for stdout"
     )
@@ -249,6 +252,7 @@ async def run_series(args: argparse.Namespace, config: ClientConfig) -> int:
             filter=args.filter,
             metrics=args.metrics or [query_pb2.METRIC_REQUESTS],
             granularity=args.granularity,
+            time_zone=args.tz,
             group_by=args.by,
             top_n=args.top,
             rank_by=args.rank_by,
@@ -293,6 +297,16 @@ async def run_breakdown(args: argparse.Namespace, config: ClientConfig) -> int:
     return 0
 
 
+def add_time_zone_argument(parser: argparse.ArgumentParser) -> None:
+    """`--tz`: whose days the day buckets are; an organisation's "per day" is rarely UTC's."""
+    parser.add_argument(
+        "--tz",
+        default="",
+        metavar="ZONE",
+        help="IANA time zone whose local days the 1d buckets are, e.g. America/New_York (default: UTC)",
+    )
+
+
 # export
 
 
@@ -300,7 +314,10 @@ async def run_export(args: argparse.Namespace, config: ClientConfig) -> int:
     """Writes the grouped-metrics CSV to a file, streaming."""
     request = set_window(
         query_pb2.ExportAggregatesRequest(
-            filter=args.filter, group_by=args.by or ["team"], granularity=args.granularity or ""
+            filter=args.filter,
+            group_by=args.by or ["team"],
+            granularity=args.granularity or "",
+            time_zone=args.tz,
         ),
         window(args),
     )

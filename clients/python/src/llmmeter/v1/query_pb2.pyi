@@ -699,6 +699,7 @@ class GetTimeSeriesRequest(_message.Message):
     GROUP_BY_FIELD_NUMBER: _builtins.int
     TOP_N_FIELD_NUMBER: _builtins.int
     RANK_BY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
     """AIP-160 filter (see QueryService)."""
     granularity: _builtins.str
@@ -712,6 +713,11 @@ class GetTimeSeriesRequest(_message.Message):
     count (so a cost chart keeps the most expensive groups). Only metrics that add up:
     requests, successes, failures, cost, the token counts and the usage units (images, audio
     and video seconds, characters). Default: METRIC_REQUESTS.
+    """
+    time_zone: _builtins.str
+    """IANA time zone (e.g. `America/New_York`) whose local days the `1d` buckets are: they start
+    at its midnights (23 or 25 hours long across a DST change). Default: UTC. Buckets shorter
+    than a day are not affected.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -736,10 +742,11 @@ class GetTimeSeriesRequest(_message.Message):
         group_by: _builtins.str = ...,
         top_n: _builtins.int = ...,
         rank_by: Global___Metric.ValueType = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "filter", b"filter", "granularity", b"granularity", "group_by", b"group_by", "metrics", b"metrics", "rank_by", b"rank_by", "start_time", b"start_time", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "filter", b"filter", "granularity", b"granularity", "group_by", b"group_by", "metrics", b"metrics", "rank_by", b"rank_by", "start_time", b"start_time", "time_zone", b"time_zone", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1160,10 +1167,13 @@ class ExportAggregatesRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
     GRANULARITY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
     """AIP-160 filter (see QueryService)."""
     granularity: _builtins.str
     """Optional time bucket (`1h`, `1d`, ...); empty for one row per group over the window."""
+    time_zone: _builtins.str
+    """IANA time zone whose local days the `1d` buckets are (see GetTimeSeriesRequest.time_zone)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the window, inclusive. Default: end_time minus 24 hours."""
@@ -1184,10 +1194,11 @@ class ExportAggregatesRequest(_message.Message):
         filter: _builtins.str = ...,
         group_by: _abc.Iterable[_builtins.str] | None = ...,
         granularity: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "filter", b"filter", "granularity", b"granularity", "group_by", b"group_by", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "filter", b"filter", "granularity", b"granularity", "group_by", b"group_by", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
