@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from llmmeter.v1 import query_pb2 as M
-from llmmeter_query.local_days import LocalDays, parse_time_zone
+from llmmeter_query.local_days import Calendar, LocalDays, parse_time_zone
 from llmmeter_query.window import Window
 
 from cli_helpers import cli
@@ -30,7 +30,7 @@ NEW_YORK = ZoneInfo("America/New_York")
 def test_local_days_across_dst_changes() -> None:
     days = LocalDays(NEW_YORK)
     window = Window(datetime(2026, 10, 31, 12, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
-    starts = days.starts(window)
+    starts = Calendar.of(timedelta(days=1), days).starts(window)
     assert [s.astimezone(NEW_YORK).isoformat() for s in starts] == [
         "2026-10-31T00:00:00-04:00", "2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00"]
     assert [(days.after(s) - s) / timedelta(hours=1) for s in starts] == [24, 25, 24]  # clocks go back

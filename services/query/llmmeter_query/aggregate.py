@@ -26,7 +26,7 @@ from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sq
 from llmmeter_common.timeutil import floor_to
 from llmmeter_query.filters import FIELDS, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter
 from llmmeter_query.histograms import Collector
-from llmmeter_query.local_days import LocalDays
+from llmmeter_query.local_days import Calendar, LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
 from llmmeter_query.window import Stretch, Window, plan, rollup_buckets, split, usable_levels
 
@@ -155,7 +155,7 @@ class Aggregator:
         if group is not None and group.dims is not None:
             dims |= group.dims
         small = window.end - window.start <= self._exact_window
-        days = days if bucket == timedelta(days=1) else None
+        days = Calendar.of(bucket, days).days if bucket is not None else None
         nesting = days.levels(window) if days is not None else usable_levels(bucket)
         levels = nesting if rollups_ok and not small else ()
         return _Query(filt, group, bucket, plan(window.start, window.end, levels), covering_mask(dims), days)

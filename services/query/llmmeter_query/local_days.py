@@ -42,14 +42,6 @@ class LocalDays:
         local = day.astimezone(self.zone)
         return datetime.combine(local.date() + timedelta(days=1), time(), tzinfo=self.zone).astimezone(UTC)
 
-    def starts(self, window: Window) -> list[datetime]:
-        """The starts of the local days that meet the window, in order."""
-        out, t = [], self.floor(window.start)
-        while t < window.end:
-            out.append(t)
-            t = self.after(t)
-        return out
-
     def levels(self, window: Window) -> tuple[Level, ...]:
         """Rollup levels that nest in this zone's days over the window: hours when every offset
         it has there is whole hours, else minutes only."""
@@ -89,12 +81,11 @@ class Calendar:
 
     def starts(self, window: Window) -> list[datetime]:
         """The starts of the buckets that meet the window, in order."""
-        if self.days is not None:
-            return self.days.starts(window)
-        t, out = floor_to(window.start, self.width), []
+        t = self.days.floor(window.start) if self.days is not None else floor_to(window.start, self.width)
+        out = []
         while t < window.end:
             out.append(t)
-            t += self.width
+            t = self.end(t)
         return out
 
     def end(self, start: datetime) -> datetime:

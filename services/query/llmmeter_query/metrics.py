@@ -167,7 +167,7 @@ def _avg(sum_col: str, count_col: str) -> SeriesFn:
 
 
 #: Series metric name (Metric enum without the prefix) -> value of a bucket, None when undefined;
-#: the second argument is how much of the bucket lies inside the window (rates divide by it).
+#: the `Bucket` gives its span inside the window (rates) and all groups' requests (shares).
 SERIES: dict[str, SeriesFn] = {
     "REQUESTS": lambda s, _b: requests(s),
     "REQUESTS_PER_SECOND": lambda s, b: requests(s) / b.span.total_seconds(),
