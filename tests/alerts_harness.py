@@ -23,6 +23,7 @@ import grpc
 from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc, query_pb2
 from llmmeter_alerts.server import AlertsServer
 
+from keyring import keyed_channel
 from records import record
 
 A = alerts_pb2
@@ -100,7 +101,7 @@ async def stop(server: AlertsServer) -> None:
 
 
 def stub(server: AlertsServer) -> tuple[grpc.aio.Channel, alerts_pb2_grpc.AlertsServiceStub]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = keyed_channel(f"127.0.0.1:{server.port}")
     return channel, alerts_pb2_grpc.AlertsServiceStub(channel)
 
 

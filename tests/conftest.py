@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 
 from llmmeter.v1 import ingest_pb2_grpc, query_pb2_grpc
@@ -41,6 +40,7 @@ from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
 
 from cli_helpers import base_time
+from keyring import ADMIN, keyed_channel, store_admin_key
 from records import ingest, record
 
 # These helper modules assert too: rewritten like test modules, their failures show the values
@@ -101,7 +101,20 @@ async def template_url(pg_server_url: str) -> str:
         await conn.close()
     url = _with_db(pg_server_url, _TEMPLATE)
     await migrate(url, "postgres")
+    await store_admin_key(url)
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_key_in_environment() -> Iterator[None]:
+    """The CLI (in process or a subprocess) finds the session's admin key as a user's shell would."""
+    before = os.environ.get("LLMMETER_API_KEY")
+    os.environ["LLMMETER_API_KEY"] = ADMIN.token
+    yield
+    if before is None:
+        os.environ.pop("LLMMETER_API_KEY", None)
+    else:
+        os.environ["LLMMETER_API_KEY"] = before
 
 
 async def create_database(server_url: str, template: str | None = _TEMPLATE) -> str:
@@ -136,7 +149,7 @@ def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
     """Settings for an in-process ingest service on a free loopback port."""
     values: dict[str, object] = {
         "database_url": db_url, "host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 5.0,
-        "metrics_port": 0,
+        "metrics_port": 0, "bootstrap_admin_key": ADMIN.token,
     }
     values.update(overrides)
     return IngestSettings(**values)  # type: ignore[arg-type]
@@ -162,7 +175,7 @@ def ingest_addr(ingest_server: IngestServer) -> str:
 @pytest.fixture
 async def ingest_stub(ingest_addr: str) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
     """The generated stub on a real channel to the running ingest service."""
-    async with grpc.aio.insecure_channel(ingest_addr) as channel:
+    async with keyed_channel(ingest_addr) as channel:
         yield ingest_pb2_grpc.IngestServiceStub(channel)
 
 
@@ -181,7 +194,8 @@ async def own_cluster() -> AsyncIterator[LocalCluster]:
 async def query_server(db_url: str) -> AsyncIterator[QueryServer]:
     """A running query service on this test's database."""
     server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0,
-                                       shutdown_grace_seconds=2.0, metrics_port=0))
+                                       shutdown_grace_seconds=2.0, metrics_port=0,
+                                       bootstrap_admin_key=ADMIN.token))
     await server.start()
     try:
         yield server
@@ -192,7 +206,7 @@ async def query_server(db_url: str) -> AsyncIterator[QueryServer]:
 @pytest.fixture
 async def query_stub(query_server: QueryServer) -> AsyncIterator[query_pb2_grpc.QueryServiceStub]:
     """The generated stub on a real channel to the running query service."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{query_server.port}") as channel:
+    async with keyed_channel(f"127.0.0.1:{query_server.port}") as channel:
         yield query_pb2_grpc.QueryServiceStub(channel)
 
 
@@ -315,7 +329,7 @@ async def make_alerts(db_url: str, query_server: QueryServer) -> AsyncIterator[F
     async def make(clock: FakeClock, **overrides: Any) -> AlertsServer:
         values: dict[str, Any] = {
             "database_url": db_url, "host": "127.0.0.1", "port": 0,
-            "query_addr": f"127.0.0.1:{query_server.port}", "evaluate": False,
+            "query_addr": f"127.0.0.1:{query_server.port}", "query_api_key": ADMIN.token, "evaluate": False,
             "webhook_timeout_seconds": 10.0, "webhook_initial_backoff_seconds": 30.0,
             "shutdown_grace_seconds": 1.0, "metrics_port": 0,
         }

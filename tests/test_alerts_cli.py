@@ -20,6 +20,7 @@ from llmmeter_alerts.server import AlertsServer
 from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_query.server import QueryServer
 
+from keyring import ADMIN
 from records import ingest, record
 
 RULES = """\
@@ -53,6 +54,7 @@ rules:
 async def alerts_addr(db_url: str, query_server: QueryServer) -> AsyncIterator[str]:
     server = AlertsServer(AlertsSettings(
         database_url=db_url, host="127.0.0.1", port=0, query_addr=f"127.0.0.1:{query_server.port}",
+        query_api_key=ADMIN.token,
         evaluate=False, shutdown_grace_seconds=1.0, metrics_port=0))
     await server.start()
     try:

@@ -15,6 +15,7 @@ from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_common.pgcluster import free_port
 from llmmeter_query.server import QueryServer
 
+from keyring import ADMIN
 from records import ingest, record
 
 
@@ -35,6 +36,7 @@ async def test_thousand_rules_within_one_interval(db_url: str, query_server: Que
     metrics_port = free_port()
     server = AlertsServer(AlertsSettings(
         database_url=db_url, host="127.0.0.1", port=0, query_addr=f"127.0.0.1:{query_server.port}",
+        query_api_key=ADMIN.token,
         evaluate=False, shutdown_grace_seconds=1.0, metrics_port=metrics_port,
         query_timeout_seconds=60.0), clock)  # a slow machine must not turn the count into a timing test
     await server.start()

@@ -8,14 +8,17 @@ import json
 import asyncpg
 
 from llmmeter.cli.main import main
+from llmmeter_common.migrate import load_migrations
 
 from conftest import create_database
+
+ALL_VERSIONS = [m.version for m in load_migrations("postgres")]
 
 
 async def test_db_migrate_applies_once(pg_server_url: str, capsys) -> None:
     url = await create_database(pg_server_url, template=None)
     assert await asyncio.to_thread(main, ["db", "migrate", "--database-url", url]) == 0
-    assert json.loads(capsys.readouterr().out) == {"applied": [1, 2, 3, 4, 5, 6, 7]}
+    assert json.loads(capsys.readouterr().out) == {"applied": ALL_VERSIONS}
     assert await asyncio.to_thread(main, ["db", "migrate", "--database-url", url]) == 0
     assert json.loads(capsys.readouterr().out) == {"applied": []}
     conn = await asyncpg.connect(url)

@@ -38,6 +38,7 @@ from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
 
 from conftest import drain_rollups, ingest_settings
+from keyring import keyed_channel
 from records import record
 
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
@@ -86,7 +87,7 @@ async def _watched(
 ) -> AsyncIterator[tuple[IngestClient, CallLog]]:
     """The client on a real channel to `addr` whose attempts are logged."""
     log = CallLog()
-    async with grpc.aio.insecure_channel(addr, interceptors=log.interceptors) as channel:
+    async with keyed_channel(addr, interceptors=log.interceptors) as channel:
         settings = ClientConfig(ingest_addr=addr, retry=retry, **config)
         async with IngestClient(settings, channel=channel) as client:
             yield client, log

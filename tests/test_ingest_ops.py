@@ -8,14 +8,13 @@ import signal
 import sys
 from datetime import UTC, datetime, timedelta
 
-import grpc
-
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.pgcluster import free_port
 from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.store import Store
 
 from conftest import ingest_settings
+from keyring import keyed_channel
 from records import record
 
 
@@ -43,7 +42,7 @@ async def test_client_ip_kept_whole_when_redaction_is_off(db_url, db_pool) -> No
     server = IngestServer(ingest_settings(db_url, redact_client_ip=False))
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             await ingest_pb2_grpc.IngestServiceStub(ch).WriteRecords(
                 ingest_pb2.WriteRecordsRequest(records=[record(client_ip="203.0.113.77")]))
     finally:
@@ -60,7 +59,7 @@ async def test_sigterm_stops_the_process_cleanly_after_in_flight_work(db_url, db
         sys.executable, "-m", "llmmeter_ingest", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             resp = await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(
                 records=[record() for _ in range(100)]), wait_for_ready=True, timeout=60)

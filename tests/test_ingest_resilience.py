@@ -10,12 +10,15 @@ import grpc
 import pytest
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
-from llmmeter_common.migrate import migrate
+from llmmeter_common.migrate import load_migrations, migrate
 from llmmeter_common.pgcluster import LocalCluster
 from llmmeter_ingest.server import IngestServer
 
 from conftest import create_database, drain_rollups, ingest_settings
+from keyring import keyed_channel
 from records import record
+
+ALL_VERSIONS = [m.version for m in load_migrations("postgres")]
 
 
 async def _batch(stub, recs) -> ingest_pb2.WriteRecordsResponse:
@@ -28,7 +31,7 @@ async def test_database_restart_during_ingest_loses_nothing_accepted(own_cluster
     batches = [[record() for _ in range(200)] for _ in range(30)]
     acked, unavailable = 0, 0
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
 
             crashed = asyncio.Event()
@@ -75,7 +78,7 @@ async def test_unreachable_database_gives_unavailable_and_writes_nothing(own_clu
     server = IngestServer(ingest_settings(own_cluster.dsn()))
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             recs = [record() for _ in range(50)]
             await asyncio.to_thread(own_cluster.stop, "fast")
@@ -112,7 +115,7 @@ async def test_full_queue_gives_resource_exhausted(db_url: str, db_pool) -> None
     await server.start()
     blocker = await _hold_rollup_lock(db_url)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             first = asyncio.create_task(_batch(stub, [record() for _ in range(8)]))
             while server.writer.queued_records < 8:
@@ -133,7 +136,7 @@ async def test_shutdown_finishes_calls_in_flight(db_url: str, db_pool) -> None:
     await server.start()
     blocker = await _hold_rollup_lock(db_url)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             inflight = asyncio.create_task(_batch(stub, [record() for _ in range(20)]))
             while server.writer.queued_records < 20:
@@ -153,17 +156,17 @@ async def test_shutdown_finishes_calls_in_flight(db_url: str, db_pool) -> None:
 
 async def test_migrations_run_twice_apply_once(pg_server_url: str) -> None:
     url = await create_database(pg_server_url, template=None)
-    assert await migrate(url) == [1, 2, 3, 4, 5, 6, 7]
+    assert await migrate(url) == ALL_VERSIONS
     assert await migrate(url) == []
 
 
 async def test_migrations_from_two_processes_at_once(pg_server_url: str) -> None:
     url = await create_database(pg_server_url, template=None)
     first, second = await asyncio.gather(migrate(url), migrate(url))
-    assert sorted(first + second) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(first + second) == ALL_VERSIONS
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == 7
+        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == len(ALL_VERSIONS)
         assert await conn.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1") == "postgres"
     finally:
         await conn.close()

@@ -14,6 +14,7 @@ import pytest
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
 
 from conftest import drain_rollups
+from keyring import keyed_channel
 from records import bad_request_fields, dur, record, ts
 
 
@@ -163,7 +164,7 @@ async def test_oversized_batch_is_refused(db_url) -> None:
     server = IngestServer(ingest_settings(db_url, max_batch_records=3))
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await write(stub, *(record() for _ in range(4)))

@@ -22,13 +22,14 @@ from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
 
 from conftest import ingest_settings
+from keyring import keyed_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def _status(port: int, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with keyed_channel(f"127.0.0.1:{port}") as ch:
         resp = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=5)
         return int(resp.status)
@@ -72,7 +73,7 @@ async def test_shutdown_reports_not_serving_before_the_server_goes(own_cluster: 
     ingest = IngestServer(ingest_settings(own_cluster.dsn(), shutdown_grace_seconds=1.0))
     await ingest.start()
     seen: list[int] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as ch:
+    async with keyed_channel(f"127.0.0.1:{ingest.port}") as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=INGEST))
 
         async def read() -> None:
@@ -93,7 +94,7 @@ async def test_shutdown_reports_not_serving_before_the_server_goes(own_cluster: 
 
 
 async def test_reflection_lists_the_services(ingest_addr: str) -> None:
-    async with grpc.aio.insecure_channel(ingest_addr) as ch:
+    async with keyed_channel(ingest_addr) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {s.name async for a in answers for s in a.list_services_response.service}
@@ -107,7 +108,7 @@ async def test_liveness_ignores_the_database(own_cluster) -> None:
                                           health_probe_timeout_seconds=0.5))
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = health_pb2_grpc.HealthStub(ch)
 
             async def status(name: str) -> int:

@@ -19,6 +19,7 @@ from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
 
 from conftest import ingest_settings
+from keyring import keyed_channel
 from records import record, ts
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -46,7 +47,7 @@ async def test_ingest_metrics_count_rpcs_codes_and_records(db_url: str) -> None:
     await server.start()
     metrics_port = server.settings.metrics_port
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             first = record()
             bad = record(latency_ms=-10)  # ends before it starts
@@ -91,7 +92,7 @@ async def test_query_metrics_and_extra_metrics_api(db_url: str) -> None:
             "llmmeter_alert_evaluations_total", "Alert rule evaluations by outcome.", ["outcome"])
         evaluations.labels(outcome="ok").inc(3)
         now = datetime.now(UTC)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             await query_pb2_grpc.QueryServiceStub(ch).GetSummary(query_pb2.GetSummaryRequest(
                 start_time=ts(now - timedelta(hours=1)), end_time=ts(now)))
         s = await scrape(server.settings.metrics_port)

@@ -28,6 +28,7 @@ from llmmeter_ingest.rows import to_rows
 from llmmeter_ingest.server import IngestServer
 
 from conftest import ingest_settings
+from keyring import keyed_channel
 from otlp_sink import serving
 from records import record
 
@@ -73,7 +74,7 @@ async def test_stored_records_become_genai_spans_and_histograms(db_url, collecto
     failed = record(model="claude-3", provider="anthropic", call_type="chat", status_code=429,
                     error_type="rate_limit", error_message="slow down", ttft_ms=None, output_tokens=0)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
             await stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[ok]))
             streamed = await stub.StreamRecords(iter([ingest_pb2.StreamRecordsRequest(records=[failed])]))

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -24,6 +23,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llmmeter_ingest.server import IngestServer
+
+from keyring import keyed_channel
 
 S = 1_000_000_000  # nanoseconds per second
 
@@ -136,7 +137,7 @@ async def test_refused_spans_are_reported_in_partial_success(sdk: Sdk, ingest_ad
              now - int(timedelta(days=30).total_seconds()) * S, 1.0)  # older than the raw retention
     sdk.span("GET /", {"http.request.method": "GET"}, now, 0.1)
     spans = list(sdk.memory.get_finished_spans())
-    async with grpc.aio.insecure_channel(ingest_addr) as ch:
+    async with keyed_channel(ingest_addr) as ch:
         resp = await trace_service_pb2_grpc.TraceServiceStub(ch).Export(encode_spans(spans))
     assert resp.partial_success.rejected_spans == 1
     assert "start_time" in resp.partial_success.error_message

@@ -23,6 +23,7 @@ from llmmeter_ingest.otlp_in import attributes
 from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
 
+from keyring import keyed_channel
 from otlp_sink import serving
 from records import ts
 
@@ -55,7 +56,7 @@ async def test_rpc_and_database_spans_join_the_callers_trace(db_url, collector) 
     caller = TracerProvider()  # another service (alerts) calling the query service
     now = datetime.now(UTC)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}",
+        async with keyed_channel(f"127.0.0.1:{server.port}",
                                              interceptors=client_interceptors(caller)) as ch:
             with caller.get_tracer("alerts").start_as_current_span("evaluate rule") as parent:
                 await query_pb2_grpc.QueryServiceStub(ch).GetSummary(query_pb2.GetSummaryRequest(

@@ -17,6 +17,7 @@ from llmmeter_query.export import CHUNK_BYTES
 from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
 
+from keyring import keyed_channel
 from records import ingest, record, ts
 
 
@@ -159,7 +160,7 @@ async def test_tail_ends_with_unavailable_when_the_service_stops(db_url) -> None
     await server.start()
     stopped = False
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             call = query_pb2_grpc.QueryServiceStub(ch).TailRequests(query_pb2.TailRequestsRequest())
             await asyncio.wait_for(call.initial_metadata(), 10)
             await server.stop()

@@ -16,6 +16,7 @@ from llmmeter_ingest.server import IngestServer
 
 from cli_helpers import cli, rfc3339
 from conftest import drain_rollups, ingest_settings
+from keyring import keyed_channel
 from records import bad_request_fields, ingest, record, ts
 
 HOUR = timedelta(hours=1)
@@ -159,7 +160,7 @@ async def test_totals_are_exact_while_rollups_lag(db_url, db_pool, query_stub) -
     assert server.rollups is not None
     await server.rollups.stop()  # the rollups lag: every record stays queued
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             now = datetime.now(UTC)
             recs = [record(now - timedelta(hours=3 * i + 1), cost=0.01 * i) for i in range(40)]
             await ingest(ingest_pb2_grpc.IngestServiceStub(ch), recs)

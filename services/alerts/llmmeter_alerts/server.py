@@ -16,9 +16,11 @@ import asyncpg
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
-from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc, query_pb2_grpc
+from llmmeter.channels import TlsConfig, open_channel
+from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc, keys_pb2, keys_pb2_grpc, query_pb2_grpc
 from llmmeter_alerts.clock import Clock, SystemClock
 from llmmeter_alerts.evaluator import Evaluator
+from llmmeter_alerts.keys_servicer import KeysServicer
 from llmmeter_alerts.leader import Leader
 from llmmeter_alerts.metrics_source import MetricSource
 from llmmeter_alerts.notify import DeliveryPolicy, Dispatcher
@@ -27,12 +29,14 @@ from llmmeter_alerts.servicer import AlertsServicer
 from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_alerts.store import AlertStore
 from llmmeter_common import telemetry
+from llmmeter_common.auth.keystore import KeyStore
 from llmmeter_common.migrate import migrate
-from llmmeter_common.serving import GrpcServer, wait_for_database
+from llmmeter_common.serving import GrpcServer, key_store, wait_for_database
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = alerts_pb2.DESCRIPTOR.services_by_name["AlertsService"].full_name
+KEYS_SERVICE_NAME = keys_pb2.DESCRIPTOR.services_by_name["KeysService"].full_name
 
 
 class AlertsServer:
@@ -60,8 +64,11 @@ class AlertsServer:
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=s.pool_max_size)
         self.store = AlertStore(self._pool)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-alerts")
-        self._channel = grpc.aio.insecure_channel(
-            s.query_addr, interceptors=telemetry.client_interceptors(self._tracing))
+        query_key = s.query_api_key or s.bootstrap_admin_key
+        self._channel = open_channel(
+            s.query_addr, query_key.get_secret_value() if query_key else None,
+            TlsConfig(s.query_tls_ca_file) if s.query_tls_ca_file else None,
+            interceptors=telemetry.client_interceptors(self._tracing))
         source = MetricSource(query_pb2_grpc.QueryServiceStub(self._channel), s.query_timeout_seconds)
         self.dispatcher = Dispatcher(self.store, self.clock, self.leader, DeliveryPolicy(
             timeout=s.webhook_timeout_seconds, max_attempts=s.webhook_max_attempts,
@@ -70,7 +77,11 @@ class AlertsServer:
         self.evaluator = Evaluator(self.store, source, self.clock, self.leader, self.dispatcher.wake,
                                    s.concurrency)
         servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url)
-        self._grpc = GrpcServer([SERVICE_NAME], tracer_provider=self._tracing)
+        keys = await key_store(s, self._pool)
+        self._grpc = GrpcServer([SERVICE_NAME, KEYS_SERVICE_NAME], keys=keys, tracer_provider=self._tracing)
+        # keys are managed here even when this replica's auth is off (the other services may check them)
+        key_admin = KeysServicer(keys or KeyStore(self._pool, s.auth_cache_seconds))
+        self._grpc.add(lambda srv: keys_pb2_grpc.add_KeysServiceServicer_to_server(key_admin, srv))
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: alerts_pb2_grpc.add_AlertsServiceServicer_to_server(servicer, srv))
@@ -85,7 +96,7 @@ class AlertsServer:
             lag.set(behind.total_seconds())
 
         self.evaluator.on_evaluated = evaluated
-        self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
+        self.port = await self._grpc.start(s.host, s.port, s.metrics_port, s.server_credentials())
         if s.evaluate:
             pruner = HistoryPruner(self._pool, self.leader, self.clock,
                                    timedelta(days=s.history_retention_days))

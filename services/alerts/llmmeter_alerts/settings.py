@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmmeter_common.security import SecuritySettings
 
-class AlertsSettings(BaseSettings):
+
+class AlertsSettings(BaseSettings, SecuritySettings):
     """Configuration of one alerts service process."""
 
     model_config = SettingsConfigDict(env_prefix="LLMMETER_ALERTS_", extra="ignore")
@@ -17,14 +21,21 @@ class AlertsSettings(BaseSettings):
     )
     """PostgreSQL or TimescaleDB connection URL."""
 
-    host: str = "0.0.0.0"
-    """Interface the gRPC server binds to."""
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds to (loopback by default; Kubernetes sets 0.0.0.0)."""
 
     port: int = 50053
     """gRPC port (0 picks a free one, for tests)."""
 
     query_addr: str = "localhost:50052"
     """host:port of the query service, where rule values come from."""
+
+    query_api_key: SecretStr | None = None
+    """The key the service calls the query service with (a read or admin key for every team);
+    unset: the bootstrap admin key."""
+
+    query_tls_ca_file: Path | None = None
+    """PEM CA bundle of the query service's certificate; set, the service calls it over TLS."""
 
     query_timeout_seconds: float = 10.0
     """Deadline of each call to the query service."""

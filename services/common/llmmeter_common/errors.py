@@ -29,6 +29,14 @@ class InvalidArgument(LlmmeterError):
         self.violations = violations or []
 
 
+class Unauthenticated(LlmmeterError):
+    """The call carries no valid API key."""
+
+
+class PermissionDenied(LlmmeterError):
+    """The caller's key may not make this call (its role or team scope)."""
+
+
 class NotFound(LlmmeterError):
     """The named resource does not exist."""
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 _CODES: list[tuple[type[errors.LlmmeterError], int]] = [
     (errors.InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (errors.NotFound, code_pb2.NOT_FOUND),
+    (errors.Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (errors.PermissionDenied, code_pb2.PERMISSION_DENIED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),

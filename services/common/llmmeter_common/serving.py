@@ -21,10 +21,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
+from llmmeter_common.auth.interceptor import AuthInterceptor
+from llmmeter_common.auth.keystore import KeyStore
 from llmmeter_common.dbprobe import DatabaseProbe
 from llmmeter_common.grpc_errors import DomainErrorInterceptor
 from llmmeter_common.heap import freeze_startup_objects
 from llmmeter_common.metrics import MetricsInterceptor, ServiceMetrics
+from llmmeter_common.security import SecuritySettings
 from llmmeter_common.telemetry import JsonFormatter, server_interceptor
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,19 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     handler.setFormatter(JsonFormatter() if json_lines
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+async def key_store(settings: SecuritySettings, pool: asyncpg.Pool) -> KeyStore | None:
+    """The key store a service checks calls against (None when its operator disabled auth), with
+    the operator's bootstrap admin key stored first when one is configured."""
+    if settings.auth_disabled:
+        log.warning("auth is disabled: every call is served as an admin of every team")
+        return None
+    store = KeyStore(pool, settings.auth_cache_seconds)
+    bootstrap = settings.bootstrap_admin_key
+    if bootstrap is not None and await store.ensure(bootstrap.get_secret_value(), "bootstrap admin"):
+        log.info("stored the bootstrap admin key")
+    return store
 
 
 async def wait_for_database(dsn: str, max_wait: float) -> None:
@@ -71,15 +87,18 @@ class GrpcServer:
     serves it over HTTP.
     """
 
-    def __init__(self, service_names: list[str], metrics: ServiceMetrics | None = None,
+    def __init__(self, service_names: list[str], *, keys: KeyStore | None,
+                 metrics: ServiceMetrics | None = None,
                  tracer_provider: TracerProvider | None = None) -> None:
+        """`keys` checks every call's API key against the access policy; None serves every call
+        as an unscoped admin (only when the operator disabled auth: see `SecuritySettings`)."""
         self.metrics = metrics or ServiceMetrics()
         self.metrics_port = 0
         """The bound metrics HTTP port (0 when not served)."""
         # The first interceptor is the outermost: the span covers everything, metrics see the
         # status the error mapping chose.
         interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics),
-                                                          DomainErrorInterceptor()]
+                                                          DomainErrorInterceptor(), AuthInterceptor(keys)]
         if tracer_provider is not None:
             interceptors.insert(0, server_interceptor(tracer_provider))
         self.server = grpc.aio.server(
@@ -113,12 +132,16 @@ class GrpcServer:
     async def _database_changed(self, ok: bool) -> None:
         await self.set_serving(ok)
 
-    async def start(self, host: str, port: int, metrics_port: int = 0) -> int:
+    async def start(self, host: str, port: int, metrics_port: int = 0,
+                    credentials: grpc.ServerCredentials | None = None) -> int:
         """Listen and serve; returns the bound port (useful with port 0).
 
-        With `metrics_port` (non-zero), `/metrics` is served over HTTP on that port.
+        With `metrics_port` (non-zero), `/metrics` is served over HTTP on that port; with
+        `credentials`, the gRPC port serves TLS only.
         """
-        bound: int = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound: int = (self.server.add_insecure_port(address) if credentials is None
+                      else self.server.add_secure_port(address, credentials))
         if bound == 0:
             raise RuntimeError(f"could not bind {host}:{port}")
         if metrics_port:

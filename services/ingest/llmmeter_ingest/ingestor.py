@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from llmmeter.v1 import usage_pb2
+from llmmeter_common.auth.context import team_scope
 from llmmeter_ingest.rows import Row, to_rows
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.validation import Limits, Rejected, validate
@@ -41,6 +42,15 @@ class Outcome:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.rejections.extend(other.rejections)
+
+
+def _pin_team(rec: usage_pb2.UsageRecord, team: str) -> None:
+    """A team-bound key writes its own team's records only: an empty team becomes the key's, another
+    team rejects the record."""
+    if not rec.team:
+        rec.team = team
+    elif rec.team != team:
+        raise Rejected("team", f"this API key writes only team {team!r}")
 
 
 @dataclass
@@ -82,8 +92,11 @@ class Ingestor:
         redact = self._settings.redact_client_ip
         prepared = Prepared([], [], Outcome())
         seen: set[tuple[str, object]] = set()
+        team = team_scope()
         for i, rec in enumerate(records):
             try:
+                if team is not None:
+                    _pin_team(rec, team)
                 validate(rec, limits)
                 row, payload = to_rows(rec, redact)
             except Rejected as r:

@@ -19,7 +19,7 @@ from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common import telemetry
 from llmmeter_common.metrics import ServiceMetrics
 from llmmeter_common.migrate import migrate
-from llmmeter_common.serving import GrpcServer, wait_for_database
+from llmmeter_common.serving import GrpcServer, key_store, wait_for_database
 from llmmeter_ingest import otlp_servicer
 from llmmeter_ingest.ingestor import Ingestor, Outcome
 from llmmeter_ingest.otel_out import UsageExporter
@@ -80,7 +80,7 @@ class IngestServer:
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
         names = [SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])]
-        self._grpc = GrpcServer(names, tracer_provider=self._tracing)
+        self._grpc = GrpcServer(names, keys=await key_store(s, self._pool), tracer_provider=self._tracing)
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
         if s.otlp_endpoint:
             self._usage_exporter = self._start_usage_exporter(self._grpc.metrics)
@@ -93,7 +93,7 @@ class IngestServer:
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, srv))
-        self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
+        self.port = await self._grpc.start(s.host, s.port, s.metrics_port, s.server_credentials())
         self._retention = asyncio.create_task(self._retention_loop(store))
         log.info("ingest service listening on %s:%d", s.host, self.port)
         return self.port

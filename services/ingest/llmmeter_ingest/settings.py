@@ -11,8 +11,10 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmmeter_common.security import SecuritySettings
 
-class IngestSettings(BaseSettings):
+
+class IngestSettings(BaseSettings, SecuritySettings):
     """Configuration of one ingest service process."""
 
     model_config = SettingsConfigDict(env_prefix="LLMMETER_INGEST_", extra="ignore")
@@ -23,8 +25,8 @@ class IngestSettings(BaseSettings):
     )
     """PostgreSQL or TimescaleDB connection URL."""
 
-    host: str = "0.0.0.0"
-    """Interface the gRPC server binds to."""
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds to (loopback by default; Kubernetes sets 0.0.0.0)."""
 
     port: int = 50051
     """gRPC port of IngestService (0 picks a free one, for tests)."""

@@ -236,6 +236,15 @@ def parse_filter(text: str) -> Filter:
     return Filter(_Parser(text).parse(), text)
 
 
+def scope_to_team(f: Filter, team: str | None) -> Filter:
+    """`f` limited to one team's rows (a team-bound key's calls): an exact match that no wildcard
+    or value in the team's name can widen, ANDed with whatever the caller asked for."""
+    if team is None:
+        return f
+    pin = Comparison("team", "team", "exact", team)
+    return Filter(pin if f.root is None else BoolOp("AND", (pin, f.root)), f.text)
+
+
 def _param(params: list[Any], value: Any) -> str:
     params.append(value)
     return f"${len(params)}"
@@ -251,6 +260,8 @@ def _sql(n: Node, params: list[Any]) -> str:
     if isinstance(n, BoolOp):
         return "(" + f" {n.op} ".join(_sql(t, params) for t in n.terms) + ")"
     col, op, v = n.column, n.op, n.value
+    if op == "exact":
+        return f"{col} = {_param(params, v)}"
     if op in ("class", "!class"):
         expr = f"({col} >= {v * 100} AND {col} < {v * 100 + 100})"
         return expr if op == "class" else f"NOT {expr}"
@@ -281,6 +292,8 @@ def _eval(n: Node, row: dict[str, Any]) -> bool:
         results = (_eval(t, row) for t in n.terms)
         return all(results) if n.op == "AND" else any(results)
     value, op, v = _value_of(n, row), n.op, n.value
+    if op == "exact":
+        return bool(value == v)
     if op in ("class", "!class"):
         inside = v * 100 <= int(value) < v * 100 + 100
         return inside if op == "class" else not inside

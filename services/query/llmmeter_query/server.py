@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from llmmeter.v1 import query_pb2, query_pb2_grpc
 from llmmeter_common import telemetry
 from llmmeter_common.migrate import migrate
-from llmmeter_common.serving import GrpcServer, wait_for_database
+from llmmeter_common.serving import GrpcServer, key_store, wait_for_database
 from llmmeter_query.aggregate import Aggregator
 from llmmeter_query.servicer import QueryServicer
 from llmmeter_query.settings import QuerySettings
@@ -59,11 +59,12 @@ class QueryServer:
         aggregator = Aggregator(self._pool, timedelta(seconds=s.exact_window_seconds), s.read_lanes)
         servicer = QueryServicer(self._pool, aggregator, self._hub)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-query")
-        self._grpc = GrpcServer([SERVICE_NAME], tracer_provider=self._tracing)
+        self._grpc = GrpcServer([SERVICE_NAME], keys=await key_store(s, self._pool),
+                                tracer_provider=self._tracing)
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, srv))
-        self.port = await self._grpc.start(s.host, s.port, s.metrics_port)
+        self.port = await self._grpc.start(s.host, s.port, s.metrics_port, s.server_credentials())
         log.info("query service listening on %s:%d", s.host, self.port)
         return self.port
 

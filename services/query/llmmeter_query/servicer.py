@@ -16,12 +16,13 @@ import asyncpg
 import grpc
 
 from llmmeter.v1 import query_pb2, query_pb2_grpc
-from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_common.auth.context import team_scope
+from llmmeter_common.errors import FieldViolation, InvalidArgument, NotFound
 from llmmeter_query import metrics
 from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
 from llmmeter_query.convert import opt_time, request_row, ts, usage_record
 from llmmeter_query.export import export_aggregates, export_requests
-from llmmeter_query.filters import parse_filter
+from llmmeter_query.filters import Filter, parse_filter, scope_to_team
 from llmmeter_query.local_days import Calendar, parse_time_zone
 from llmmeter_query.request_log import RequestLog
 from llmmeter_query.tail import TailHub
@@ -29,6 +30,11 @@ from llmmeter_query.window import Window, parse_granularity, resolve_window
 
 _EXACT = query_pb2.PERCENTILE_METHOD_EXACT
 _ESTIMATED = query_pb2.PERCENTILE_METHOD_ESTIMATED
+
+
+def _filter(text: str) -> Filter:
+    """The call's filter, limited to the caller's team when its key is bound to one."""
+    return scope_to_team(parse_filter(text), team_scope())
 
 
 def _window(req: Any) -> Window:
@@ -105,7 +111,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetSummary(self, request: query_pb2.GetSummaryRequest,
                          context: grpc.aio.ServicerContext) -> query_pb2.GetSummaryResponse:
         """The summary cards."""
-        agg = await self._agg.run(_window(request), parse_filter(request.filter), None, None)
+        agg = await self._agg.run(_window(request), _filter(request.filter), None, None)
         stats = agg.groups.get(("", None), Stats())
         return query_pb2.GetSummaryResponse(summary=query_pb2.Summary(
             **metrics.summary(stats), percentile_method=_method(agg)), **_counted(agg))
@@ -114,7 +120,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                            context: grpc.aio.ServicerContext) -> query_pb2.ListRequestsResponse:
         """One page of the request log."""
         given = request.HasField("start_time") or request.HasField("end_time")
-        page = await self._log.page(_window(request), parse_filter(request.filter), request.page_size,
+        page = await self._log.page(_window(request), _filter(request.filter), request.page_size,
                                     request.page_token, given)
         return query_pb2.ListRequestsResponse(requests=[request_row(r) for r in page.rows],
                                               next_page_token=page.next_token)
@@ -123,6 +129,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                          context: grpc.aio.ServicerContext) -> query_pb2.GetRequestResponse:
         """One request in full."""
         row = await self._log.get(request.request_id, opt_time(request, "start_time"))
+        team = team_scope()
+        if team is not None and row["team"] != team:  # as if absent: ids of other teams stay unknown
+            raise NotFound(f"request {request.request_id!r} not found")
         return query_pb2.GetRequestResponse(
             record=usage_record(row), latency_ms=row["latency_us"] / 1000,
             itl_ms=(row["itl_us"] or 0) / 1000, tpot_ms=(row["tpot_us"] or 0) / 1000,
@@ -143,7 +152,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         top = Top(top_n, rank, fold=True) if group else None
         measures = [c for n in (*names, rank_name) for c in metrics.SERIES_MEASURES[n]]
         calendar = Calendar.of(width, parse_time_zone(request.time_zone))
-        agg = await self._agg.run(window, parse_filter(request.filter), group, width, top=top,
+        agg = await self._agg.run(window, _filter(request.filter), group, width, top=top,
                                   percentiles=_series_percentiles(names), measures=measures,
                                   days=calendar.days)
         groups, stats = (agg.shown if group else [""]), agg.groups
@@ -181,7 +190,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
         # sorted by a percentile, every group needs its histograms; otherwise only the top N
         top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
-        agg = await self._agg.run(window, parse_filter(request.filter),
+        agg = await self._agg.run(window, _filter(request.filter),
                                   parse_group(request.group_by or "model"), None, top=top,
                                   measures=metrics.BREAKDOWN_MEASURES)
         totals = {g: s for (g, _), s in agg.groups.items()}
@@ -200,7 +209,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         """The filtered log as CSV or NDJSON chunks."""
         ndjson = request.format == query_pb2.EXPORT_FORMAT_NDJSON
         async for data, rows in export_requests(self._pool, _window(request),
-                                                parse_filter(request.filter), ndjson):
+                                                _filter(request.filter), ndjson):
             yield query_pb2.ExportRequestsResponse(data=data, rows_written=rows)
 
     async def ExportAggregates(self, request: query_pb2.ExportAggregatesRequest,
@@ -212,7 +221,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         width = parse_granularity(request.granularity, window)[1] if request.granularity else None
         calendar = Calendar.of(width, days) if width is not None else None
         groups = [g for g in (parse_group(name) for name in request.group_by) if g is not None]
-        async for data, rows in export_aggregates(self._agg, window, parse_filter(request.filter),
+        async for data, rows in export_aggregates(self._agg, window, _filter(request.filter),
                                                   groups, calendar):
             yield query_pb2.ExportAggregatesResponse(data=data, rows_written=rows)
 
@@ -220,7 +229,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                            context: grpc.aio.ServicerContext,
                            ) -> AsyncIterator[query_pb2.TailRequestsResponse]:
         """New matching requests as they are stored; headers go out once the watch is live."""
-        subscription = await self._hub.subscribe(parse_filter(request.filter))
+        subscription = await self._hub.subscribe(_filter(request.filter))
         try:
             await context.send_initial_metadata((("llmmeter-tail", "live"),))
             async for row in subscription:

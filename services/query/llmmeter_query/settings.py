@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmmeter_common.security import SecuritySettings
 
-class QuerySettings(BaseSettings):
+
+class QuerySettings(BaseSettings, SecuritySettings):
     """Configuration of one query service process."""
 
     model_config = SettingsConfigDict(env_prefix="LLMMETER_QUERY_", extra="ignore")
@@ -17,8 +19,8 @@ class QuerySettings(BaseSettings):
     )
     """PostgreSQL or TimescaleDB connection URL."""
 
-    host: str = "0.0.0.0"
-    """Interface the gRPC server binds to."""
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds to (loopback by default; Kubernetes sets 0.0.0.0)."""
 
     port: int = 50052
     """gRPC port (0 picks a free one, for tests)."""

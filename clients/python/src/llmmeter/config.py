@@ -12,7 +12,9 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from llmmeter.channels import TlsConfig
 from llmmeter.errors import ConfigError
 
 DEFAULT_INGEST_ADDR = "localhost:50051"
@@ -23,6 +25,41 @@ ENV_INGEST_ADDR = "LLMMETER_INGEST_ADDR"
 ENV_QUERY_ADDR = "LLMMETER_QUERY_ADDR"
 ENV_ALERTS_ADDR = "LLMMETER_ALERTS_ADDR"
 ENV_TIMEOUT = "LLMMETER_TIMEOUT"
+ENV_API_KEY = "LLMMETER_API_KEY"
+ENV_API_KEY_FILE = "LLMMETER_API_KEY_FILE"
+ENV_TLS = "LLMMETER_TLS"
+ENV_TLS_CA_FILE = "LLMMETER_TLS_CA_FILE"
+ENV_TLS_CERT_FILE = "LLMMETER_TLS_CERT_FILE"
+ENV_TLS_KEY_FILE = "LLMMETER_TLS_KEY_FILE"
+ENV_TLS_SERVER_NAME = "LLMMETER_TLS_SERVER_NAME"
+
+#: Where `make run` writes its local admin key, relative to the project root; clients started
+#: anywhere inside the project find it without being told.
+LOCAL_KEY_FILE = Path(".llmmeter") / "admin.key"
+
+
+def find_local_key(start: Path | None = None) -> str | None:
+    """The key `make run` left in `.llmmeter/admin.key` of this folder or a parent, if any."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / LOCAL_KEY_FILE
+        if candidate.is_file():
+            try:
+                return candidate.read_text().strip() or None
+            except OSError:
+                return None
+    return None
+
+
+def read_key_file(path: str) -> str:
+    """The key kept in a file (a mounted Secret); ConfigError naming the file when unreadable."""
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{ENV_API_KEY_FILE}: cannot read {path}: {exc.strerror}") from None
+    if not key:
+        raise ConfigError(f"{ENV_API_KEY_FILE}: {path} is empty")
+    return key
 
 
 @dataclass(frozen=True)
@@ -90,6 +127,15 @@ class ClientConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """Retries of RESOURCE_EXHAUSTED and UNAVAILABLE failures."""
 
+    api_key: str | None = field(default=None, repr=False)
+    """The API key sent with every call (`authorization: Bearer <key>`). Environment:
+    `LLMMETER_API_KEY`, else the file named by `LLMMETER_API_KEY_FILE`, else the local key
+    `make run` wrote (`.llmmeter/admin.key` in this folder or a parent). Never printed."""
+
+    tls: TlsConfig | None = None
+    """TLS towards the services; None for plaintext. Environment: `LLMMETER_TLS=true`, or any of
+    `LLMMETER_TLS_CA_FILE`, `LLMMETER_TLS_CERT_FILE`/`_KEY_FILE`, `LLMMETER_TLS_SERVER_NAME`."""
+
     stream_window_records: int = 20_000
     """Records sent per StreamRecords call when streaming. A long stream is cut
     into calls of about this many records so that a failed call can be re-sent
@@ -127,7 +173,17 @@ class ClientConfig:
                 raise ConfigError(
                     f"{ENV_TIMEOUT} must be a number of seconds, got {timeout_text!r}"
                 ) from None
+        key_file = get(ENV_API_KEY_FILE, "")
+        api_key = get(ENV_API_KEY, "") or (read_key_file(key_file) if key_file else find_local_key())
+        ca, cert, key, name = (get(n, "") for n in (ENV_TLS_CA_FILE, ENV_TLS_CERT_FILE, ENV_TLS_KEY_FILE,
+                                                     ENV_TLS_SERVER_NAME))
+        tls = None
+        if get(ENV_TLS, "").lower() in ("1", "true", "yes") or ca or cert or key or name:
+            tls = TlsConfig(Path(ca) if ca else None, Path(cert) if cert else None,
+                            Path(key) if key else None, name or None)
         return cls(
+            api_key=api_key,
+            tls=tls,
             ingest_addr=get(ENV_INGEST_ADDR, DEFAULT_INGEST_ADDR),
             query_addr=get(ENV_QUERY_ADDR, DEFAULT_QUERY_ADDR),
             alerts_addr=get(ENV_ALERTS_ADDR, DEFAULT_ALERTS_ADDR),

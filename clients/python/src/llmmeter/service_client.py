@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import grpc
 
+from llmmeter.channels import open_channel
 from llmmeter.config import ClientConfig
 from llmmeter.retry import Retrier
 
@@ -27,10 +28,11 @@ class ServiceClient:
     """The generated stub of the service, set by the subclass once the channel exists."""
 
     def __init__(self, address: str, config: ClientConfig, channel: grpc.aio.Channel | None) -> None:
-        """Dials `address` (plaintext) unless a `channel` is given, which is then not closed."""
+        """Dials `address` (with the config's key and TLS) unless a `channel` is given, which is then
+        used as it is (it must carry its own key) and not closed."""
         self._config = config
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(address)
+        self._channel = channel or open_channel(address, config.api_key, config.tls)
         self._retrier = Retrier(config.retry, service=self.SERVICE, target=address)
 
     async def __aenter__(self) -> Self:
