@@ -38,7 +38,7 @@ from llmmeter_ingest.server import IngestServer
 from llmmeter_ingest.settings import IngestSettings
 
 from conftest import drain_rollups, ingest_settings
-from keyring import keyed_channel
+from keyring import ADMIN, keyed_channel
 from records import record
 
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
@@ -133,7 +133,7 @@ async def _batches(*batches: list[usage_pb2.UsageRecord]) -> AsyncIterator[list[
 
 async def test_write_records_reports_mixed_batches(ingest_addr: str, db_url: str) -> None:
     a = record(START, request_id="a")
-    async with IngestClient(ClientConfig(ingest_addr=ingest_addr, retry=FAST)) as client:
+    async with IngestClient(ClientConfig(ingest_addr=ingest_addr, retry=FAST, api_key=ADMIN.token)) as client:
         response = await client.write_records([a, record(request_id="b", model=""), a])
         again = await client.write_records([a])
     assert (response.accepted_count, response.duplicate_count) == (1, 1)

