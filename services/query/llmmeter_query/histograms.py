@@ -126,11 +126,28 @@ class Collector:
             pairs = np.repeat(walk, lens)
             found, total = _merged(gids[~walk], lens[~walk], keys[~pairs], counts[~pairs], n, qs)
             found[gids[walk]], total[gids[walk]] = _walked(lens[walk], keys[pairs], counts[pairs], qs)
-        values = np.where(found <= 0, 1.0, 2 * sketch.GAMMA ** found.astype(np.float64) / (sketch.GAMMA + 1))
+        values = _values_of(found)
         for name, row, count in zip(self._ids, values.tolist(), total.tolist(), strict=True):
             if count > 0:
                 out[name] = list[float | None](row)
         return out
+
+
+#: `sketch.value_of` of every key up to this one, computed once by that function: numpy's vectorised
+#: power may differ from Python's in the last bit (it does in numpy 2.4), and a percentile must
+#: read back exactly the value the rest of the system gives its bucket.
+_TABLED_KEYS = 8192
+_VALUES = np.array([sketch.value_of(k) for k in range(_TABLED_KEYS)], dtype=np.float64)
+
+
+def _values_of(keys: np.ndarray) -> np.ndarray:
+    """`sketch.value_of` of each key (1.0 for keys <= 0), by table lookup."""
+    inside = np.clip(keys, 0, _TABLED_KEYS - 1)
+    values: np.ndarray = _VALUES[inside]
+    beyond = keys >= _TABLED_KEYS
+    if beyond.any():  # not reachable from validated records (durations are bounded); still right
+        values[beyond] = [sketch.value_of(int(k)) for k in keys[beyond]]
+    return values
 
 
 def _joined(parts: list[npt.NDArray[Any]]) -> Ints:
