@@ -43,7 +43,7 @@ def test_database_url_is_composed_from_the_config_map_and_the_password_from_the_
     config = _config_map(docs)
     secrets = [d for d in docs if d["kind"] == "Secret"]
     if overlay == "dev":
-        (secret,) = secrets
+        (secret,) = [d for d in secrets if d["metadata"]["name"].startswith(DB_SECRET)]
         secret_name = secret["metadata"]["name"]
         assert secret_name.startswith(DB_SECRET) and "password" in secret["data"]
     else:
@@ -101,7 +101,7 @@ def test_dev_runs_timescaledb_in_a_statefulset_with_a_persistent_volume(
     data_mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
     env = {e["name"]: e for e in container["env"]}
     assert env["PGDATA"]["value"].startswith(data_mount["mountPath"] + "/")
-    secret = next(d for d in docs if d["kind"] == "Secret")
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith(DB_SECRET))
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": secret["metadata"]["name"], "key": "password"}
     assert env["POSTGRES_USER"]["valueFrom"]["configMapKeyRef"]["key"] == "DB_USER"
@@ -111,6 +111,10 @@ def test_dev_runs_timescaledb_in_a_statefulset_with_a_persistent_volume(
     assert service["spec"]["ports"][0]["port"] == int(config["DB_PORT"])
     assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert config["DB_HOST"] == service["metadata"]["name"], "the services reach the dev database"
+    policy = _one(docs, "NetworkPolicy", "timescaledb")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "llmmeter"}}}]
+    assert [p["port"] for p in rule["ports"]] == [int(config["DB_PORT"])]
 
 
 def test_prod_points_at_an_external_database_and_runs_more_replicas(rendered: dict[str, list[Doc]]) -> None:

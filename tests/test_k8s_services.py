@@ -173,3 +173,42 @@ def test_dockerfile_builds_a_slim_non_root_services_image() -> None:
     assert cmd[:2] == ["python", "-m"] and importlib.util.find_spec(cmd[2]) is not None
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".tools", ".llmmeter", "**/__pycache__"} <= set(ignored)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_alerts_pod_gets_the_bootstrap_admin_key_from_its_secret(
+        rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    holders = {}
+    for doc in docs:
+        spec = _pod_spec(doc)
+        for c in (spec or {}).get("containers", []):
+            for e in c.get("env", []):
+                if e["name"] == "LLMMETER_BOOTSTRAP_ADMIN_KEY":
+                    assert "value" not in e, "the key comes from a Secret, never a literal"
+                    holders[doc["metadata"]["name"]] = e["valueFrom"]["secretKeyRef"]
+    (ref,) = holders.values()
+    assert list(holders) == ["llmmeter-alerts"] and ref["key"] == "bootstrap-admin-key"
+    assert "bootstrap_admin_key" in SERVICES["alerts"][1].model_fields
+    secrets = [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+    if overlay == "dev":  # generated, with a hash suffix the reference follows
+        assert ref["name"] in secrets and ref["name"].startswith("llmmeter-auth")
+    else:
+        assert ref["name"] == "llmmeter-auth" and secrets == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_a_network_policy_opens_only_the_service_ports(
+        rendered: dict[str, list[Doc]], overlay: str, service: str) -> None:
+    docs, name = rendered[overlay], f"llmmeter-{service}"
+    policy = _one(docs, "NetworkPolicy", name)
+    deployment = _one(docs, "Deployment", name)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert opened == {p["containerPort"] for p in container["ports"]}
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {5432, 53} <= egress_ports
