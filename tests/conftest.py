@@ -345,6 +345,19 @@ async def make_alerts(db_url: str, query_server: QueryServer) -> AsyncIterator[F
             await server.stop()
 
 
+@pytest.fixture
+async def alerts_server(db_url: str, query_server: QueryServer) -> AsyncIterator[AlertsServer]:
+    """One alerts replica on the real clock, not evaluating (the keys and security tests)."""
+    server = AlertsServer(AlertsSettings(
+        database_url=db_url, host="127.0.0.1", port=0, query_addr=f"127.0.0.1:{query_server.port}",
+        query_api_key=ADMIN.token, evaluate=False, shutdown_grace_seconds=1.0, metrics_port=0))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 # --- the Kubernetes manifests (test_k8s_*.py), rendered once per test module ------------------------
 
 

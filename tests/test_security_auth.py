@@ -4,7 +4,6 @@ read keys read, admin keys manage keys, health stays open for probes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -35,18 +34,6 @@ from keyring import ADMIN, keyed_channel, make_key
 from records import record
 
 UNAUTHENTICATED, DENIED = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
-
-
-@pytest.fixture
-async def alerts_server(db_url: str, query_server: QueryServer) -> AsyncIterator[AlertsServer]:
-    server = AlertsServer(AlertsSettings(
-        database_url=db_url, host="127.0.0.1", port=0, query_addr=f"127.0.0.1:{query_server.port}",
-        query_api_key=ADMIN.token, evaluate=False, shutdown_grace_seconds=1.0, metrics_port=0))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def _code(call: Any) -> grpc.StatusCode:

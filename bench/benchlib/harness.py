@@ -25,6 +25,32 @@ class BenchFailure(RuntimeError):
     """The benchmark could not produce a valid measurement."""
 
 
+def api_key() -> str:
+    """The run's API key (set by the sandbox, inherited by helper processes)."""
+    return os.environ["LLMMETER_API_KEY"]
+
+
+def keyed_sync_channel(addr: str, options: list[tuple[str, Any]]) -> Any:
+    """A blocking gRPC channel whose unary calls send the run's key (the client package's channels
+    are grpc.aio ones; the query benchmark times blocking calls)."""
+    import collections
+
+    import grpc
+
+    fields = ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+
+    class Details(collections.namedtuple("Details", fields), grpc.ClientCallDetails):  # type: ignore[misc]
+        pass
+
+    class Keyed(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = [*(details.metadata or ()), ("authorization", f"Bearer {api_key()}")]
+            return continuation(Details(details.method, details.timeout, metadata, details.credentials,
+                                        details.wait_for_ready, details.compression), request)
+
+    return grpc.intercept_channel(grpc.insecure_channel(addr, options=options), Keyed())
+
+
 def log(msg: str) -> None:
     """Progress goes to stderr, so stdout holds only the report and the JSON line."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

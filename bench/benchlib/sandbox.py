@@ -9,6 +9,7 @@ files.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,13 @@ class Sandbox:
         self._services: set[str] = set()
 
     def __enter__(self) -> Sandbox:
+        """The services it starts require keys: one admin key per run, stored by the services at start
+        (`LLMMETER_BOOTSTRAP_ADMIN_KEY`) and sent by every client of the run (`LLMMETER_API_KEY`),
+        helper processes included (they inherit the environment)."""
+        from llmmeter.keyformat import generate
+
+        key = generate().token
+        os.environ["LLMMETER_BOOTSTRAP_ADMIN_KEY"] = os.environ["LLMMETER_API_KEY"] = key
         return self
 
     def start_postgres(self, wipe: bool = False) -> LocalCluster:

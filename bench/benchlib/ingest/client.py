@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..harness import BenchFailure
+from ..harness import BenchFailure, api_key
 
 STREAM_METHOD = "/llmmeter.v1.IngestService/StreamRecords"
 
@@ -27,15 +27,15 @@ def client_process(addr: str, chunks_path: str, streams: int, ready: Any, go: An
 
 
 async def _client(addr: str, chunks_path: str, streams: int, ready: Any, go: Any) -> dict[str, Any]:
-    import grpc
 
+    from llmmeter.channels import open_channel
     from llmmeter.v1 import ingest_pb2
 
     chunks: list[bytes] = pickle.loads(Path(chunks_path).read_bytes())  # noqa: ASYNC240 (before the clock)
     groups = [chunks[i::streams] for i in range(streams)]
     groups = [g for g in groups if g]
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(addr, options=options) as channel:
+    async with open_channel(addr, api_key(), options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         # Pre-serialized messages: no request serializer, the bytes go out as they are.
         call = channel.stream_unary(

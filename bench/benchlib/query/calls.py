@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..harness import BenchFailure, log
+from ..harness import BenchFailure, keyed_sync_channel, log
 from ..timing import time_sql, time_sync
 from .baselines import (
     BREAKDOWN_SQL,
@@ -81,7 +81,6 @@ class _Session:
 
     def __init__(self, addr: str, dsn: str, end: datetime, days: int, args: argparse.Namespace) -> None:
         import asyncpg
-        import grpc
 
         from llmmeter.v1 import query_pb2_grpc
 
@@ -89,7 +88,7 @@ class _Session:
         self.start30, self.start7 = end - timedelta(days=days), end - timedelta(days=7)
         self.reps, self.warm, self.breps = args.reps, args.warmups, args.baseline_reps
         options = [("grpc.max_receive_message_length", 64 << 20)]
-        self.channel = grpc.insecure_channel(addr, options=options)
+        self.channel = keyed_sync_channel(addr, options)
         self.stub = query_pb2_grpc.QueryServiceStub(self.channel)
         self.errs = Errors()
         self.loop = asyncio.new_event_loop()

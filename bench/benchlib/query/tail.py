@@ -12,19 +12,19 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..harness import BenchFailure
+from ..harness import BenchFailure, api_key
 from ..timing import summarize
 
 
 async def measure_tail(query_addr: str, ingest_addr: str, reps: int) -> dict[str, Any]:
     """`reps` round trips (after one warm-up) of one record, WriteRecords -> TailRequests message."""
-    import grpc
     from google.protobuf import timestamp_pb2
 
+    from llmmeter.channels import open_channel
     from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc, usage_pb2
 
     from_send, from_ack = [], []
-    async with grpc.aio.insecure_channel(query_addr) as qch, grpc.aio.insecure_channel(ingest_addr) as ich:
+    async with open_channel(query_addr, api_key()) as qch, open_channel(ingest_addr, api_key()) as ich:
         qstub = query_pb2_grpc.QueryServiceStub(qch)
         istub = ingest_pb2_grpc.IngestServiceStub(ich)
         call = qstub.TailRequests(query_pb2.TailRequestsRequest(filter='model = "bench-tail"'))
