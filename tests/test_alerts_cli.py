@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,10 +16,7 @@ import pytest
 
 from llmmeter.cli.main import build_parser, main
 from llmmeter_alerts.server import AlertsServer
-from llmmeter_alerts.settings import AlertsSettings
-from llmmeter_query.server import QueryServer
 
-from keyring import ADMIN
 from records import ingest, record
 
 RULES = """\
@@ -51,16 +47,8 @@ rules:
 
 
 @pytest.fixture
-async def alerts_addr(db_url: str, query_server: QueryServer) -> AsyncIterator[str]:
-    server = AlertsServer(AlertsSettings(
-        database_url=db_url, host="127.0.0.1", port=0, query_addr=f"127.0.0.1:{query_server.port}",
-        query_api_key=ADMIN.token,
-        evaluate=False, shutdown_grace_seconds=1.0, metrics_port=0))
-    await server.start()
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        await server.stop()
+def alerts_addr(alerts_server: AlertsServer) -> str:
+    return f"127.0.0.1:{alerts_server.port}"
 
 
 async def cli(capsys: pytest.CaptureFixture[str], addr: str, *argv: str) -> tuple[int, str, str]:
