@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -34,6 +36,22 @@ WITH batch AS (
 {rollup_ctes("batch")}
 SELECT count(*), min(start_time), max(start_time) FROM batch
 """
+
+#: The same for an explicit list of queued rows (isolating a chunk that failed).
+MATERIALIZE_ROWS_SQL = f"""
+WITH batch AS (
+    DELETE FROM usage_rollup_pending WHERE ctid = ANY($1::tid[]) RETURNING *
+),
+{rollup_ctes("batch")}
+SELECT count(*), min(start_time), max(start_time) FROM batch
+"""
+
+QUARANTINE_SQL = """
+WITH q AS (DELETE FROM usage_rollup_pending WHERE ctid = $1 RETURNING *)
+INSERT INTO usage_rollup_quarantine SELECT q.*, now(), $2 FROM q
+"""
+
+Moved = tuple[int, datetime | None, datetime | None]
 
 COMPACT_SQL: tuple[str, ...] = tuple(compact_sql(r) for r in ROLLUPS)
 
@@ -56,8 +74,10 @@ class RollupWorker:
     """Background task draining the pending queue into the rollups."""
 
     def __init__(self, pool: asyncpg.Pool, chunk_records: int, idle_seconds: float,
-                 compact_over: int = 4096) -> None:
+                 compact_over: int = 4096, on_quarantine: Callable[[int], None] | None = None) -> None:
+        """`on_quarantine(n)` hears of rows set aside because the rollups refused them."""
         self._pool = pool
+        self._on_quarantine = on_quarantine
         self._chunk = chunk_records
         self._idle = idle_seconds
         self._compact_over = compact_over
@@ -73,13 +93,40 @@ class RollupWorker:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
                 return 0
-            row = await conn.fetchrow(MATERIALIZE_SQL, self._chunk)
-            assert row is not None  # an aggregate always returns a row
-            moved, lo, hi = row
-            if moved:
+            try:
+                async with conn.transaction():  # a savepoint: a refused chunk is taken apart below
+                    row = await conn.fetchrow(MATERIALIZE_SQL, self._chunk)
+                    assert row is not None  # an aggregate always returns a row
+                    moved, lo, hi = row
+            except asyncpg.DataError as exc:
+                log.warning("rollup worker: a chunk was refused (%s); isolating its rows", exc)
+                ctids = [r[0] for r in await conn.fetch(
+                    "SELECT ctid FROM usage_rollup_pending LIMIT $1", self._chunk)]
+                moved, lo, hi = await self._isolate(conn, ctids)
+            if moved and lo is not None and hi is not None:
                 await compact(conn, lo, hi, self._compact_over)
             await self._close_buckets(conn, datetime.now(UTC))
             return int(moved)
+
+    async def _isolate(self, conn: asyncpg.pool.PoolConnectionProxy, ctids: list[Any]) -> Moved:
+        """Add these queued rows to the rollups, halving what is refused until the rows that cannot
+        be added are found; those go to `usage_rollup_quarantine` (logged and counted)."""
+        try:
+            async with conn.transaction():
+                row = await conn.fetchrow(MATERIALIZE_ROWS_SQL, ctids)
+                assert row is not None  # an aggregate always returns a row
+                return int(row[0]), row[1], row[2]
+        except asyncpg.DataError as exc:
+            if len(ctids) == 1:
+                await conn.execute(QUARANTINE_SQL, ctids[0], f"{exc.sqlstate}: {exc}")
+                log.error("rollup worker: quarantined a queued row the rollups refuse: %s", exc)
+                if self._on_quarantine is not None:
+                    self._on_quarantine(1)
+                return 0, None, None
+        half = len(ctids) // 2
+        parts = [await self._isolate(conn, ctids[:half]), await self._isolate(conn, ctids[half:])]
+        times = [t for _, lo, hi in parts for t in (lo, hi) if t is not None]
+        return sum(p[0] for p in parts), min(times, default=None), max(times, default=None)
 
     async def _close_buckets(self, conn: asyncpg.pool.PoolConnectionProxy, now: datetime) -> None:
         """Compact and pack the hour and day buckets that closed since the last call, once each.

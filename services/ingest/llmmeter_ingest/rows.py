@@ -80,7 +80,12 @@ def _plain(v: struct_pb2.Value) -> Any:
 
 
 def _payload_json(value: struct_pb2.Value, present: bool) -> str | None:
-    return orjson.dumps(_plain(value)).decode() if present else None
+    if not present:
+        return None
+    text = orjson.dumps(_plain(value)).decode()
+    if "\\u0000" in text:  # jsonb cannot hold the NUL character
+        raise Rejected("payload", "payload strings must not contain NUL characters")
+    return text
 
 
 def key_of(rec: usage_pb2.UsageRecord) -> tuple[str, int]:

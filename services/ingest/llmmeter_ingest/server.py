@@ -64,6 +64,11 @@ class IngestServer:
     async def start(self, db_wait_seconds: float = 120.0) -> int:
         """Migrate, connect, and start serving; returns the port."""
         s = self.settings
+        self._metrics = ServiceMetrics()
+        self._quarantined = self._metrics.counter(
+            "llmmeter_rollup_quarantined_records_total",
+            "Queued rows the rollups refused (e.g. a sum would overflow), set aside in "
+            "usage_rollup_quarantine so the queue keeps draining.")
         await wait_for_database(s.database_url, db_wait_seconds)
         if s.migrate_on_start:
             await migrate(s.database_url, s.storage_flavor)
@@ -75,12 +80,13 @@ class IngestServer:
         store = Store(self._pool, queue_for_rollups=flavor != "timescale")
         if flavor != "timescale":
             self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds,
-                                        s.rollup_compact_over)
+                                        s.rollup_compact_over, on_quarantine=self._quarantined.inc)
             self.rollups.start()
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
         names = [SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])]
-        self._grpc = GrpcServer(names, keys=await key_store(s, self._pool), tracer_provider=self._tracing)
+        self._grpc = GrpcServer(names, keys=await key_store(s, self._pool), metrics=self._metrics,
+                                tracer_provider=self._tracing)
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
         if s.otlp_endpoint:
             self._usage_exporter = self._start_usage_exporter(self._grpc.metrics)

@@ -13,6 +13,26 @@ from dataclasses import dataclass
 
 from llmmeter.v1 import usage_pb2
 
+#: The most one record may carry of each quantity: far above any real call (the largest context
+#: windows hold ~10M tokens; a batch call ends within a day), and low enough that no rollup sum
+#: (bigint, numeric, double precision) can overflow: 10^8 tokens x 9.2 * 10^10 records per bucket
+#: would be needed. README.md ("Sending usage records") lists the same numbers.
+MAX_TOKENS = 100_000_000
+MAX_CHUNKS = 100_000_000
+MAX_RETRIES = 1_000
+MAX_COST_USD = 100_000.0
+MAX_DURATION_US = 86_400_000_000  # 24 h: latency, TTFT, inter-token latency, gateway overhead
+MAX_IMAGES = 1_000_000
+MAX_MEDIA_SECONDS = 1_000_000.0
+MAX_CHARACTERS = 1_000_000_000
+_MAX_COUNT = {
+    "input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "cache_read_tokens": MAX_TOKENS,
+    "cache_write_tokens": MAX_TOKENS, "reasoning_tokens": MAX_TOKENS, "output_chunks": MAX_CHUNKS,
+    "retries": MAX_RETRIES,
+}
+_MAX_MEDIA = {"images": MAX_IMAGES, "audio_seconds": MAX_MEDIA_SECONDS,
+              "video_seconds": MAX_MEDIA_SECONDS, "characters": MAX_CHARACTERS}
+
 _SHORT_TEXT = 256
 _ERROR_MESSAGE = 4096
 _METADATA_KEYS = 64
@@ -75,11 +95,18 @@ def _check_time(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
     if end > limits.latest_end_us:
         raise Rejected("end_time", "end_time is in the future")
     latency = end - start
+    if latency > MAX_DURATION_US:
+        raise Rejected("end_time", "end_time is more than 24 hours after start_time")
     for name in ("time_to_first_token", "mean_inter_token_latency", "gateway_overhead"):
         if rec.HasField(name):  # type: ignore[arg-type]
-            value = duration_us(getattr(rec, name))
+            d = getattr(rec, name)
+            if not -999_999_999 <= d.nanos <= 999_999_999:
+                raise Rejected(name, f"{name}.nanos must be in (-1e9, 1e9)")
+            value = duration_us(d)
             if value < 0:
                 raise Rejected(name, f"{name} must not be negative")
+            if value > MAX_DURATION_US:
+                raise Rejected(name, f"{name} must be at most 24 hours")
             if name == "time_to_first_token" and value > latency:
                 raise Rejected(name, "time_to_first_token exceeds the latency (end_time - start_time)")
 
@@ -94,6 +121,9 @@ def _check_usage(rec: usage_pb2.UsageRecord) -> None:
            rec.reasoning_tokens, rec.output_chunks, rec.retries) < 0:
         name = _first_bad(_COUNTS, rec, lambda v: v < 0)
         raise Rejected(name, f"{name} must not be negative")
+    for name, most in _MAX_COUNT.items():
+        if getattr(rec, name) > most:
+            raise Rejected(name, f"{name} must be at most {most:,}")
     if rec.cache_read_tokens + rec.cache_write_tokens > rec.input_tokens:
         raise Rejected("cache_read_tokens",
                        "cache_read_tokens + cache_write_tokens exceed input_tokens (which includes them)")
@@ -106,11 +136,15 @@ def _check_usage(rec: usage_pb2.UsageRecord) -> None:
         value = getattr(media, name)
         if not math.isfinite(value) or value < 0:
             raise Rejected(f"media.{name}", f"media.{name} must be a finite, non-negative number")
+        if value > _MAX_MEDIA[name]:
+            raise Rejected(f"media.{name}", f"media.{name} must be at most {_MAX_MEDIA[name]:,}")
 
 
 def _check_cost(rec: usage_pb2.UsageRecord) -> None:
     if not math.isfinite(rec.cost) or rec.cost < 0:
         raise Rejected("cost", "cost must be a finite, non-negative number")
+    if rec.cost > MAX_COST_USD:
+        raise Rejected("cost", f"cost must be at most {MAX_COST_USD:,.0f} USD per call")
     breakdown = rec.cost_breakdown
     if not breakdown:
         return
@@ -118,6 +152,11 @@ def _check_cost(rec: usage_pb2.UsageRecord) -> None:
     if not all(math.isfinite(v) and v >= 0 for v in values):
         key = next(k for k in breakdown if not (math.isfinite(breakdown[k]) and breakdown[k] >= 0))
         raise Rejected(f"cost_breakdown.{key}", "cost components must be finite and non-negative")
+    if len(breakdown) > _METADATA_KEYS:
+        raise Rejected("cost_breakdown", f"more than {_METADATA_KEYS} cost components")
+    for key in breakdown:
+        if not _METADATA_KEY.match(key):
+            raise Rejected("cost_breakdown", "cost component names are 1..64 characters of [A-Za-z0-9_.-]")
     total = math.fsum(values)  # exactly rounded, so the tolerance is all that is allowed
     if abs(total - rec.cost) > _TOLERANCE:
         raise Rejected("cost_breakdown", f"cost components add up to {total!r}, not to cost {rec.cost!r}")
@@ -137,6 +176,10 @@ def _check_text(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
         raise Rejected(name, f"{name} is longer than {_SHORT_TEXT} characters")
     if len(rec.error_message) > _ERROR_MESSAGE:
         raise Rejected("error_message", f"error_message is longer than {_ERROR_MESSAGE} characters")
+    if "\x00" in rec.request_id or "\x00" in rec.error_message or any(
+            "\x00" in getattr(rec, name) for name in _SHORT_FIELDS):
+        name = _first_bad(("request_id", *_SHORT_FIELDS, "error_message"), rec, lambda v: "\x00" in v)
+        raise Rejected(name, f"{name} must not contain NUL characters")
     metadata = rec.metadata
     if not metadata:
         pass
@@ -147,6 +190,8 @@ def _check_text(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
             raise Rejected(f"metadata.{key}", "metadata keys are 1..64 characters of [A-Za-z0-9_.-]")
         if len(metadata[key]) > _METADATA_VALUE:
             raise Rejected(f"metadata.{key}", f"metadata values are at most {_METADATA_VALUE} characters")
+        if "\x00" in metadata[key]:
+            raise Rejected(f"metadata.{key}", "metadata values must not contain NUL characters")
     if rec.HasField("payload") and rec.payload.ByteSize() > limits.max_payload_bytes:
         raise Rejected("payload", f"payload is larger than {limits.max_payload_bytes} bytes")
 

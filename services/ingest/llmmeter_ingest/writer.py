@@ -19,7 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
-from llmmeter_common.errors import ResourceExhausted, Unavailable
+from llmmeter_common.errors import FieldViolation, InvalidArgument, ResourceExhausted, Unavailable
 from llmmeter_ingest.rows import Row
 from llmmeter_ingest.store import Store
 
@@ -130,24 +130,40 @@ class BatchWriter:
                 return
             jobs = self._take_group(first)
             try:
-                inserted = await self._write_group(jobs)
-            except CONNECTION_ERRORS as exc:
-                log.warning("database unavailable, %d calls failed: %s", len(jobs), exc)
-                for j in jobs:
-                    j.done.set_exception(Unavailable(f"database unavailable: {exc}"))
-            except Exception as exc:
-                log.exception("batch write failed")
-                for j in jobs:
-                    j.done.set_exception(exc)
-            else:
-                claimed: set[Key] = set()
-                for j in jobs:  # a key sent by two calls of one group is accepted for the first
-                    mine = {(r[1], r[0]) for r in j.rows} & inserted
-                    mine -= claimed
-                    claimed |= mine
-                    j.done.set_result(mine)
+                await self._write_jobs(jobs)
             finally:
                 await self._release(sum(len(j.rows) for j in jobs))
+
+    async def _write_jobs(self, jobs: list[Job]) -> None:
+        """Write calls together and settle each one; when the group fails on its data, each call is
+        written alone, so one caller's bad row fails that caller only."""
+        try:
+            inserted = await self._write_group(jobs)
+        except CONNECTION_ERRORS as exc:
+            log.warning("database unavailable, %d calls failed: %s", len(jobs), exc)
+            for j in jobs:
+                j.done.set_exception(Unavailable(f"database unavailable: {exc}"))
+        except Exception as exc:
+            if len(jobs) > 1:
+                log.warning("a group of %d calls failed (%s); writing each call alone", len(jobs),
+                            type(exc).__name__)
+                for j in jobs:
+                    await self._write_jobs([j])
+                return
+            if isinstance(exc, asyncpg.exceptions.DataError):  # validation missed a value PostgreSQL refuses
+                log.warning("a call's records were refused by the database: %s", exc)
+                jobs[0].done.set_exception(InvalidArgument(
+                    f"records: a value could not be stored ({exc.sqlstate}: {exc})",
+                    [FieldViolation("records", "a value the database refuses")]))
+            else:
+                jobs[0].done.set_exception(exc)  # INTERNAL, with an error id, for its caller only
+        else:
+            claimed: set[Key] = set()
+            for j in jobs:  # a key sent by two calls of one group is accepted for the first
+                mine = {(r[1], r[0]) for r in j.rows} & inserted
+                mine -= claimed
+                claimed |= mine
+                j.done.set_result(mine)
 
     async def close(self) -> None:
         """Write out everything queued, then stop the writer tasks."""
