@@ -52,6 +52,8 @@ INSERT INTO usage_rollup_quarantine SELECT q.*, now(), $2 FROM q
 """
 
 Moved = tuple[int, datetime | None, datetime | None]
+#: What the rollups refuse because of a row's values (not the database being away).
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 COMPACT_SQL: tuple[str, ...] = tuple(compact_sql(r) for r in ROLLUPS)
 
@@ -98,7 +100,7 @@ class RollupWorker:
                     row = await conn.fetchrow(MATERIALIZE_SQL, self._chunk)
                     assert row is not None  # an aggregate always returns a row
                     moved, lo, hi = row
-            except asyncpg.DataError as exc:
+            except _REFUSED as exc:
                 log.warning("rollup worker: a chunk was refused (%s); isolating its rows", exc)
                 ctids = [r[0] for r in await conn.fetch(
                     "SELECT ctid FROM usage_rollup_pending LIMIT $1", self._chunk)]
@@ -116,7 +118,7 @@ class RollupWorker:
                 row = await conn.fetchrow(MATERIALIZE_ROWS_SQL, ctids)
                 assert row is not None  # an aggregate always returns a row
                 return int(row[0]), row[1], row[2]
-        except asyncpg.DataError as exc:
+        except _REFUSED as exc:
             if len(ctids) == 1:
                 await conn.execute(QUARANTINE_SQL, ctids[0], f"{exc.sqlstate}: {exc}")
                 log.error("rollup worker: quarantined a queued row the rollups refuse: %s", exc)

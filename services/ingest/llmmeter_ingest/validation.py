@@ -21,7 +21,10 @@ MAX_TOKENS = 100_000_000
 MAX_CHUNKS = 100_000_000
 MAX_RETRIES = 1_000
 MAX_COST_USD = 100_000.0
-MAX_DURATION_US = 86_400_000_000  # 24 h: latency, TTFT, inter-token latency, gateway overhead
+#: 1 h: latency, TTFT, inter-token latency, gateway overhead. The rollups sum latencies in bigint
+#: microseconds: at 1 h a day bucket overflows only past 2.5 * 10^9 such records (29,000 a second
+#: for a whole day); at 24 h, 10^8 would do.
+MAX_DURATION_US = 3_600_000_000
 MAX_IMAGES = 1_000_000
 MAX_MEDIA_SECONDS = 1_000_000.0
 MAX_CHARACTERS = 1_000_000_000
@@ -96,7 +99,7 @@ def _check_time(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
         raise Rejected("end_time", "end_time is in the future")
     latency = end - start
     if latency > MAX_DURATION_US:
-        raise Rejected("end_time", "end_time is more than 24 hours after start_time")
+        raise Rejected("end_time", "end_time is more than 1 hour after start_time")
     for name in ("time_to_first_token", "mean_inter_token_latency", "gateway_overhead"):
         if rec.HasField(name):  # type: ignore[arg-type]
             d = getattr(rec, name)
@@ -106,7 +109,7 @@ def _check_time(rec: usage_pb2.UsageRecord, limits: Limits) -> None:
             if value < 0:
                 raise Rejected(name, f"{name} must not be negative")
             if value > MAX_DURATION_US:
-                raise Rejected(name, f"{name} must be at most 24 hours")
+                raise Rejected(name, f"{name} must be at most 1 hour")
             if name == "time_to_first_token" and value > latency:
                 raise Rejected(name, "time_to_first_token exceeds the latency (end_time - start_time)")
 
