@@ -153,7 +153,8 @@ async def test_refusals(url: str, db_url: str) -> None:
     assert status == 415 and "unsupported content type" in status_pb2.Status.FromString(answer).message
     for bad, content_type in ((b"\xff\x00garbage", PROTOBUF), (b"{not json", JSON), (b"[1, 2]", JSON),
                               (_json_body(0, trace="not-hex"), JSON),
-                              (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "soon"}]}]}]}', JSON)):
+                              (json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+                                  {"startTimeUnixNano": "soon"}]}]}]}).encode(), JSON)):
         status, answer, _ = await _post(url, bad, content_type)
         assert status == 400, (bad, answer)
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
