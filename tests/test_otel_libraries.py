@@ -52,6 +52,9 @@ from fake_openai import (
 )
 from keyring import ADMIN
 
+# OpenLLMetry's own pydantic models still use class-based config
+pytestmark = pytest.mark.filterwarnings("ignore:Support for class-based `config`")
+
 S = 1_000_000_000
 README = Path(__file__).resolve().parent.parent / "README.md"
 
