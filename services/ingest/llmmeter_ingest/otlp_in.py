@@ -71,7 +71,7 @@ MAPPING: tuple[Source, ...] = (
     Source("response_model", (genai.RESPONSE_MODEL, "llm.response.model")),
     Source("provider", (genai.PROVIDER, genai.SYSTEM, "llm.vendor")),
     Source("call_type", (genai.OPERATION, "llm.request.type"),
-           "normalised by `OPERATIONS` (`text_completion` → completion, LiteLLM's `acompletion` → chat)"),
+           "normalised by `OPERATIONS` (`embeddings` → embedding, LiteLLM's `acompletion` → chat)"),
     Source("api_base", ("server.address", "gen_ai.openai.api_base", "hidden_params.api_base"),
            "`server.address:server.port`; `hidden_params` is LiteLLM's JSON string"),
     Source("user", (genai.USER_ID, genai.ENDUSER_ID, "gen_ai.user", "llm.user",
@@ -115,15 +115,18 @@ _BY_FIELD = {s.field: s.attributes for s in MAPPING}
 #: stored as. Any other operation (agent, tool, workflow spans) is not a model call: those
 #: wrap model calls reported on their own, so counting them too would count tokens twice.
 OPERATIONS: dict[str, str] = {
-    "chat": "chat", "generate_content": "chat", "text_completion": "completion",
+    "chat": "chat", "generate_content": "chat", "text_completion": "text_completion",
     "embeddings": "embedding", "embedding": "embedding",
     # LiteLLM's call types, as its otel callback sends them
-    "completion": "chat", "acompletion": "chat", "atext_completion": "completion",
+    "completion": "chat", "acompletion": "chat", "atext_completion": "text_completion",
     "aembedding": "embedding", "image_generation": "image_generation",
     "aimage_generation": "image_generation", "transcription": "asr", "atranscription": "asr",
     "speech": "tts", "aspeech": "tts", "moderation": "moderation", "amoderation": "moderation",
     "rerank": "rerank", "arerank": "rerank", "responses": "responses", "aresponses": "responses",
 }
+
+#: The operations that are model calls (the keys of `OPERATIONS`).
+MODEL_CALLS = frozenset(OPERATIONS)
 
 #: Span events whose earliest time is the first chunk of a streamed response.
 CHUNK_EVENTS = frozenset({genai.FIRST_TOKEN_EVENT, "gen_ai.content.completion.chunk",
