@@ -149,7 +149,7 @@ def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
     """Settings for an in-process ingest service on a free loopback port."""
     values: dict[str, object] = {
         "database_url": db_url, "host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 5.0,
-        "metrics_port": 0, "bootstrap_admin_key": ADMIN.token,
+        "metrics_port": 0, "bootstrap_admin_key": ADMIN.token, "otlp_http_port": 0,
     }
     values.update(overrides)
     return IngestSettings(**values)  # type: ignore[arg-type]

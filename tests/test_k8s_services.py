@@ -42,9 +42,10 @@ def test_each_service_has_its_objects_wired_together(
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (container,) = spec["containers"]
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-    (svc_port,) = svc["spec"]["ports"]
-    assert svc_port["targetPort"] in port_names
-    assert svc_port["port"] == port_names[svc_port["targetPort"]]
+    assert svc["spec"]["ports"][0]["name"] == "grpc"
+    for svc_port in svc["spec"]["ports"]:  # gRPC; ingest also OTLP/HTTP
+        assert svc_port["targetPort"] in port_names
+        assert svc_port["port"] == port_names[svc_port["targetPort"]]
 
     pdb = _one(docs, "PodDisruptionBudget", name)
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -73,8 +74,10 @@ def test_probes_are_native_grpc_on_the_port_the_service_serves(
     assert container["command"] == ["python", "-m", module]
     assert importlib.util.find_spec(module) is not None
     metrics_port = settings.model_fields["metrics_port"].default
+    otlp_http = ([("otlp-http", settings.model_fields["otlp_http_port"].default)]
+                 if "otlp_http_port" in settings.model_fields else [])
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
-        ("grpc", default_port), ("metrics", metrics_port)]
+        ("grpc", default_port), ("metrics", metrics_port), *otlp_http]
     template = _one(docs, "Deployment", f"llmmeter-{service}")["spec"]["template"]
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(metrics_port)

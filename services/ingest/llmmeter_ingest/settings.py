@@ -98,6 +98,10 @@ class IngestSettings(BaseSettings, SecuritySettings):
     otlp_receiver: bool = True
     """Serve the OTLP trace receiver (TraceService/Export) on the gRPC port: GenAI spans become records."""
 
+    otlp_http_port: int = 4318
+    """Port of the OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf or JSON) on `host`, with the
+    same API keys as the gRPC port (0 = not served; needs `otlp_receiver`)."""
+
     otlp_endpoint: str = Field("", validation_alias=AliasChoices(
         "otlp_endpoint", "LLMMETER_INGEST_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
     """OTLP/gRPC collector (`http://host:4317` plaintext, `https://` TLS), also read from the standard
