@@ -50,6 +50,8 @@ _TOKEN = re.compile(
 )
 _STATUS_CLASS = re.compile(r"^([1-5])xx$", re.IGNORECASE)
 _TRAILING_SPACE = re.compile(r"\s*\Z")
+#: A metadata key (filters' `metadata.<key>`, `group_by`): spliced into SQL, so nothing else.
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 #: The limits on a filter (any caller may send one; see README, Querying usage).
 MAX_FILTER_LENGTH = 32_768
@@ -233,7 +235,7 @@ def _comparison(field_tok: Token, op: str, value_tok: Token) -> Comparison:
     name, raw = field_tok.text, _unquote(value_tok)
     if name.startswith("metadata."):
         key = name[len("metadata."):]
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", key):
+        if not METADATA_KEY.fullmatch(key):
             raise _bad(f"bad metadata key {shown(key)} at position {field_tok.pos}: 1 to 64 of "
                        "A-Z a-z 0-9 _ . -")
         return Comparison(name, f"metadata->>'{key}'", op, raw)

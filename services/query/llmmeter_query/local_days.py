@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.timeutil import floor_to
+from llmmeter_query.filters import shown
 from llmmeter_query.window import LEVELS, Level, Window
 
 _UTC_NAMES = frozenset(("", "UTC", "Etc/UTC", "Z"))
@@ -58,11 +59,14 @@ def parse_time_zone(name: str) -> LocalDays | None:
     """An IANA zone name (`Europe/Berlin`); None for UTC or empty, whose days are the rollups'."""
     if name.strip() in _UTC_NAMES:
         return None
+    hint = "an IANA time zone such as Europe/Berlin"
+    if len(name) > 64 or "\x00" in name:  # no zone name is longer; the OS refuses such paths
+        raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
+                              [FieldViolation("time_zone", hint)])
     try:
         return LocalDays(ZoneInfo(name.strip()))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        hint = "an IANA time zone such as Europe/Berlin"
-        raise InvalidArgument(f"time_zone: {name!r} is not an IANA time zone ({exc})",
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, say "Europe"
+        raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
                               [FieldViolation("time_zone", hint)]) from exc
 
 
