@@ -56,7 +56,7 @@ METADATA_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 #: The limits on a filter (any caller may send one; see README, Querying usage).
 MAX_FILTER_LENGTH = 32_768
 """Characters of the whole filter."""
-MAX_TERMS = 1_000
+MAX_TERMS = 500
 """Comparisons (`field op value`) in one filter."""
 MAX_DEPTH = 32
 """Nesting of parentheses and negations."""
@@ -337,10 +337,6 @@ def _like(value: str) -> str:
 
 #: A comparison as SQL: (left-hand expression, operator, the value bound to the right).
 _Leaf = tuple[str, str, Any]
-#: Operators whose leaves an OR folds into one `op ANY($n)` per left-hand side (an AND folds the
-#: negated ones into `op ALL($n)`); presence tests (`?`) fold into `?|` / `?&`.
-_ANY_OPS = frozenset(("=", "LIKE", "ILIKE"))
-_ALL_OPS = frozenset(("<>", "NOT LIKE"))
 
 
 def _leaf(n: Comparison) -> _Leaf | None:
@@ -372,15 +368,16 @@ def _sql_leaf(n: Comparison, params: list[Any]) -> str:
 
 
 def _sql_bool(n: BoolOp, params: list[Any]) -> str:
-    """AND / OR; the terms that compare one expression the same way share one array parameter
-    (`model = ANY($1)` for `model = "a" OR model = "b" ...`): one bind parameter instead of
-    hundreds, and a plan PostgreSQL makes in microseconds rather than seconds."""
-    folding = _ANY_OPS | {"?"} if n.op == "OR" else _ALL_OPS | {"?"}
+    """AND / OR; the terms that compare one expression the same way share one array parameter:
+    `model = ANY($1)` for `model = "a" OR model = "b" ...`, `model NOT LIKE ALL($2)` for an AND
+    of `!=` wildcards (`x op ANY(a)` is the OR of `x op a[i]`, with the same NULL logic, and
+    ALL the AND), metadata presence as `?|` / `?&`. One bind parameter instead of hundreds, and
+    a plan PostgreSQL makes in microseconds rather than seconds."""
     items: list[str | tuple[str, str]] = []
     grouped: dict[tuple[str, str], list[Any]] = {}
     for t in n.terms:
         leaf = _leaf(t) if isinstance(t, Comparison) else None
-        if leaf is None or leaf[1] not in folding:
+        if leaf is None:
             items.append(_sql(t, params))
             continue
         key = (leaf[0], leaf[1])

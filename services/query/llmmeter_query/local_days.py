@@ -10,6 +10,7 @@ minute rollups always do: the planner reads the coarsest that nests.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,13 +47,22 @@ class LocalDays:
     def levels(self, window: Window) -> tuple[Level, ...]:
         """Rollup levels that nest in this zone's days over the window: hours when every offset
         it has there is whole hours, else minutes only."""
-        t, whole = window.start, True
-        while whole and t <= window.end + timedelta(days=1):
-            offset = t.astimezone(self.zone).utcoffset() or timedelta(0)
-            whole = offset % timedelta(hours=1) == timedelta(0)
-            t += timedelta(hours=12)
+        first, last = (window.start - timedelta(days=1)).year, (window.end + timedelta(days=1)).year
+        whole = all(_whole_hours(self.zone, year) for year in range(first, last + 1))
         minute = timedelta(minutes=1)
         return tuple(lv for lv in LEVELS if lv.width < timedelta(days=1) and (whole or lv.width == minute))
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_hours(zone: ZoneInfo, year: int) -> bool:
+    """Whether every offset `zone` has in `year` (looked at every 12 hours) is whole hours: once
+    per zone and year, not per call (a decade is 7,000 lookups)."""
+    t, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+    while t < end:
+        if (t.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            return False
+        t += timedelta(hours=12)
+    return True
 
 
 def parse_time_zone(name: str) -> LocalDays | None:
