@@ -255,3 +255,36 @@ async def test_health_answers_while_hostile_calls_run(query_server, query_stub) 
         assert isinstance(c.exception(), grpc.aio.AioRpcError)
         assert c.exception().code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[union-attr]
     assert max(healths) < 1.0
+
+
+async def test_exports_and_pages_run_under_the_statement_timeout(db_url) -> None:
+    """A statement stuck behind a lock ends at the timeout on every path, exports included."""
+    import asyncpg
+
+    from llmmeter.v1 import query_pb2_grpc
+    from llmmeter_query.server import QueryServer
+    from llmmeter_query.settings import QuerySettings
+
+    server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0, metrics_port=0,
+                                       shutdown_grace_seconds=1.0, statement_timeout_seconds=1.0))
+    await server.start()
+    locker = await asyncpg.connect(db_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = query_pb2_grpc.QueryServiceStub(ch)
+            for name, req in (("ExportRequests", M.ExportRequestsRequest()),
+                              ("ListRequests", M.ListRequestsRequest()),
+                              ("GetSummary", M.GetSummaryRequest(filter='metadata.k = "v"'))):
+                start = time.perf_counter()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await _call(stub, name, req)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, name
+                assert time.perf_counter() - start < 5
+                assert await _health_seconds(server.port) < 1.0
+        await tx.rollback()
+    finally:
+        await locker.close()
+        await server.stop()
