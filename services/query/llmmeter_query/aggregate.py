@@ -24,7 +24,7 @@ import asyncpg
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
 from llmmeter_common.timeutil import floor_to
-from llmmeter_query.filters import FIELDS, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter
+from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
@@ -60,15 +60,18 @@ def parse_group(name: str) -> Grouping | None:
         return Grouping(name, "((status_code / 100)::text || 'xx')", frozenset({"status_code"}))
     if name.startswith("metadata."):
         key = name[len("metadata."):]
-        if key and all(c.isalnum() or c in "_.-" for c in key) and len(key) <= 64:
-            return Grouping(name, f"coalesce(metadata->>'{key}', '')", None)
+        if not METADATA_KEY.fullmatch(key):  # the filter's rule; the key is spliced into the SQL
+            raise InvalidArgument(
+                f"group_by: bad metadata key {shown(key)}: 1 to 64 of A-Z a-z 0-9 _ . -",
+                [FieldViolation("group_by", "metadata.<key> with a key of 1 to 64 of A-Z a-z 0-9 _ . -")])
+        return Grouping(name, f"coalesce(metadata->>'{key}', '')", None)
     column = FIELDS.get(name)
     if column is not None:
         expr = f"({column})::text" if name in NON_TEXT_FIELDS else column  # group values are strings
         return Grouping(name, expr, frozenset({column}) if column in ROLLUP_COLUMNS else None)
     raise InvalidArgument(
-        f"group_by: {name!r} is not a dimension, status_class or metadata.<key>",
-        [FieldViolation("group_by", f"unknown dimension {name!r}")],
+        f"group_by: {shown(name)} is not a dimension, status_class or metadata.<key>",
+        [FieldViolation("group_by", f"unknown dimension {shown(name)}")],
     )
 
 

@@ -10,12 +10,14 @@ minute rollups always do: the planner reads the coarsest that nests.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.timeutil import floor_to
+from llmmeter_query.filters import shown
 from llmmeter_query.window import LEVELS, Level, Window
 
 _UTC_NAMES = frozenset(("", "UTC", "Etc/UTC", "Z"))
@@ -45,24 +47,36 @@ class LocalDays:
     def levels(self, window: Window) -> tuple[Level, ...]:
         """Rollup levels that nest in this zone's days over the window: hours when every offset
         it has there is whole hours, else minutes only."""
-        t, whole = window.start, True
-        while whole and t <= window.end + timedelta(days=1):
-            offset = t.astimezone(self.zone).utcoffset() or timedelta(0)
-            whole = offset % timedelta(hours=1) == timedelta(0)
-            t += timedelta(hours=12)
+        first, last = (window.start - timedelta(days=1)).year, (window.end + timedelta(days=1)).year
+        whole = all(_whole_hours(self.zone, year) for year in range(first, last + 1))
         minute = timedelta(minutes=1)
         return tuple(lv for lv in LEVELS if lv.width < timedelta(days=1) and (whole or lv.width == minute))
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_hours(zone: ZoneInfo, year: int) -> bool:
+    """Whether every offset `zone` has in `year` (looked at every 12 hours) is whole hours: once
+    per zone and year, not per call (a decade is 7,000 lookups)."""
+    t, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+    while t < end:
+        if (t.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            return False
+        t += timedelta(hours=12)
+    return True
 
 
 def parse_time_zone(name: str) -> LocalDays | None:
     """An IANA zone name (`Europe/Berlin`); None for UTC or empty, whose days are the rollups'."""
     if name.strip() in _UTC_NAMES:
         return None
+    hint = "an IANA time zone such as Europe/Berlin"
+    if len(name) > 64 or "\x00" in name:  # no zone name is longer; the OS refuses such paths
+        raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
+                              [FieldViolation("time_zone", hint)])
     try:
         return LocalDays(ZoneInfo(name.strip()))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        hint = "an IANA time zone such as Europe/Berlin"
-        raise InvalidArgument(f"time_zone: {name!r} is not an IANA time zone ({exc})",
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, say "Europe"
+        raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
                               [FieldViolation("time_zone", hint)]) from exc
 
 

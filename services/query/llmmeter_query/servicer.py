@@ -18,9 +18,9 @@ import grpc
 from llmmeter.v1 import query_pb2, query_pb2_grpc
 from llmmeter_common.auth.context import team_scope
 from llmmeter_common.errors import FieldViolation, InvalidArgument, NotFound
-from llmmeter_query import metrics
+from llmmeter_query import checks, metrics
 from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
-from llmmeter_query.convert import opt_time, request_row, ts, usage_record
+from llmmeter_query.convert import request_row, ts, usage_record
 from llmmeter_query.export import export_aggregates, export_requests
 from llmmeter_query.filters import Filter, parse_filter, scope_to_team
 from llmmeter_query.local_days import Calendar, parse_time_zone
@@ -38,7 +38,8 @@ def _filter(text: str) -> Filter:
 
 
 def _window(req: Any) -> Window:
-    return resolve_window(opt_time(req, "start_time"), opt_time(req, "end_time"), datetime.now(UTC))
+    return resolve_window(checks.request_time(req, "start_time"), checks.request_time(req, "end_time"),
+                          datetime.now(UTC))
 
 
 def _method(agg: Aggregates) -> query_pb2.PercentileMethod.ValueType:
@@ -57,7 +58,7 @@ def _order(order_by: str) -> tuple[str, bool]:
     if len(parts) == 2 and parts[1].lower() in ("asc", "desc"):
         text, desc = parts[0], parts[1].lower() == "desc"
     if text not in metrics.BREAKDOWN_COLUMNS:
-        raise InvalidArgument(f"order_by: unknown column {text!r}",
+        raise InvalidArgument(f"order_by: unknown column {checks.shown(text)}",
                               [FieldViolation("order_by", f"one of {', '.join(metrics.BREAKDOWN_COLUMNS)}")])
     return text, (text != "group") if desc is None else desc
 
@@ -70,7 +71,7 @@ def _counted(agg: Aggregates) -> dict[str, Any]:
 def _rank_by(metric: int) -> tuple[str, Callable[[dict[Any, Stats]], list[Any]]]:
     """The series metric groups are ranked by (default: requests, the busiest groups get their own
     line), and the ranking: largest total over the window first, ties by name."""
-    metric = metric or query_pb2.METRIC_REQUESTS
+    metric = checks.enum(metric, "rank_by", query_pb2.Metric) or query_pb2.METRIC_REQUESTS
     name = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
     if name not in metrics.RANKABLE:
         allowed = ", ".join(f"METRIC_{n}" for n in sorted(metrics.RANKABLE))
@@ -128,10 +129,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetRequest(self, request: query_pb2.GetRequestRequest,
                          context: grpc.aio.ServicerContext) -> query_pb2.GetRequestResponse:
         """One request in full."""
-        row = await self._log.get(request.request_id, opt_time(request, "start_time"))
+        row = await self._log.get(checks.text(request.request_id, "request_id", checks.MAX_ID_LENGTH),
+                                  checks.request_time(request, "start_time"))
         team = team_scope()
         if team is not None and row["team"] != team:  # as if absent: ids of other teams stay unknown
-            raise NotFound(f"request {request.request_id!r} not found")
+            raise NotFound(f"request {checks.shown(request.request_id)} not found")
         return query_pb2.GetRequestResponse(
             record=usage_record(row), latency_ms=row["latency_us"] / 1000,
             itl_ms=(row["itl_us"] or 0) / 1000, tpot_ms=(row["tpot_us"] or 0) / 1000,
@@ -143,6 +145,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if not request.metrics or query_pb2.METRIC_UNSPECIFIED in request.metrics:
             raise InvalidArgument("metrics: at least one metric is required",
                                   [FieldViolation("metrics", "at least one, not METRIC_UNSPECIFIED")])
+        if len(request.metrics) > checks.MAX_METRICS:
+            raise checks.bad("metrics", f"more than {checks.MAX_METRICS} metrics",
+                             f"at most {checks.MAX_METRICS}")
+        for m in request.metrics:
+            checks.enum(m, "metrics", query_pb2.Metric, allow_unspecified=False)
+        checks.top_n(request.top_n)
         window = _window(request)
         name, width = parse_granularity(request.granularity, window)
         group = parse_group(request.group_by)
@@ -181,8 +189,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         """Metrics per group, sorted, top N."""
         window = _window(request)
         column, desc = _order(request.order_by)
-        if request.top_n < 0:
-            raise InvalidArgument("top_n: must not be negative", [FieldViolation("top_n", ">= 0")])
+        checks.top_n(request.top_n)
         minutes = window.minutes
 
         def order(totals: dict[Any, Stats]) -> list[Any]:
@@ -207,6 +214,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                              context: grpc.aio.ServicerContext,
                              ) -> AsyncIterator[query_pb2.ExportRequestsResponse]:
         """The filtered log as CSV or NDJSON chunks."""
+        checks.enum(request.format, "format", query_pb2.ExportFormat)
         ndjson = request.format == query_pb2.EXPORT_FORMAT_NDJSON
         async for data, rows in export_requests(self._pool, _window(request),
                                                 _filter(request.filter), ndjson):
@@ -217,6 +225,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                                ) -> AsyncIterator[query_pb2.ExportAggregatesResponse]:
         """Grouped metrics as CSV chunks."""
         window = _window(request)
+        if len(request.group_by) > checks.MAX_GROUP_BY:
+            raise checks.bad("group_by", f"more than {checks.MAX_GROUP_BY} grouping columns",
+                             f"at most {checks.MAX_GROUP_BY}")
         days = parse_time_zone(request.time_zone)
         width = parse_granularity(request.granularity, window)[1] if request.granularity else None
         calendar = Calendar.of(width, days) if width is not None else None
