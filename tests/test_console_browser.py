@@ -185,3 +185,32 @@ async def test_a_browser_signs_in_with_its_own_team_key(
         async with page.expect_navigation():
             await page.click("form.login button")
         assert "API key" in await page.inner_text("#error")
+
+
+async def test_alerts_page_creates_updates_silences_and_deletes_rules(console: str) -> None:
+    async with browser_page() as page:
+        await page.goto(f"{console}/alerts")
+        await page.fill("#rule-form input[name=name]", "pay-errors")
+        await page.select_option("#rule-form select[name=metric]", "failure_rate")
+        await page.fill("#rule-form input[name=warning]", "0.05")
+        await page.fill("#rule-form input[name=filter]", 'team = "payments"')
+        async with page.expect_navigation():
+            await page.click("#rule-form button")
+        assert "rule pay-errors created" in await page.inner_text("#done")
+        assert "pay-errors" in await page.inner_text("#rules")
+        await page.fill("#rule-form input[name=name]", "pay-errors")
+        await page.fill("#rule-form input[name=window]", "banana")
+        async with page.expect_navigation():
+            await page.click("#rule-form button")
+        assert "window" in await page.inner_text("#error")
+        await page.fill("#silence-form input[name=rule]", "pay-errors")
+        await page.fill("#silence-form input[name=comment]", "deploy")
+        async with page.expect_navigation():
+            await page.click("#silence-form button")
+        assert "silence" in await page.inner_text("#done") and "deploy" in await page.inner_text("main")
+        await screenshot(page, "alerts-forms")
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        async with page.expect_navigation():
+            await page.click("#rules form button")
+        assert "rule pay-errors deleted" in await page.inner_text("#done")
+        assert "No rules yet" in await page.inner_text("#rules")

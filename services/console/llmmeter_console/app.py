@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from llmmeter.errors import LlmmeterError, NotFoundError, RpcError
 from llmmeter.v1 import query_pb2
-from llmmeter_console import data, formats
+from llmmeter_console import alert_forms, data, formats
 from llmmeter_console.backend import Backend, Backends
 from llmmeter_console.settings import ConsoleSettings
 from llmmeter_console.window import CHOICES, View, parse_view
@@ -138,6 +138,22 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         return StreamingResponse(body(), media_type="text/csv", headers={
             "Content-Disposition": f'attachment; filename="llmmeter-{view.group}.csv"'})
 
+    async def alert_action(request: Request) -> Response:
+        """Create or update a rule, delete one, create or delete a silence; back to /alerts with the
+        outcome (or the alerts service's refusal, naming the field) shown."""
+        key = key_of(request)
+        if key is None:
+            return RedirectResponse("/login?next=/alerts", status_code=303)
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+        action = request.path_params["action"]
+        backend = await backends.get(key)
+        try:
+            done = await alert_forms.apply(backend.alerts, action, form)
+        except (ValueError, LlmmeterError) as exc:
+            message = _explain(exc) if isinstance(exc, LlmmeterError) else str(exc)
+            return RedirectResponse(f"/alerts?{urlencode({'error': message})}", status_code=303)
+        return RedirectResponse(f"/alerts?{urlencode({'done': done})}", status_code=303)
+
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return render("login.html", request, next=request.query_params.get("next", "/usage"))
@@ -179,7 +195,9 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         return await data.analytics(b, view)
 
     async def fetch_alerts(b: Backend, view: View, request: Request) -> dict[str, Any]:
-        return await data.alerts(b)
+        return {**await data.alerts(b), "metrics": alert_forms.RULE_METRICS,
+                "comparisons": list(alert_forms.COMPARISONS),
+                "done": request.query_params.get("done", ""), "failed": request.query_params.get("error", "")}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -193,6 +211,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         Route("/metrics", page("metrics.html", fetch_metrics)),
         Route("/analytics", page("analytics.html", fetch_analytics)),
         Route("/alerts", page("alerts.html", fetch_alerts)),
+        Route("/alerts/{action}", alert_action, methods=["POST"]),
         Route("/api/requests/{request_id:path}", detail),
         Route("/api/tail", tail),
         Route("/export/aggregates.csv", export),
