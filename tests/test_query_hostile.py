@@ -23,6 +23,10 @@ from llmmeter_query.filters import glob_match, parse_filter
 from keyring import keyed_channel
 from records import bad_request_fields, ingest, record, ts
 
+#: A frozen service took ~115 s to answer health; a health check on a loaded 2-core CI machine
+#: (other suites, helpers) has been seen at 1.9 s. 10 s tells the two apart without timing the box.
+HEALTH_BOUND_S = 10.0
+
 
 def _raw_ts(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
@@ -238,7 +242,7 @@ async def test_a_wildcard_tail_on_a_long_value_freezes_nothing(query_server, ing
     print(f"500 rows x 20 watchers delivered in {elapsed:.2f}s; slowest health check "
           f"{max(healths):.3f}s; the former regex on 40 chars: {_catastrophic_regex_seconds(40):.3f}s")
     assert got == ["end"] * 20  # the long values do not match; the tail went on
-    assert max(healths) < 1.0
+    assert max(healths) < HEALTH_BOUND_S
 
 
 async def test_health_answers_while_hostile_calls_run(query_server, query_stub) -> None:
@@ -254,7 +258,7 @@ async def test_health_answers_while_hostile_calls_run(query_server, query_stub) 
     for c in calls:
         assert isinstance(c.exception(), grpc.aio.AioRpcError)
         assert c.exception().code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[union-attr]
-    assert max(healths) < 1.0
+    assert max(healths) < HEALTH_BOUND_S
 
 
 async def test_exports_and_pages_run_under_the_statement_timeout(db_url) -> None:
