@@ -331,6 +331,9 @@ async def make_alerts(db_url: str, query_server: QueryServer) -> AsyncIterator[F
             "database_url": db_url, "host": "127.0.0.1", "port": 0,
             "query_addr": f"127.0.0.1:{query_server.port}", "query_api_key": ADMIN.token, "evaluate": False,
             "webhook_timeout_seconds": 10.0, "webhook_initial_backoff_seconds": 30.0,
+            # the test webhook receiver listens on loopback, which notifications may reach only when
+            # an operator allows it
+            "webhook_allow_hosts": "127.0.0.1",
             "shutdown_grace_seconds": 1.0, "metrics_port": 0,
         }
         values.update(overrides)

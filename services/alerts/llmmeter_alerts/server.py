@@ -28,6 +28,7 @@ from llmmeter_alerts.retention import HistoryPruner
 from llmmeter_alerts.servicer import AlertsServicer
 from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_alerts.store import AlertStore
+from llmmeter_alerts.targets import TargetPolicy
 from llmmeter_common import telemetry
 from llmmeter_common.auth.keystore import KeyStore
 from llmmeter_common.migrate import migrate
@@ -70,13 +71,14 @@ class AlertsServer:
             TlsConfig(s.query_tls_ca_file) if s.query_tls_ca_file else None,
             interceptors=telemetry.client_interceptors(self._tracing))
         source = MetricSource(query_pb2_grpc.QueryServiceStub(self._channel), s.query_timeout_seconds)
+        targets = TargetPolicy.from_setting(s.webhook_allow_hosts, s.webhook_secret_env_prefix)
         self.dispatcher = Dispatcher(self.store, self.clock, self.leader, DeliveryPolicy(
             timeout=s.webhook_timeout_seconds, max_attempts=s.webhook_max_attempts,
             initial_backoff=timedelta(seconds=s.webhook_initial_backoff_seconds),
-            max_backoff=timedelta(seconds=s.webhook_max_backoff_seconds)))
+            max_backoff=timedelta(seconds=s.webhook_max_backoff_seconds)), targets)
         self.evaluator = Evaluator(self.store, source, self.clock, self.leader, self.dispatcher.wake,
                                    s.concurrency)
-        servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url)
+        servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url, targets)
         keys = await key_store(s, self._pool)
         self._grpc = GrpcServer([SERVICE_NAME, KEYS_SERVICE_NAME], keys=keys, tracer_provider=self._tracing)
         # keys are managed here even when this replica's auth is off (the other services may check them)
