@@ -5,6 +5,8 @@ query and alerts services; the CLI in process."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import struct
 from collections.abc import AsyncIterator
@@ -122,6 +124,13 @@ async def test_cost_sources_and_unpriced_counts(ingest_stub: Any, query_stub: An
     assert {r.request_id: r.cost_source for r in log} == {
         known.request_id: COMPUTED, claude.request_id: COMPUTED, reported.request_id: REPORTED,
         zero.request_id: REPORTED, unknown.request_id: UNPRICED}
+
+    for granularity in ("", "1h"):
+        chunks = [c async for c in query_stub.ExportAggregates(query_pb2.ExportAggregatesRequest(
+            group_by=["model"], granularity=granularity, **window))]
+        table = list(csv.DictReader(io.StringIO(b"".join(c.data for c in chunks).decode())))
+        assert {r["model"]: int(r["unpriced_count"]) for r in table} == {
+            "gpt-4o": 0, "claude-sonnet-4-5": 0, "acme-llm-9000": 1}, granularity
 
     addr = f"127.0.0.1:{query_server.port}"
     code, out, _ = await cli(capsys, addr, "usage", "summary", "--since", "1h")
