@@ -462,9 +462,11 @@ def to_record(span: trace_pb2.Span, resource: Mapping[str, Any]) -> usage_pb2.Us
         cache_read_tokens=r.count("cache_read_tokens"),
         cache_write_tokens=r.count("cache_write_tokens"),
         reasoning_tokens=r.count("reasoning_tokens"),
-        cost=r.number("cost") or 0.0,
         metadata=_metadata(r, resource, trace_id, span_id, notes),
     )
+    cost = r.number("cost")
+    if cost is not None:  # absent: priced at ingest (llmmeter_ingest.pricing)
+        rec.cost = cost
     ttft = _ttft_ns(span, r)
     if ttft is not None and ttft < 0:
         notes.add("ttft<0")

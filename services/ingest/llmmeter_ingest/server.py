@@ -23,6 +23,7 @@ from llmmeter_common.serving import GrpcServer, key_store, wait_for_database
 from llmmeter_ingest import otlp_http, otlp_servicer
 from llmmeter_ingest.ingestor import Ingestor, Outcome
 from llmmeter_ingest.otel_out import UsageExporter
+from llmmeter_ingest.pricing import Pricer
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
@@ -45,6 +46,8 @@ class IngestServer:
         self._grpc: GrpcServer | None = None
         self._tracing: TracerProvider | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._prices: asyncio.Task[None] | None = None
+        self.pricer = Pricer()
         self._usage_exporter: UsageExporter | None = None
         self._otlp_http: otlp_http.OtlpHttpReceiver | None = None
         self.otlp_http_port = 0
@@ -93,8 +96,11 @@ class IngestServer:
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
         if s.otlp_endpoint:
             self._usage_exporter = self._start_usage_exporter(self._grpc.metrics)
+        await self.pricer.refresh(self._pool)
+        self._prices = asyncio.create_task(self._prices_loop(self._pool))
         ingestor = Ingestor(s, self._writer, on_outcome=count_outcome,
-                            on_stored=self._usage_exporter.offer if self._usage_exporter else None)
+                            on_stored=self._usage_exporter.offer if self._usage_exporter else None,
+                            pricer=self.pricer)
         servicer = IngestServicer(ingestor, s)
         rejections = otlp_servicer.RejectionLog()
         if s.otlp_receiver:
@@ -155,8 +161,20 @@ class IngestServer:
                 log.exception("retention run failed; will retry")
             await asyncio.sleep(s.retention_interval_seconds)
 
+    async def _prices_loop(self, pool: asyncpg.Pool) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prices_refresh_seconds)
+            try:
+                await self.pricer.refresh(pool)
+            except Exception:
+                log.warning("reading the price overrides failed; keeping the previous ones", exc_info=True)
+
     async def stop(self) -> None:
         """Refuse new calls, finish in-flight ones, flush the queue, close the pool."""
+        if self._prices is not None:
+            self._prices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prices
         if self._retention is not None:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -77,6 +77,10 @@ class IngestSettings(BaseSettings, SecuritySettings):
     retention_interval_seconds: float = 3600.0
     """How often expired partitions are dropped."""
 
+    prices_refresh_seconds: float = 5.0
+    """How often the operator's price overrides (PricesService) are re-read: a change prices records
+    ingested from then on, within this time on every replica (one statement per refresh)."""
+
     max_future_seconds: float = 300.0
     """Clock skew tolerated: records ending further in the future are refused."""
 

@@ -151,6 +151,11 @@ class Aggregator:
         self._lanes = lanes
         self._split_min_rows = split_min_rows
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool it reads with."""
+        return self._pool
+
     def _query(self, window: Window, filt: Filter, group: Grouping | None,
                bucket: timedelta | None, days: LocalDays | None = None) -> _Query:
         dims = set(filt.columns())

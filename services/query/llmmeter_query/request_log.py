@@ -27,6 +27,7 @@ from llmmeter_query.window import Window
 LOG_COLUMNS = (
     "request_id", "start_time", "status_code", "model", "provider", "user_name", "team",
     "input_tokens", "output_tokens", "latency_us", "ttft_us", "cost", "error_type",
+    "cost_source",
 )
 MAX_PAGE_SIZE = 1000
 #: Tokens this service makes are about 150 characters.

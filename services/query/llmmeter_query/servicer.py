@@ -26,6 +26,7 @@ from llmmeter_query.filters import Filter, parse_filter, scope_to_team
 from llmmeter_query.local_days import Calendar, parse_time_zone
 from llmmeter_query.request_log import RequestLog
 from llmmeter_query.tail import TailHub
+from llmmeter_query.unpriced import unpriced_counts
 from llmmeter_query.window import Window, parse_granularity, resolve_window
 
 _EXACT = query_pb2.PERCENTILE_METHOD_EXACT
@@ -112,10 +113,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetSummary(self, request: query_pb2.GetSummaryRequest,
                          context: grpc.aio.ServicerContext) -> query_pb2.GetSummaryResponse:
         """The summary cards."""
-        agg = await self._agg.run(_window(request), _filter(request.filter), None, None)
+        window, filt = _window(request), _filter(request.filter)
+        agg = await self._agg.run(window, filt, None, None)
         stats = agg.groups.get(("", None), Stats())
+        unpriced = await unpriced_counts(self._pool, window, filt, None)
         return query_pb2.GetSummaryResponse(summary=query_pb2.Summary(
-            **metrics.summary(stats), percentile_method=_method(agg)), **_counted(agg))
+            **metrics.summary(stats), percentile_method=_method(agg), unpriced_count=unpriced.get("", 0)),
+            **_counted(agg))
 
     async def ListRequests(self, request: query_pb2.ListRequestsRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.ListRequestsResponse:
@@ -137,7 +141,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return query_pb2.GetRequestResponse(
             record=usage_record(row), latency_ms=row["latency_us"] / 1000,
             itl_ms=(row["itl_us"] or 0) / 1000, tpot_ms=(row["tpot_us"] or 0) / 1000,
-            ingest_time=ts(row["ingested_at"]))
+            ingest_time=ts(row["ingested_at"]), cost_source=row["cost_source"])
 
     async def GetTimeSeries(self, request: query_pb2.GetTimeSeriesRequest,
                             context: grpc.aio.ServicerContext) -> query_pb2.GetTimeSeriesResponse:
@@ -197,17 +201,18 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
         # sorted by a percentile, every group needs its histograms; otherwise only the top N
         top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
-        agg = await self._agg.run(window, _filter(request.filter),
-                                  parse_group(request.group_by or "model"), None, top=top,
-                                  measures=metrics.BREAKDOWN_MEASURES)
+        filt, group = _filter(request.filter), parse_group(request.group_by or "model")
+        agg = await self._agg.run(window, filt, group, None, top=top, measures=metrics.BREAKDOWN_MEASURES)
         totals = {g: s for (g, _), s in agg.groups.items()}
         if top is None:
             rows = _breakdown_rows(totals, minutes, column, desc)
         else:  # `shown` is already ranked by `order`, on the same sums
             rows = [metrics.breakdown_row(g, totals[g], minutes) for g in agg.shown]
         cut = rows[: request.top_n] if request.top_n else rows
+        unpriced = await unpriced_counts(self._pool, window, filt, group)
         return query_pb2.GetBreakdownResponse(
-            rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(totals) - len(cut),
+            rows=[query_pb2.BreakdownRow(**r, unpriced_count=unpriced.get(r["group"], 0)) for r in cut],
+            omitted_groups=len(totals) - len(cut),
             percentile_method=_method(agg), **_counted(agg))
 
     async def ExportRequests(self, request: query_pb2.ExportRequestsRequest,

@@ -48,7 +48,9 @@ def summary_table(s: query_pb2.Summary, span: str, filt: str) -> None:
         ),
         ("output tokens", fmt_int(s.output_tokens), f"reasoning {fmt_int(s.reasoning_tokens)}"),
         ("total tokens", fmt_int(s.total_tokens), ""),
-        ("cost", f"${s.cost_exact or s.cost}", "USD"),
+        ("cost", f"${s.cost_exact or s.cost}",
+         f"USD; unpriced {fmt_int(s.unpriced_count)} (no cost sent, no known price)" if s.unpriced_count
+         else "USD"),
         (
             ("latency", fmt_ms(s.latency_avg_ms), f"avg; p95 {fmt_ms(s.latency_p95_ms)}")
             if s.request_count
@@ -186,7 +188,7 @@ def breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str
             f"{r.tpm:,.1f}",
             fmt_int(r.input_tokens),
             fmt_int(r.output_tokens),
-            fmt_cost(r.cost),
+            fmt_cost(r.cost) + (f" unpriced {fmt_int(r.unpriced_count)}" if r.unpriced_count else ""),
             fmt_ms(r.latency_avg_ms),
             fmt_ms(r.latency_p50_ms),
             fmt_ms(r.latency_p95_ms),
