@@ -16,6 +16,7 @@ k8s_render.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import subprocess
@@ -155,15 +156,21 @@ def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
     return IngestSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def ingest_server(db_url: str) -> AsyncIterator[IngestServer]:
-    """A running ingest service on this test's database."""
-    server = IngestServer(ingest_settings(db_url))
+@contextlib.asynccontextmanager
+async def running(server: Any) -> AsyncIterator[Any]:
+    """A service (anything with `start` and `stop`) running for the block."""
     await server.start()
     try:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def ingest_server(db_url: str) -> AsyncIterator[IngestServer]:
+    """A running ingest service on this test's database."""
+    async with running(IngestServer(ingest_settings(db_url))) as server:
+        yield server
 
 
 @pytest.fixture
