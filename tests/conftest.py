@@ -114,6 +114,14 @@ async def storage_flavor(pg_server_url: str) -> Flavor:
     return await server_flavor(pg_server_url)
 
 
+@pytest.fixture
+def postgres_flavor_only(storage_flavor: Flavor) -> None:
+    """For tests of the PostgreSQL flavour's own mechanism (partitions, the rollup worker and its
+    queue, compaction): skipped, saying so, when the suite runs on TimescaleDB."""
+    if storage_flavor != "postgres":
+        pytest.skip("tests the PostgreSQL flavour's own mechanism (partitions, rollup worker, compaction)")
+
+
 @pytest.fixture(scope="session")
 async def template_url(pg_server_url: str, storage_flavor: Flavor) -> str:
     """A database with the schema applied once, cloned for each test."""

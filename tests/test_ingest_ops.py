@@ -8,6 +8,8 @@ import signal
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.pgcluster import free_port
 from llmmeter_ingest.server import IngestServer
@@ -18,6 +20,7 @@ from keyring import keyed_channel
 from records import ingest, record
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_retention_drops_whole_partitions_past_their_horizon(db_pool) -> None:
     now = datetime.now(UTC)
     await db_pool.execute("SELECT llmmeter_ensure_partitions($1, $2)", now - timedelta(days=40), now)

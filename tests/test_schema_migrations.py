@@ -11,6 +11,7 @@ each test (conftest.py) must then have the columns 0002 declares as 0006 and
 from __future__ import annotations
 
 import asyncpg
+import pytest
 from pglast import ast, parse_sql
 
 from llmmeter_common.rollups import HISTOGRAMS, PACK_COLUMNS, ROLLUPS, rollup_columns, table_columns
@@ -97,6 +98,7 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
                 assert [(n, declared[n]) for n in table_columns()] == live, table
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_postgres_histograms_are_stored_uncompressed_in_every_partition(db_pool: asyncpg.Pool) -> None:
     """Reads of long windows detoast every histogram: EXTERNAL skips decompression, on partitions
     that existed at migration time and on those created later."""

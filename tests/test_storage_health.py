@@ -53,8 +53,7 @@ async def test_a_stalled_rollup_worker_is_reported_and_recovers(db_url, storage_
     await server.start()
     blocker = await asyncpg.connect(db_url)
     try:
-        await _until(server.port, HEALTH_NAME, SERVING)
-        assert _gauge(server, "llmmeter_storage_healthy") == 1
+        assert await _status(server.port, HEALTH_NAME) == SERVING
         await blocker.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)  # the worker cannot take it
         async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
             await ingest(ingest_pb2_grpc.IngestServiceStub(ch), [record() for _ in range(3)])

@@ -117,7 +117,7 @@ class IngestServer:
             self._pool, flavor or "postgres", self._grpc.metrics, self._grpc.health,
             s.storage_check_interval_seconds, s.storage_job_stale_seconds,
             s.rollup_pending_max_age_seconds)
-        self.storage_health.start()
+        await self.storage_health.start()
         log.info("ingest service listening on %s:%d", s.host, self.port)
         return self.port
 

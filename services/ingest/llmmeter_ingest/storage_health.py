@@ -122,7 +122,9 @@ class StorageHealth:
                                      "Age of the oldest row queued for the rollups (0 when empty).")
         self._healthy.set(1)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Report SERVING on `storage` until the first check says otherwise; check periodically."""
+        await self._health.set(HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._task = asyncio.create_task(self._loop())
 
     async def check_once(self) -> StorageStatus:
