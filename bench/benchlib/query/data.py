@@ -85,7 +85,8 @@ def generate_sql(cat: dict[str, Any]) -> str:
         return _arr([m[col[name]] for m in models], typ)
 
     n_users = len(cat["users"])
-    cols = ", ".join(c for c in RECORD_COLUMNS) + ", ingested_at"
+    # every generated record carries its cost: cost_source keeps the column's default (reported)
+    cols = ", ".join(c for c in RECORD_COLUMNS if c != "cost_source") + ", ingested_at"
     return f"""
 INSERT INTO usage_records ({cols})
 SELECT start_time, request_id, start_time + latency_us * INTERVAL '1 microsecond', latency_us, ttft_us,
