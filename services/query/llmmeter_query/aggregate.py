@@ -24,7 +24,7 @@ import asyncpg
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
 from llmmeter_common.timeutil import floor_to
-from llmmeter_query.filters import FIELDS, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter
+from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
@@ -60,15 +60,15 @@ def parse_group(name: str) -> Grouping | None:
         return Grouping(name, "((status_code / 100)::text || 'xx')", frozenset({"status_code"}))
     if name.startswith("metadata."):
         key = name[len("metadata."):]
-        if key and all(c.isalnum() or c in "_.-" for c in key) and len(key) <= 64:
+        if METADATA_KEY.fullmatch(key):  # the keys ingest stores: ASCII letters, digits, `_.-`
             return Grouping(name, f"coalesce(metadata->>'{key}', '')", None)
     column = FIELDS.get(name)
     if column is not None:
         expr = f"({column})::text" if name in NON_TEXT_FIELDS else column  # group values are strings
         return Grouping(name, expr, frozenset({column}) if column in ROLLUP_COLUMNS else None)
     raise InvalidArgument(
-        f"group_by: {name!r} is not a dimension, status_class or metadata.<key>",
-        [FieldViolation("group_by", f"unknown dimension {name!r}")],
+        f"group_by: {shown(name)} is not a dimension, status_class or metadata.<key>",
+        [FieldViolation("group_by", f"unknown dimension {shown(name)}")],
     )
 
 
@@ -315,10 +315,16 @@ class _Query:
             tb = f"date_bin('{int(self.bucket.total_seconds())} seconds', {time_col}, {_ORIGIN_SQL})"
         return f"{g} AS g, {tb} AS tb"
 
-    def _where(self, s: Stretch, rollup: bool, params: list[Any]) -> str:
+    def _start(self) -> tuple[str, list[Any]]:
+        """A statement's filter condition and its parameters: compiled once per statement, the
+        filter's values are its first parameters and every part of the UNION ALL refers to the same
+        ones, so they are not multiplied by the stretches (up to eight parts)."""
+        params: list[Any] = []
+        return self.filt.sql(params), params
+
+    def _where(self, s: Stretch, rollup: bool, params: list[Any], cond: str) -> str:
         params += [s.start, s.end]
         a, b = len(params) - 1, len(params)
-        cond = self.filt.sql(params)
         if not rollup:
             return f"start_time >= ${a} AND start_time < ${b} AND {cond}"
         return f"dims_mask = {self.mask} AND bucket >= ${a} AND bucket < ${b} AND {cond}"
@@ -336,18 +342,18 @@ class _Query:
 
     def measures(self, columns: Sequence[str] = _MEASURE_COLUMNS) -> tuple[str, list[Any]]:
         """Summed measures (`columns`, in that order) per (g, tb)."""
-        params: list[Any] = []
+        cond, params = self._start()
         parts = []
         chosen = [m for c in columns for m in MEASURES if m.column == c]
         for s, table in self._sources():
             if table is None or table == PENDING:
                 sums = ", ".join(f"{m.summed(m.raw_expr)} AS {m.column}" for m in chosen)
                 parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM {table or RAW} "
-                             f"WHERE {self._where(s, False, params)} GROUP BY 1, 2")
+                             f"WHERE {self._where(s, False, params, cond)} GROUP BY 1, 2")
             else:  # rollup rows go straight to the one outer aggregation
                 cols = ", ".join(m.column for m in chosen)
                 parts.append(f"SELECT {self._keys('bucket')}, {cols} FROM {table} "
-                             f"WHERE {self._where(s, True, params)}")
+                             f"WHERE {self._where(s, True, params, cond)}")
         outer = ", ".join(m.summed(m.column) for m in chosen)
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
@@ -355,15 +361,15 @@ class _Query:
         """Histogram pieces (g, tb, then per prefix the pairs as bytes): rollup rows as stored (their
         pack when compacted, else `array_send` of the array), raw rows one pair (key, 1) each per
         (g, tb). With `only`, just the rows of those group values."""
-        params: list[Any] = []
+        filt, params = self._start()
+        if only is not None and self.group is not None:
+            params.append(only)
+            filt += f" AND ({self.group.expr}) = ANY(${len(params)})"
         parts = []
         cols = dict(HISTOGRAMS)
         for s, table in self._sources():
             rollup = table is not None and table != PENDING
-            cond = self._where(s, rollup, params)
-            if only is not None and self.group is not None:
-                params.append(only)
-                cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
+            cond = self._where(s, rollup, params, filt)
             if rollup:
                 arrays = ", ".join(f"coalesce({p}_pack, array_send({p}_hist))" for p in prefixes)
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
@@ -378,9 +384,9 @@ class _Query:
 
     def exact_percentiles(self) -> tuple[str, list[Any]]:
         """Exact nearest-rank percentiles per (g, tb), from raw rows only."""
-        params: list[Any] = []
+        cond, params = self._start()
         qs = "ARRAY[" + ", ".join(str(q) for q in QUANTILES) + "]::float8[]"
         cols = ", ".join(f"percentile_disc({qs}) WITHIN GROUP (ORDER BY {c})" for _, c in HISTOGRAMS)
         parts = [f"SELECT {self._keys('start_time')}, {cols} FROM {RAW} "
-                 f"WHERE {self._where(s, False, params)} GROUP BY 1, 2" for s in self.stretches]
+                 f"WHERE {self._where(s, False, params, cond)} GROUP BY 1, 2" for s in self.stretches]
         return " UNION ALL ".join(parts), params

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.timeutil import floor_to
+from llmmeter_query.filters import shown
 from llmmeter_query.window import LEVELS, Level, Window
 
 _UTC_NAMES = frozenset(("", "UTC", "Etc/UTC", "Z"))
@@ -60,9 +61,9 @@ def parse_time_zone(name: str) -> LocalDays | None:
         return None
     try:
         return LocalDays(ZoneInfo(name.strip()))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, a name too long
         hint = "an IANA time zone such as Europe/Berlin"
-        raise InvalidArgument(f"time_zone: {name!r} is not an IANA time zone ({exc})",
+        raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
                               [FieldViolation("time_zone", hint)]) from exc
 
 
@@ -87,6 +88,11 @@ class Calendar:
             out.append(t)
             t = self.end(t)
         return out
+
+    def count(self, window: Window) -> int:
+        """How many buckets `starts` gives (for local days, at most one more), without making them."""
+        first = floor_to(window.start, self.width)
+        return -((first - window.end) // self.width) + (1 if self.days is not None else 0)
 
     def end(self, start: datetime) -> datetime:
         """Where the bucket starting at `start` ends."""

@@ -20,7 +20,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument, NotFound
 from llmmeter_common.timeutil import from_us, to_us
-from llmmeter_query.filters import Filter
+from llmmeter_query.filters import Filter, shown
 from llmmeter_query.window import Window
 
 #: Columns of a request-log row.
@@ -58,7 +58,7 @@ class PageToken:
             raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
             return PageToken(from_us(int(raw["t"])), str(raw["i"]),
                              Window(from_us(int(raw["s"])), from_us(int(raw["e"]))), str(raw["f"]))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # Overflow: times past year 9999
             raise _bad_token("not a page token of this service") from exc
 
 
@@ -129,5 +129,5 @@ class RequestLog:
             "FROM usage_records AS r LEFT JOIN usage_payloads AS p USING (start_time, request_id) "
             f"WHERE r.request_id = $1{when} ORDER BY r.start_time DESC LIMIT 1", *params)
         if row is None:
-            raise NotFound(f"request {request_id!r} not found")
+            raise NotFound(f"request {shown(request_id)} not found")
         return row

@@ -7,8 +7,9 @@ that the shared interceptor maps to a status with details.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +19,11 @@ import grpc
 from llmmeter.v1 import query_pb2, query_pb2_grpc
 from llmmeter_common.auth.context import team_scope
 from llmmeter_common.errors import FieldViolation, InvalidArgument, NotFound
-from llmmeter_query import metrics
+from llmmeter_query import checks, metrics
 from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
-from llmmeter_query.convert import opt_time, request_row, ts, usage_record
+from llmmeter_query.convert import request_row, ts, usage_record
 from llmmeter_query.export import export_aggregates, export_requests
-from llmmeter_query.filters import Filter, parse_filter, scope_to_team
+from llmmeter_query.filters import Filter, parse_filter, scope_to_team, shown
 from llmmeter_query.local_days import Calendar, parse_time_zone
 from llmmeter_query.request_log import RequestLog
 from llmmeter_query.tail import TailHub
@@ -38,7 +39,10 @@ def _filter(text: str) -> Filter:
 
 
 def _window(req: Any) -> Window:
-    return resolve_window(opt_time(req, "start_time"), opt_time(req, "end_time"), datetime.now(UTC))
+    window = resolve_window(checks.time_field(req, "start_time"), checks.time_field(req, "end_time"),
+                            datetime.now(UTC))
+    checks.window_length(window.start, window.end)
+    return window
 
 
 def _method(agg: Aggregates) -> query_pb2.PercentileMethod.ValueType:
@@ -49,7 +53,7 @@ def _method(agg: Aggregates) -> query_pb2.PercentileMethod.ValueType:
 
 def _order(order_by: str) -> tuple[str, bool]:
     """`cost`, `-cost`, `cost desc`, `group asc` -> (column, descending)."""
-    text = order_by.strip() or "request_count"
+    text = checks.text(order_by, "order_by").strip() or "request_count"
     desc: bool | None = None
     if text.startswith("-"):
         text, desc = text[1:], True
@@ -57,7 +61,7 @@ def _order(order_by: str) -> tuple[str, bool]:
     if len(parts) == 2 and parts[1].lower() in ("asc", "desc"):
         text, desc = parts[0], parts[1].lower() == "desc"
     if text not in metrics.BREAKDOWN_COLUMNS:
-        raise InvalidArgument(f"order_by: unknown column {text!r}",
+        raise InvalidArgument(f"order_by: unknown column {shown(text)}",
                               [FieldViolation("order_by", f"one of {', '.join(metrics.BREAKDOWN_COLUMNS)}")])
     return text, (text != "group") if desc is None else desc
 
@@ -70,7 +74,7 @@ def _counted(agg: Aggregates) -> dict[str, Any]:
 def _rank_by(metric: int) -> tuple[str, Callable[[dict[Any, Stats]], list[Any]]]:
     """The series metric groups are ranked by (default: requests, the busiest groups get their own
     line), and the ranking: largest total over the window first, ties by name."""
-    metric = metric or query_pb2.METRIC_REQUESTS
+    metric = checks.enum_value(query_pb2.Metric, metric, "rank_by") or query_pb2.METRIC_REQUESTS
     name = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
     if name not in metrics.RANKABLE:
         allowed = ", ".join(f"METRIC_{n}" for n in sorted(metrics.RANKABLE))
@@ -99,6 +103,32 @@ def _series_percentiles(names: list[str]) -> dict[str, tuple[float, ...]]:
             for p, tag in (("lat", "LATENCY_P"), ("ttft", "TTFT_P"))}
 
 
+def _series_response(wanted: Sequence[int], names: list[str], granularity: str, window: Window,
+                     calendar: Calendar, agg: Aggregates, grouped: bool) -> query_pb2.GetTimeSeriesResponse:
+    """The series of every metric and group, a point per bucket (zero and not `present` where a
+    bucket has no rows)."""
+    groups, stats = (agg.shown if grouped else [""]), agg.groups
+    buckets = calendar.starts(window)
+    stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
+    # rates divide by the time a bucket has inside the window (the first and last are cut);
+    # shares by the bucket's requests of every group together
+    totals: dict[datetime | None, int] = defaultdict(int)
+    for (_, b), s in stats.items():
+        totals[b] += metrics.requests(s)
+    contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
+    empty = Stats()  # read only: a bucket without rows
+    response = query_pb2.GetTimeSeriesResponse(granularity=granularity, percentile_method=_method(agg),
+                                               **_counted(agg))
+    for metric, metric_name in zip(wanted, names, strict=True):
+        fn = metrics.SERIES[metric_name]
+        for g in groups:
+            add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
+            for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
+                value = fn(stats.get((g, b), empty), bucket)
+                add(time=stamp, value=value or 0.0, present=value is not None)
+    return response
+
+
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """The gRPC face of the query domain."""
 
@@ -120,15 +150,17 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                            context: grpc.aio.ServicerContext) -> query_pb2.ListRequestsResponse:
         """One page of the request log."""
         given = request.HasField("start_time") or request.HasField("end_time")
+        token = checks.text(request.page_token, "page_token", checks.LIMITS.page_token)
         page = await self._log.page(_window(request), _filter(request.filter), request.page_size,
-                                    request.page_token, given)
+                                    token, given)
         return query_pb2.ListRequestsResponse(requests=[request_row(r) for r in page.rows],
                                               next_page_token=page.next_token)
 
     async def GetRequest(self, request: query_pb2.GetRequestRequest,
                          context: grpc.aio.ServicerContext) -> query_pb2.GetRequestResponse:
         """One request in full."""
-        row = await self._log.get(request.request_id, opt_time(request, "start_time"))
+        row = await self._log.get(checks.text(request.request_id, "request_id"),
+                                  checks.time_field(request, "start_time"))
         team = team_scope()
         if team is not None and row["team"] != team:  # as if absent: ids of other teams stay unknown
             raise NotFound(f"request {request.request_id!r} not found")
@@ -140,49 +172,33 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetTimeSeries(self, request: query_pb2.GetTimeSeriesRequest,
                             context: grpc.aio.ServicerContext) -> query_pb2.GetTimeSeriesResponse:
         """Metrics per bucket, per group."""
-        if not request.metrics or query_pb2.METRIC_UNSPECIFIED in request.metrics:
-            raise InvalidArgument("metrics: at least one metric is required",
-                                  [FieldViolation("metrics", "at least one, not METRIC_UNSPECIFIED")])
+        checks.metric_list(request.metrics, query_pb2.Metric)
+        wanted = list(request.metrics)
         window = _window(request)
-        name, width = parse_granularity(request.granularity, window)
-        group = parse_group(request.group_by)
-        top_n = request.top_n if request.top_n > 0 else 10
-        names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in request.metrics]
+        name, width = parse_granularity(checks.text(request.granularity, "granularity"), window)
+        group = parse_group(checks.text(request.group_by, "group_by"))
+        top_n = checks.top_n(request.top_n) or 10
+        names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in wanted]
         rank_name, rank = _rank_by(request.rank_by)
         top = Top(top_n, rank, fold=True) if group else None
         measures = [c for n in (*names, rank_name) for c in metrics.SERIES_MEASURES[n]]
-        calendar = Calendar.of(width, parse_time_zone(request.time_zone))
-        agg = await self._agg.run(window, _filter(request.filter), group, width, top=top,
+        calendar = Calendar.of(width, parse_time_zone(checks.text(request.time_zone, "time_zone")))
+        checks.series_points(len(wanted), top_n + 1 if group else 1, calendar.count(window))
+        filt = _filter(request.filter)
+        agg = await self._agg.run(window, filt, group, width, top=top,
                                   percentiles=_series_percentiles(names), measures=measures,
                                   days=calendar.days)
-        groups, stats = (agg.shown if group else [""]), agg.groups
-        buckets = calendar.starts(window)
-        stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
-        # rates divide by the time a bucket has inside the window (the first and last are cut);
-        # shares by the bucket's requests of every group together
-        totals: dict[datetime | None, int] = defaultdict(int)
-        for (_, b), s in stats.items():
-            totals[b] += metrics.requests(s)
-        contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
-        empty = Stats()  # read only: a bucket without rows
-        response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg),
-                                                   **_counted(agg))
-        for metric, metric_name in zip(request.metrics, names, strict=True):
-            fn = metrics.SERIES[metric_name]
-            for g in groups:
-                add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
-                for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
-                    value = fn(stats.get((g, b), empty), bucket)
-                    add(time=stamp, value=value or 0.0, present=value is not None)
-        return response
+        # up to a million points: built on a worker thread, so the event loop (health checks, other
+        # callers) keeps its turns meanwhile
+        return await asyncio.to_thread(_series_response, wanted, names, name, window, calendar, agg,
+                                       group is not None)
 
     async def GetBreakdown(self, request: query_pb2.GetBreakdownRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.GetBreakdownResponse:
         """Metrics per group, sorted, top N."""
         window = _window(request)
         column, desc = _order(request.order_by)
-        if request.top_n < 0:
-            raise InvalidArgument("top_n: must not be negative", [FieldViolation("top_n", ">= 0")])
+        checks.top_n(request.top_n)
         minutes = window.minutes
 
         def order(totals: dict[Any, Stats]) -> list[Any]:
@@ -191,7 +207,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         # sorted by a percentile, every group needs its histograms; otherwise only the top N
         top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
         agg = await self._agg.run(window, _filter(request.filter),
-                                  parse_group(request.group_by or "model"), None, top=top,
+                                  parse_group(checks.text(request.group_by, "group_by") or "model"), None,
+                                  top=top,
                                   measures=metrics.BREAKDOWN_MEASURES)
         totals = {g: s for (g, _), s in agg.groups.items()}
         if top is None:
@@ -207,7 +224,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                              context: grpc.aio.ServicerContext,
                              ) -> AsyncIterator[query_pb2.ExportRequestsResponse]:
         """The filtered log as CSV or NDJSON chunks."""
-        ndjson = request.format == query_pb2.EXPORT_FORMAT_NDJSON
+        fmt = checks.enum_value(query_pb2.ExportFormat, request.format, "format")
+        ndjson = fmt == query_pb2.EXPORT_FORMAT_NDJSON
         async for data, rows in export_requests(self._pool, _window(request),
                                                 _filter(request.filter), ndjson):
             yield query_pb2.ExportRequestsResponse(data=data, rows_written=rows)
@@ -217,10 +235,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                                ) -> AsyncIterator[query_pb2.ExportAggregatesResponse]:
         """Grouped metrics as CSV chunks."""
         window = _window(request)
-        days = parse_time_zone(request.time_zone)
-        width = parse_granularity(request.granularity, window)[1] if request.granularity else None
+        days = parse_time_zone(checks.text(request.time_zone, "time_zone"))
+        granularity = checks.text(request.granularity, "granularity")
+        width = parse_granularity(granularity, window)[1] if granularity else None
         calendar = Calendar.of(width, days) if width is not None else None
-        groups = [g for g in (parse_group(name) for name in request.group_by) if g is not None]
+        if len(request.group_by) > checks.LIMITS.group_by:
+            raise checks.refuse("group_by", f"at most {checks.LIMITS.group_by} grouping columns")
+        groups = [g for g in (parse_group(checks.text(name, "group_by")) for name in request.group_by)
+                  if g is not None]
         async for data, rows in export_aggregates(self._agg, window, _filter(request.filter),
                                                   groups, calendar):
             yield query_pb2.ExportAggregatesResponse(data=data, rows_written=rows)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.timeutil import floor_to
+from llmmeter_query.filters import shown
 
 DEFAULT_SPAN = timedelta(hours=24)
 
@@ -92,7 +93,7 @@ def parse_granularity(name: str, window: Window, max_points: int = 200) -> tuple
         return "1d", GRANULARITIES["1d"]
     if name not in GRANULARITIES:
         raise InvalidArgument(
-            f"granularity: {name!r} is not one of {', '.join(GRANULARITIES)} or auto",
+            f"granularity: {shown(name)} is not one of {', '.join(GRANULARITIES)} or auto",
             [FieldViolation("granularity", f"one of {', '.join(GRANULARITIES)}, auto")],
         )
     width = GRANULARITIES[name]
