@@ -105,12 +105,15 @@ class Comparison:
 
 @dataclass(frozen=True)
 class AnyOf:
-    """`field = v1 OR field = v2 OR ...` (no wildcards): one `= ANY($n)` in SQL, a set lookup on a
-    row. `negated`: `field != v1 AND field != v2 ...`."""
+    """Comparisons of one field with one operator, ORed (`negated`: their negations, ANDed), as one
+    SQL condition with one array parameter: `kind` "=" (plain equalities: `= ANY($n)`, a set lookup
+    on a row), "like" (`=` with wildcards: `LIKE ANY($n)`) or ":" (contains: `LIKE ANY($n)` on the
+    lowered text)."""
 
     field: str
     column: str
-    values: frozenset[Any]
+    kind: str
+    values: tuple[Any, ...]
     negated: bool = False
 
 
@@ -277,29 +280,37 @@ def _comparison(field_tok: Token, op: str, value_tok: Token, limits: FilterLimit
     return Comparison(name, column, op, raw)
 
 
-def _plain_equality(n: Node, op: str) -> bool:
-    return (isinstance(n, Comparison) and n.op == op
-            and not (isinstance(n.value, str) and "*" in n.value))
+def _kind(n: Node, op: str) -> str | None:
+    """How a term folds into an `AnyOf` under `op` (None: it does not)."""
+    if not isinstance(n, Comparison):
+        return None
+    wild = isinstance(n.value, str) and "*" in n.value
+    if op == "OR" and n.op == ":" and not (n.field.startswith("metadata.") and n.value == "*"):
+        return ":"
+    if n.op == ("=" if op == "OR" else "!="):
+        return "like" if wild else "="
+    return None
 
 
 def _merge(op: str, terms: list[Node]) -> Node:
-    """AND / OR of `terms`, with the plain equalities of one field under an OR (inequalities under
-    an AND) folded into one `AnyOf`: the same rows, one bind parameter, one index condition."""
-    kind = "=" if op == "OR" else "!="
-    same: dict[tuple[str, str], list[Comparison]] = {}
+    """AND / OR of `terms`, with the comparisons of one field and operator under an OR (the
+    inequalities under an AND) folded into one `AnyOf`: the same rows, one bind parameter, and for
+    equalities one index condition (1,000 equalities ORed had taken PostgreSQL 20 s to plan and run)."""
+    same: dict[tuple[str, str, str], list[Comparison]] = {}
     for t in terms:
-        if _plain_equality(t, kind):
+        kind = _kind(t, op)
+        if kind is not None:
             assert isinstance(t, Comparison)
-            same.setdefault((t.field, t.column), []).append(t)
+            same.setdefault((t.field, t.column, kind), []).append(t)
     out: list[Node] = []
-    done: set[tuple[str, str]] = set()
     for t in terms:
-        key = (t.field, t.column) if isinstance(t, Comparison) else None
-        if key is None or key not in same or len(same[key]) < 2:
+        kind = _kind(t, op)
+        key = (t.field, t.column, kind) if isinstance(t, Comparison) and kind is not None else None
+        if key is None or len(same[key]) < 2:
             out.append(t)
-        elif key not in done:
-            done.add(key)
-            out.append(AnyOf(key[0], key[1], frozenset(c.value for c in same[key]), op == "AND"))
+        elif same[key][0] is t:  # the group stands where its first term stood
+            values = tuple(dict.fromkeys(c.value for c in same[key]))
+            out.append(AnyOf(key[0], key[1], key[2], values, op == "AND"))
     return out[0] if len(out) == 1 else BoolOp(op, tuple(out))
 
 
@@ -371,6 +382,13 @@ def like_pattern(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
 
 
+def _contains(value: str) -> str:
+    """The LIKE pattern of `:` on lowered text: what ILIKE does (PostgreSQL lowers both sides in a
+    multibyte database), but lowering each row's value once, not once per pattern: 500 contains
+    terms on 20,000 rows took 5.4 s as ILIKEs, 0.25 s so."""
+    return "%" + like_pattern(value.lower()) + "%"
+
+
 def glob_match(pattern: str, text: str) -> bool:
     """Whether `text` matches `pattern`, where `*` is any run of characters (`\\`, `%`, `_`, every
     other character itself): what `text LIKE like_pattern(pattern)` answers, without backtracking.
@@ -405,8 +423,12 @@ def _sql(n: Node, params: list[Any]) -> str:
         return "(" + f" {n.op} ".join(_sql(t, params) for t in n.terms) + ")"
     col = f"coalesce({n.column}, '')" if n.field.startswith("metadata.") else n.column
     if isinstance(n, AnyOf):
-        values = sorted(n.values)  # a stable statement text and parameter for the same filter
-        expr = f"{col} = ANY({_param(params, values)})"
+        if n.kind == "=":
+            expr = f"{col} = ANY({_param(params, list(n.values))})"
+        elif n.kind == "like":
+            expr = f"{col} LIKE ANY({_param(params, [like_pattern(v) for v in n.values])})"
+        else:
+            expr = f"lower({col}) LIKE ANY({_param(params, [_contains(v) for v in n.values])})"
         return f"NOT ({expr})" if n.negated else expr
     op, v = n.op, n.value
     if op == "exact":
@@ -417,7 +439,7 @@ def _sql(n: Node, params: list[Any]) -> str:
     if n.field.startswith("metadata.") and op == ":" and v == "*":
         return f"metadata ? {_param(params, n.field[len('metadata.'):])}"
     if op == ":":
-        return f"{col} ILIKE {_param(params, '%' + like_pattern(str(v)) + '%')}"
+        return f"lower({col}) LIKE {_param(params, _contains(str(v)))}"
     if isinstance(v, str) and "*" in v and op in ("=", "!="):
         neg = "NOT " if op == "!=" else ""
         return f"{neg}{col} LIKE {_param(params, like_pattern(v))}"
@@ -442,7 +464,14 @@ def _eval(n: Node, row: dict[str, Any]) -> bool:
     if n.field.startswith("metadata.") and not (isinstance(n, Comparison) and n.op == ":" and n.value == "*"):
         value = value or ""
     if isinstance(n, AnyOf):
-        return (value in n.values) != n.negated
+        if n.kind == "=":
+            found = value in n.values
+        elif n.kind == "like":
+            found = any(glob_match(p, str(value)) for p in n.values)
+        else:
+            text = str(value).lower()
+            found = any(glob_match(f"*{p.lower()}*", text) for p in n.values)
+        return found != n.negated
     op, v = n.op, n.value
     if op == "exact":
         return bool(value == v)

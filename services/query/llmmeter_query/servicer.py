@@ -188,7 +188,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         agg = await self._agg.run(window, filt, group, width, top=top,
                                   percentiles=_series_percentiles(names), measures=measures,
                                   days=calendar.days)
-        # up to a million points: built on a worker thread, so the event loop (health checks, other
+        # up to 300,000 points: built on a worker thread, so the event loop (health checks, other
         # callers) keeps its turns meanwhile
         return await asyncio.to_thread(_series_response, wanted, names, name, window, calendar, agg,
                                        group is not None)
