@@ -18,11 +18,13 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmmeter.v1 import query_pb2 as Q
+from llmmeter.v1 import query_pb2_grpc
 from llmmeter_query.filters import LIMITS, glob_match, like_pattern, parse_filter
 from llmmeter_query.server import QueryServer
+from llmmeter_query.settings import QuerySettings
 
 from conftest import drain_rollups
-from keyring import keyed_channel
+from keyring import ADMIN, keyed_channel
 from records import bad_request_fields, ingest, record, ts
 
 M = Q.METRIC_REQUESTS
@@ -300,3 +302,38 @@ async def test_health_and_other_callers_answer_while_the_heaviest_calls_run(
     assert summary.summary.request_count == 0 and export[-1].rows_written == 3000 // 20 * 20
     assert other.summary.request_count > 0 and other_took < 1.0, other_took
     assert len(latencies) >= 3 and max(latencies) < 1.0, latencies
+
+
+async def test_every_read_path_runs_under_the_statement_timeout(ingest_stub, db_url: str) -> None:
+    """With a 50 ms statement timeout, a filter that makes PostgreSQL work about 250 ms (500
+    contains terms on 20,000 raw rows) ends every kind of call, streams included, with
+    DEADLINE_EXCEEDED; the service answers health checks right after."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    await ingest(ingest_stub, [record(now - timedelta(seconds=10 + i % 3000), metadata={"tenant": f"t{i}"},
+                                      ttft_ms=None) for i in range(20_000)])
+    server = QueryServer(QuerySettings(database_url=db_url, host="127.0.0.1", port=0, metrics_port=0,
+                                       shutdown_grace_seconds=2.0, bootstrap_admin_key=ADMIN.token,
+                                       statement_timeout_seconds=0.05))
+    await server.start()
+    try:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = query_pb2_grpc.QueryServiceStub(ch)
+            slow = _ors(LIMITS.terms, "metadata.tenant", '{f}:"x{i}y"')
+            window = {"start_time": ts(now - timedelta(hours=2)), "end_time": ts(now)}
+            calls = {
+                "GetSummary": Q.GetSummaryRequest(filter=slow, **window),
+                "GetBreakdown": Q.GetBreakdownRequest(filter=slow, **window),
+                "GetTimeSeries": Q.GetTimeSeriesRequest(filter=slow, metrics=[M], **window),
+                "ListRequests": Q.ListRequestsRequest(filter=slow, **window),
+                "ExportRequests": Q.ExportRequestsRequest(filter=slow, **window),
+                "ExportAggregates": Q.ExportAggregatesRequest(filter=slow, group_by=["model"], **window),
+            }
+            for method, request_ in calls.items():
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await _call(stub, method, request_)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (method, err.value.details())
+            resp, took = await _timed(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                                           timeout=5))
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING and took < 1.0
+    finally:
+        await server.stop()
