@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install run test lint lint-protos protos check-protos bench bench-ingest bench-query clean
+.PHONY: browser install run test lint lint-protos protos check-protos bench bench-ingest bench-query clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,21 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install $(PIP_QUIET) -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create the virtualenv and install everything
+CHARTJS := .tools/node_modules/chart.js/dist/chart.umd.js
+$(CHARTJS):
+	npm install --silent --no-audit --no-fund --prefix .tools chart.js@4.5.1
 
-run: $(STAMP)  ## the whole stack on the embedded PostgreSQL (or DATABASE_URL)
+install: $(STAMP) $(CHARTJS)  ## create the virtualenv and install everything (Chart.js for the console from npm)
+
+run: $(STAMP) $(CHARTJS)  ## the whole stack on the embedded PostgreSQL (or DATABASE_URL)
 	$(PY) -m llmmeter_common.stack
 
-test: $(STAMP)  ## the whole test suite against a real throwaway PostgreSQL
+# The console's browser tests drive Debian's chromium (Playwright never downloads a browser here).
+browser:  ## install Debian's chromium unless there is one
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) $(CHARTJS) browser  ## the whole test suite against a real throwaway PostgreSQL
 	$(PY) -m pytest
 
 lint: $(STAMP)  ## ruff and mypy (generated code excluded)

@@ -149,7 +149,7 @@ def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
     """Settings for an in-process ingest service on a free loopback port."""
     values: dict[str, object] = {
         "database_url": db_url, "host": "127.0.0.1", "port": 0, "shutdown_grace_seconds": 5.0,
-        "metrics_port": 0, "bootstrap_admin_key": ADMIN.token,
+        "metrics_port": 0, "bootstrap_admin_key": ADMIN.token, "otlp_http_port": 0,
     }
     values.update(overrides)
     return IngestSettings(**values)  # type: ignore[arg-type]
@@ -331,6 +331,9 @@ async def make_alerts(db_url: str, query_server: QueryServer) -> AsyncIterator[F
             "database_url": db_url, "host": "127.0.0.1", "port": 0,
             "query_addr": f"127.0.0.1:{query_server.port}", "query_api_key": ADMIN.token, "evaluate": False,
             "webhook_timeout_seconds": 10.0, "webhook_initial_backoff_seconds": 30.0,
+            # the test webhook receiver listens on loopback, which notifications may reach only when
+            # an operator allows it
+            "webhook_allow_hosts": "127.0.0.1",
             "shutdown_grace_seconds": 1.0, "metrics_port": 0,
         }
         values.update(overrides)

@@ -99,10 +99,15 @@ async def test_list_table_and_csv_print_the_next_token(capsys, addr, seven) -> N
     code, out, err = await cli(capsys, addr, "logs", "list", "--since", "1h", "--page-size", "2")
     assert code == 0 and err == ""
     body = [line for line in out.splitlines() if "l-" in line]
-    assert len(body) == 2 and "l-6" in body[0] and "l-5" in body[1] and "payments" in body[1]
-    header = next(line for line in out.splitlines() if "request_id" in line)
+    assert len(body) == 2 and "l-6" in body[0] and "l-5" in body[1]
+    header = next(line for line in out.splitlines() if "Request" in line)
     newest = table_cells(header, body[0])
-    assert (newest["in"], newest["out"], newest["total"]) == ("106", "50", "156")
+    seed = ["Time", "Status", "Prompt", "Completion", "Total", "Latency", "Spend", "Request"]
+    assert [c for c in newest if c] == seed  # the product pages' columns by default
+    assert (newest["Prompt"], newest["Completion"], newest["Total"], newest["Spend"]) == (
+        "106", "50", "156", "$0.00075")
+    table = [line for line in out.splitlines() if not line.startswith("next_page_token")]
+    assert all(len(line) <= 100 for line in table), [len(line) for line in table]
     token = out.splitlines()[-1].removeprefix("next_page_token: ")
     assert out.splitlines()[-1].startswith("next_page_token: ") and token
     code, out, err = await cli(
@@ -113,6 +118,13 @@ async def test_list_table_and_csv_print_the_next_token(capsys, addr, seven) -> N
     assert [r["request_id"] for r in rows] == ["l-4", "l-3", "l-2", "l-1"]
     assert set(rows[0]) == ROW_KEYS and rows[1]["success"] == "false" and rows[0]["input_tokens"] == "104"
     assert err.startswith("next_page_token: ") and err.count("\n") == 1
+    code, out, err = await cli(capsys, addr, "logs", "list", "--since", "1h", "--page-size", "2",
+                               "--columns", "model,team,ttft,request")
+    header = next(line for line in out.splitlines() if "Request" in line)
+    row = table_cells(header, next(line for line in out.splitlines() if "l-5" in line))
+    assert (row["Model"], row["Team"], row["Request"]) == ("gpt-4o", "payments", "l-5")
+    code, out, err = await cli(capsys, addr, "logs", "list", "--columns", "model,bogus")
+    assert code == 2 and "unknown column bogus" in err
 
 
 async def test_token_of_another_filter_is_refused(capsys, addr, seven) -> None:

@@ -236,3 +236,18 @@ async def test_bad_metric_and_granularity_are_usage_errors(capsys, addr) -> None
     assert code == 2 and "not allowed with argument" in err
     code, _, err = await cli(capsys, addr, "usage", "summary", "--since", "yesterday")
     assert code == 2 and "not a duration" in err
+
+
+async def test_series_table_values_carry_their_units(capsys, addr, stored) -> None:
+    window = ("--from", rfc3339(stored), "--to", rfc3339(stored + timedelta(minutes=5)),
+              "--granularity", "1m")
+    code, out, _ = await cli(capsys, addr, "usage", "series", *window, "--metric", "cost", "--metric",
+                             "latency_p95", "--metric", "failure_rate", "--metric", "input_tokens")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()
+             if line.strip() and not line.startswith("window")}
+    cost = next(v for k, v in lines.items() if k.startswith("cost"))
+    assert "$0.3351" in cost  # the total of the six records' cost, in dollars
+    assert "600 ms" in next(v for k, v in lines.items() if k.startswith("latency"))
+    assert "%" in next(v for k, v in lines.items() if k.startswith("failure"))
+    assert "tok" in next(v for k, v in lines.items() if k.startswith("input"))

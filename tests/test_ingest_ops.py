@@ -54,7 +54,8 @@ async def test_sigterm_stops_the_process_cleanly_after_in_flight_work(db_url, db
     port = free_port()
     # metrics on a free port too: a stack started by `make run` on this machine holds the default one
     env = {**os.environ, "DATABASE_URL": db_url, "LLMMETER_INGEST_HOST": "127.0.0.1",
-           "LLMMETER_INGEST_PORT": str(port), "LLMMETER_INGEST_METRICS_PORT": "0"}
+           "LLMMETER_INGEST_PORT": str(port), "LLMMETER_INGEST_METRICS_PORT": "0",
+           "LLMMETER_INGEST_OTLP_HTTP_PORT": "0"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmmeter_ingest", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

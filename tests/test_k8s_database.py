@@ -28,9 +28,11 @@ def _expand(value: str, env: dict[str, str]) -> str:
 
 
 def _llmmeter_containers(docs: list[Doc]) -> list[tuple[Doc, Doc]]:
-    """(workload, container) for every container running the services image."""
+    """(workload, container) for every container of the services image that uses the database (all but
+    the console, which reaches only the query and alerts services)."""
     return [(d, c) for d in docs if (spec := _pod_spec(d)) is not None for c in spec["containers"]
-            if SERVICES_IMAGE in c["image"] or "llmmeter/services" in c["image"]]
+            if (SERVICES_IMAGE in c["image"] or "llmmeter/services" in c["image"])
+            and c.get("command", [])[-1:] != ["llmmeter_console"]]
 
 
 # --- configuration and the database --------------------------------------------------------------------

@@ -41,10 +41,10 @@ def test_every_rendered_document_is_valid_kubernetes_1_30(
         rendered: dict[str, list[Doc]], overlay: str) -> None:
     docs = rendered[overlay]
     kinds = Counter(d["kind"] for d in docs)
-    expected = {"Namespace": 1, "ConfigMap": 1, "ServiceAccount": 4, "Deployment": 3, "Service": 3,
-                "PodDisruptionBudget": 3, "HorizontalPodAutoscaler": 3, "Job": 1, "NetworkPolicy": 3}
+    expected = {"Namespace": 1, "ConfigMap": 1, "ServiceAccount": 5, "Deployment": 4, "Service": 4,
+                "PodDisruptionBudget": 3, "HorizontalPodAutoscaler": 3, "Job": 1, "NetworkPolicy": 4}
     if overlay == "dev":
-        expected.update({"Secret": 2, "StatefulSet": 1, "Service": 4, "NetworkPolicy": 4})
+        expected.update({"Secret": 2, "StatefulSet": 1, "Service": 5, "NetworkPolicy": 5})
     assert kinds == expected
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

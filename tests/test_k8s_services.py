@@ -17,6 +17,7 @@ import re
 import pytest
 
 from llmmeter_common.serving import LIVENESS
+from llmmeter_console.settings import ConsoleSettings
 
 from k8s_render import OVERLAYS, ROOT, SERVICES, Doc, _config_map, _one, _pod_spec, _quantity
 
@@ -42,9 +43,10 @@ def test_each_service_has_its_objects_wired_together(
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (container,) = spec["containers"]
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-    (svc_port,) = svc["spec"]["ports"]
-    assert svc_port["targetPort"] in port_names
-    assert svc_port["port"] == port_names[svc_port["targetPort"]]
+    assert svc["spec"]["ports"][0]["name"] == "grpc"
+    for svc_port in svc["spec"]["ports"]:  # gRPC; ingest also OTLP/HTTP
+        assert svc_port["targetPort"] in port_names
+        assert svc_port["port"] == port_names[svc_port["targetPort"]]
 
     pdb = _one(docs, "PodDisruptionBudget", name)
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -73,8 +75,10 @@ def test_probes_are_native_grpc_on_the_port_the_service_serves(
     assert container["command"] == ["python", "-m", module]
     assert importlib.util.find_spec(module) is not None
     metrics_port = settings.model_fields["metrics_port"].default
+    otlp_http = ([("otlp-http", settings.model_fields["otlp_http_port"].default)]
+                 if "otlp_http_port" in settings.model_fields else [])
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
-        ("grpc", default_port), ("metrics", metrics_port)]
+        ("grpc", default_port), ("metrics", metrics_port), *otlp_http]
     template = _one(docs, "Deployment", f"llmmeter-{service}")["spec"]["template"]
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(metrics_port)
@@ -106,7 +110,8 @@ def test_service_settings_in_the_config_map_exist(rendered: dict[str, list[Doc]]
             if m is None:
                 assert key.startswith("DB_"), key
                 continue
-            _, settings = SERVICES[m.group(1).lower()]
+            name = m.group(1).lower()
+            settings = ConsoleSettings if name == "console" else SERVICES[name][1]
             assert m.group(2).lower() in settings.model_fields, f"{key} is no setting of {settings.__name__}"
 
 
@@ -163,7 +168,10 @@ def test_dockerfile_builds_a_slim_non_root_services_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     froms = [ln for ln in lines if ln.startswith("FROM ")]
-    assert len(froms) == 2 and all(ln.split()[1] == "python:3.11-slim" for ln in froms), "multi-stage, slim"
+    python = [ln for ln in froms if "AS assets" not in ln]
+    assert len(python) == 2 and all(ln.split()[1] == "python:3.11-slim" for ln in python), "multi-stage, slim"
+    assets = [ln for ln in lines if "chart.js@" in ln]  # the console's charts from npm, in their own stage
+    assert len(froms) == 3 and froms[0].endswith("AS assets") and len(assets) == 1
     final = lines[lines.index(froms[-1]):]
     assert "USER 10001:10001" in final
     assert any("useradd" in ln and "--uid 10001" in ln for ln in final)
@@ -212,3 +220,25 @@ def test_a_network_policy_opens_only_the_service_ports(
     assert opened == {p["containerPort"] for p in container["ports"]}
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
     assert {5432, 53} <= egress_ports
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_console_runs_with_http_probes_and_reaches_only_query_and_alerts(
+        rendered: dict[str, list[Doc]], overlay: str) -> None:
+    docs = rendered[overlay]
+    deployment = _one(docs, "Deployment", "llmmeter-console")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "llmmeter_console"]
+    assert importlib.util.find_spec("llmmeter_console") is not None
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert not [e for e in container.get("env", []) if "PGPASSWORD" in e["name"]], "no database access"
+    svc = _one(docs, "Service", "llmmeter-console")
+    assert svc["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"] == 8080
+    config = _config_map(docs)["data"]
+    assert config["LLMMETER_CONSOLE_HOST"] == "0.0.0.0" and config["LLMMETER_CONSOLE_QUERY_ADDR"].startswith(
+        "llmmeter-query:")
+    policy = _one(docs, "NetworkPolicy", "llmmeter-console")
+    reached = {r["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+               for r in policy["spec"]["egress"] if "to" in r}
+    assert reached == {"llmmeter-query", "llmmeter-alerts"}

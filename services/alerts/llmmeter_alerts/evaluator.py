@@ -100,6 +100,8 @@ class Evaluator:
         self._rules: dict[int, StoredRule] = {}
         self._next: dict[int, datetime] = {}
         self._sem = asyncio.Semaphore(concurrency)
+        self._failing: dict[int, str] = {}
+        """Rules whose last evaluation failed, with why (to log a failure once, not every round)."""
         self.last_lag = timedelta(0)
         """How late the latest tick started its most overdue rule."""
         self.on_evaluated: Callable[[int, timedelta], None] = lambda n, lag: None
@@ -151,13 +153,20 @@ class Evaluator:
             await asyncio.sleep(min(max(wait, 0.01), poll))
 
     async def _guarded(self, sr: StoredRule, now: datetime, silences: list[list[dict[str, Any]]]) -> None:
+        """Evaluate one rule; a failure is logged when it starts or changes (not at every round), and
+        holds up no other rule."""
         async with self._sem:
             try:
                 await self.evaluate(sr, now, silences)
-            except LlmmeterError as exc:
-                log.warning("rule %s not evaluated: %s", sr.rule.name, exc)
-            except Exception:
-                log.exception("rule %s not evaluated", sr.rule.name)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, LlmmeterError) else type(exc).__name__
+                if self._failing.get(sr.id) != reason:
+                    self._failing[sr.id] = reason
+                    log.warning("rule %s not evaluated: %s (logged again when this changes)",
+                                sr.rule.name, reason, exc_info=not isinstance(exc, LlmmeterError))
+            else:
+                if self._failing.pop(sr.id, None) is not None:
+                    log.info("rule %s is evaluated again", sr.rule.name)
 
     async def observe(self, rule: alerts_pb2.Rule, now: datetime,
                       known: dict[str, AlertStatus], silences: list[list[dict[str, Any]]],

@@ -27,6 +27,7 @@ from llmmeter.v1 import alerts_pb2
 from llmmeter_alerts.clock import Clock
 from llmmeter_alerts.leader import Leader
 from llmmeter_alerts.store import AlertStore, OutboxItem
+from llmmeter_alerts.targets import RefusedTarget, TargetPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,27 @@ class DeliveryError(Exception):
     """A target refused or did not answer."""
 
 
-async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
-    """POST `body` over HTTP/1.1; DeliveryError unless the answer is 2xx (no redirects followed)."""
+async def post(url: str, body: bytes, headers: dict[str, str], policy: TargetPolicy) -> None:
+    """POST `body` over HTTP/1.1 to an address the policy allows (resolved once, connected to as
+    checked; TLS still verifies the URL's host name); DeliveryError unless the answer is 2xx (no
+    redirects followed). Only the status code is kept of an answer."""
     parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeliveryError("not an http(s) URL")
     secure = parts.scheme == "https"
-    host = parts.hostname or ""
+    host = parts.hostname
     port = parts.port or (443 if secure else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ssl.create_default_context() if secure else None)
+    try:
+        address = (await policy.resolve(host, port))[0]
+    except RefusedTarget as exc:
+        raise DeliveryError(f"refused by the egress policy: {exc}") from None
+    try:
+        reader, writer = await asyncio.open_connection(
+            address, port, ssl=ssl.create_default_context() if secure else None,
+            server_hostname=host if secure else None)
+    except OSError as exc:
+        raise DeliveryError(f"connection failed ({type(exc).__name__})") from None
     try:
         lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Type: application/json",
                  f"Content-Length: {len(body)}", "Connection: close", "User-Agent: llmmeter-alerts/1",
@@ -62,7 +75,7 @@ async def post(url: str, body: bytes, headers: dict[str, str]) -> None:
         status_line = await reader.readline()
         fields = status_line.decode("latin-1").split(" ", 2)
         if len(fields) < 2 or not fields[1].isdigit():
-            raise DeliveryError(f"not an HTTP answer: {status_line[:80]!r}")
+            raise DeliveryError("not an HTTP answer")  # what it said stays out of the history
         code = int(fields[1])
         if not 200 <= code < 300:
             raise DeliveryError(f"HTTP {code}")
@@ -103,8 +116,10 @@ class DeliveryPolicy:
 class Dispatcher:
     """Sends due outbox notifications, each in its own task, while this replica leads."""
 
-    def __init__(self, store: AlertStore, clock: Clock, leader: Leader, policy: DeliveryPolicy) -> None:
+    def __init__(self, store: AlertStore, clock: Clock, leader: Leader, policy: DeliveryPolicy,
+                 targets: TargetPolicy | None = None) -> None:
         self._store = store
+        self._targets = targets or TargetPolicy()
         self._clock = clock
         self._leader = leader
         self._policy = policy
@@ -158,8 +173,10 @@ class Dispatcher:
             await asyncio.wait_for(self._send(kind, item.channel, item.payload), self._policy.timeout)
         except TimeoutError:
             error = f"no answer within {self._policy.timeout:g}s"
-        except (OSError, DeliveryError, ValueError) as exc:
-            error = str(exc) or type(exc).__name__
+        except DeliveryError as exc:
+            error = str(exc)
+        except (OSError, ValueError) as exc:  # no text of a peer's answer or of the socket in the history
+            error = type(exc).__name__
         ok = not error
         now = self._clock.now()
         attempt = item.attempts + 1
@@ -175,13 +192,16 @@ class Dispatcher:
             log.warning("ALERT %s", json.dumps(payload, sort_keys=True))
             return
         if kind == "slack":
-            await post(channel.slack.url, json.dumps({"text": slack_text(payload)}).encode(), {})
+            await post(channel.slack.url, json.dumps({"text": slack_text(payload)}).encode(), {},
+                       self._targets)
             return
         hook = channel.webhook
         body = json.dumps(payload, sort_keys=True).encode()
+        if hook.secret_env and not self._targets.secret_env_allowed(hook.secret_env):
+            raise DeliveryError(f"secret_env must start with {self._targets.secret_env_prefix}")
         secret = hook.secret or (os.environ.get(hook.secret_env, "") if hook.secret_env else "")
         headers = {}
         if secret:
             stamp = str(int(time.time()))
             headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret, stamp, body)}
-        await post(hook.url, body, headers)
+        await post(hook.url, body, headers, self._targets)

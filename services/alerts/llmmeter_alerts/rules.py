@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from llmmeter.v1 import alerts_pb2, query_pb2
 from llmmeter_alerts.statemachine import Condition, NoData, Op, Policy
+from llmmeter_alerts.targets import mask_url
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -179,6 +180,20 @@ def validate(rule: alerts_pb2.Rule) -> None:
         for name in ("warning", "critical"):
             if not math.isfinite(getattr(rule, name).value):
                 bad.append(FieldViolation(f"rule.{name}.value", "must be a finite number"))
+    for name, known in (("no_data", _NO_DATA), ("warning.comparison", _OPS), ("critical.comparison", _OPS)):
+        value = rule.no_data if name == "no_data" else getattr(rule, name.split(".")[0]).comparison
+        if value and value not in known:
+            bad.append(FieldViolation(f"rule.{name}", f"unknown value {value}"))
+    if budget and rule.budget.period not in (alerts_pb2.BUDGET_PERIOD_DAY, alerts_pb2.BUDGET_PERIOD_MONTH):
+        bad.append(FieldViolation("rule.budget.period", "BUDGET_PERIOD_DAY or BUDGET_PERIOD_MONTH"))
+    for field, most in (("annotation", 2000), ("filter", 4000), ("group_by", 200)):
+        if len(getattr(rule, field)) > most:
+            bad.append(FieldViolation(f"rule.{field}", f"at most {most:,} characters"))
+    if len(rule.channels) > 10 or len(rule.labels) > 32:
+        bad.append(FieldViolation("rule.channels" if len(rule.channels) > 10 else "rule.labels",
+                                  "at most 10 channels and 32 labels"))
+    if any(len(v) > 256 for v in rule.labels.values()):
+        bad.append(FieldViolation("rule.labels", "label values are at most 256 characters"))
     _duration(rule, "every", timedelta(seconds=1), timedelta(days=1), bad)
     _duration(rule, "for_duration", timedelta(0), timedelta(days=7), bad)
     _duration(rule, "keep_firing_for", timedelta(0), timedelta(days=7), bad)
@@ -198,7 +213,8 @@ def validate(rule: alerts_pb2.Rule) -> None:
             bad.append(FieldViolation(path, "one of webhook, slack, log"))
         elif kind == "webhook":
             _url(ch.webhook.url, f"{path}.webhook.url", bad)
-            if ch.webhook.secret_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", ch.webhook.secret_env):
+            env = ch.webhook.secret_env
+            if env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", env):
                 bad.append(FieldViolation(f"{path}.webhook.secret_env", "an environment variable name"))
         elif kind == "slack":
             _url(ch.slack.url, f"{path}.slack.url", bad)
@@ -261,14 +277,37 @@ def from_json(text: str) -> alerts_pb2.Rule:
     return json_format.Parse(text, alerts_pb2.Rule(), ignore_unknown_fields=True)
 
 
+def _target(ch: alerts_pb2.NotificationChannel) -> Any:
+    kind = ch.WhichOneof("target")
+    return ch.webhook if kind == "webhook" else ch.slack if kind == "slack" else None
+
+
 def redacted(rule: alerts_pb2.Rule) -> alerts_pb2.Rule:
-    """A copy without webhook secrets, for reads."""
+    """A copy for reads: no webhook secrets, and notification URLs masked (a Slack webhook URL, or a
+    token in a path or query, is a credential)."""
     out = alerts_pb2.Rule()
     out.CopyFrom(rule)
     for ch in out.channels:
+        target = _target(ch)
+        if target is not None:
+            target.url = mask_url(target.url)
         if ch.WhichOneof("target") == "webhook":
             ch.webhook.secret = ""
     return out
+
+
+def restore_redacted(rule: alerts_pb2.Rule, stored: alerts_pb2.Rule) -> None:
+    """A rule read back (URLs masked, secrets cleared) and sent again keeps the stored URL and secret
+    of each channel at the same position whose masked URL it repeats."""
+    for ch, old in zip(rule.channels, stored.channels, strict=False):
+        target, was = _target(ch), _target(old)
+        if target is None or was is None or ch.WhichOneof("target") != old.WhichOneof("target"):
+            continue
+        if target.url == mask_url(was.url):
+            target.url = was.url
+        if ch.WhichOneof("target") == "webhook" and not ch.webhook.secret and not ch.webhook.secret_env \
+                and ch.webhook.url == old.webhook.url:
+            ch.webhook.secret = old.webhook.secret
 
 
 def render(template: str, values: dict[str, str], labels: dict[str, str]) -> str:

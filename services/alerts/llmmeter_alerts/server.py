@@ -17,17 +17,27 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from llmmeter.channels import TlsConfig, open_channel
-from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc, keys_pb2, keys_pb2_grpc, query_pb2_grpc
+from llmmeter.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    prices_pb2,
+    prices_pb2_grpc,
+    query_pb2_grpc,
+)
 from llmmeter_alerts.clock import Clock, SystemClock
 from llmmeter_alerts.evaluator import Evaluator
 from llmmeter_alerts.keys_servicer import KeysServicer
 from llmmeter_alerts.leader import Leader
 from llmmeter_alerts.metrics_source import MetricSource
 from llmmeter_alerts.notify import DeliveryPolicy, Dispatcher
+from llmmeter_alerts.prices_servicer import PricesServicer
 from llmmeter_alerts.retention import HistoryPruner
 from llmmeter_alerts.servicer import AlertsServicer
 from llmmeter_alerts.settings import AlertsSettings
 from llmmeter_alerts.store import AlertStore
+from llmmeter_alerts.targets import TargetPolicy
 from llmmeter_common import telemetry
 from llmmeter_common.auth.keystore import KeyStore
 from llmmeter_common.migrate import migrate
@@ -37,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = alerts_pb2.DESCRIPTOR.services_by_name["AlertsService"].full_name
 KEYS_SERVICE_NAME = keys_pb2.DESCRIPTOR.services_by_name["KeysService"].full_name
+PRICES_SERVICE_NAME = prices_pb2.DESCRIPTOR.services_by_name["PricesService"].full_name
 
 
 class AlertsServer:
@@ -70,18 +81,22 @@ class AlertsServer:
             TlsConfig(s.query_tls_ca_file) if s.query_tls_ca_file else None,
             interceptors=telemetry.client_interceptors(self._tracing))
         source = MetricSource(query_pb2_grpc.QueryServiceStub(self._channel), s.query_timeout_seconds)
+        targets = TargetPolicy.from_setting(s.webhook_allow_hosts, s.webhook_secret_env_prefix)
         self.dispatcher = Dispatcher(self.store, self.clock, self.leader, DeliveryPolicy(
             timeout=s.webhook_timeout_seconds, max_attempts=s.webhook_max_attempts,
             initial_backoff=timedelta(seconds=s.webhook_initial_backoff_seconds),
-            max_backoff=timedelta(seconds=s.webhook_max_backoff_seconds)))
+            max_backoff=timedelta(seconds=s.webhook_max_backoff_seconds)), targets)
         self.evaluator = Evaluator(self.store, source, self.clock, self.leader, self.dispatcher.wake,
                                    s.concurrency)
-        servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url)
+        servicer = AlertsServicer(self.store, source, self.evaluator, self.clock, s.database_url, targets)
         keys = await key_store(s, self._pool)
-        self._grpc = GrpcServer([SERVICE_NAME, KEYS_SERVICE_NAME], keys=keys, tracer_provider=self._tracing)
+        self._grpc = GrpcServer([SERVICE_NAME, KEYS_SERVICE_NAME, PRICES_SERVICE_NAME], keys=keys,
+                                tracer_provider=self._tracing)
         # keys are managed here even when this replica's auth is off (the other services may check them)
         key_admin = KeysServicer(keys or KeyStore(self._pool, s.auth_cache_seconds))
         self._grpc.add(lambda srv: keys_pb2_grpc.add_KeysServiceServicer_to_server(key_admin, srv))
+        prices = PricesServicer(self._pool)
+        self._grpc.add(lambda srv: prices_pb2_grpc.add_PricesServiceServicer_to_server(prices, srv))
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: alerts_pb2_grpc.add_AlertsServiceServicer_to_server(servicer, srv))

@@ -24,6 +24,7 @@ from llmmeter_alerts.evaluator import Evaluator, annotation
 from llmmeter_alerts.metrics_source import MetricSource
 from llmmeter_alerts.statemachine import severity_of
 from llmmeter_alerts.store import EVENTS_CHANNEL, AlertStore, page_size, parse_filter, status_of
+from llmmeter_alerts.targets import TargetPolicy
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 
 STATES: dict[str, Any] = {"ok": alerts_pb2.ALERT_STATE_OK, "pending": alerts_pb2.ALERT_STATE_PENDING,
@@ -71,8 +72,9 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
     """The gRPC face of the alerts domain."""
 
     def __init__(self, store: AlertStore, source: MetricSource, evaluator: Evaluator, clock: Clock,
-                 database_url: str) -> None:
+                 database_url: str, targets: TargetPolicy | None = None) -> None:
         self._store = store
+        self._targets = targets or TargetPolicy()
         self._source = source
         self._evaluator = evaluator
         self._clock = clock
@@ -80,6 +82,7 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
 
     async def _checked(self, rule: alerts_pb2.Rule) -> alerts_pb2.Rule:
         rules_mod.validate(rule)
+        await self._targets.check_rule(rule)
         await self._source.check(rule)
         return rules_mod.normalize(rule)
 
@@ -108,11 +111,7 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
         """Replace the masked fields of a rule."""
         stored = await self._store.get_rule(request.rule.name)
         merged = rules_mod.apply_mask(stored.rule, request.rule, request.update_mask)
-        secrets = {ch.webhook.url: ch.webhook.secret for ch in stored.rule.channels
-                   if ch.WhichOneof("target") == "webhook" and ch.webhook.secret}
-        for ch in merged.channels:  # a rule read back (secrets redacted) and sent again keeps its secrets
-            if ch.WhichOneof("target") == "webhook" and not ch.webhook.secret and not ch.webhook.secret_env:
-                ch.webhook.secret = secrets.get(ch.webhook.url, "")
+        rules_mod.restore_redacted(merged, stored.rule)
         rule = await self._checked(merged)
         updated = await self._store.update_rule(rule, self._clock.now())
         return alerts_pb2.UpdateRuleResponse(rule=rules_mod.redacted(updated.rule))

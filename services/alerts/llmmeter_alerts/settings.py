@@ -55,6 +55,15 @@ class AlertsSettings(BaseSettings, SecuritySettings):
     webhook_timeout_seconds: float = 10.0
     """A webhook or Slack target must answer within this long."""
 
+    webhook_allow_hosts: str = ""
+    """Comma-separated host names, addresses or CIDR ranges that notifications may reach although
+    they are loopback, private, link-local or metadata addresses (refused otherwise), e.g.
+    `alertmanager.internal,10.20.0.0/16`."""
+
+    webhook_secret_env_prefix: str = "LLMMETER_WEBHOOK_SECRET_"
+    """A webhook's `secret_env` must name an environment variable starting with this, so a rule
+    cannot sign with another secret of the service (DATABASE_URL, keys)."""
+
     webhook_max_attempts: int = 5
     """Delivery attempts of one notification before giving up."""
 

@@ -30,6 +30,7 @@ from llmmeter_common.migrate import migrate
 from llmmeter_common.pgcluster import LocalCluster
 
 SERVICES = (("ingest", 50051), ("query", 50052), ("alerts", 50053))
+CONSOLE_PORT = 8080
 
 
 class StackSettings(BaseSettings):
@@ -107,6 +108,30 @@ async def _wait_healthy(port: int, deadline: float) -> None:
             await asyncio.sleep(0.2)
 
 
+def _start_console(settings: StackSettings, admin_key: str) -> subprocess.Popen[bytes]:
+    """The web console, calling the services with the local admin key (it binds loopback only)."""
+    env = dict(os.environ)
+    env.update({"LLMMETER_CONSOLE_HOST": settings.host, "LLMMETER_CONSOLE_PORT": str(CONSOLE_PORT),
+                "LLMMETER_CONSOLE_API_KEY": admin_key})
+    return subprocess.Popen([sys.executable, "-m", "llmmeter_console"], env=env)
+
+
+async def _wait_console(deadline: float) -> None:
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", CONSOLE_PORT)
+            writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+            answer = await reader.read(64)
+            writer.close()
+            if b" 200 " in answer:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the console did not start")
+        await asyncio.sleep(0.2)
+
+
 def _start_services(settings: StackSettings, database_url: str,
                     alerts_key: str) -> list[subprocess.Popen[bytes]]:
     procs = []
@@ -158,13 +183,16 @@ def main() -> int:
         admin_key, alerts_key = asyncio.run(_local_keys(database_url, known))
         _keep_key(settings.key_file, admin_key)
         procs = _start_services(settings, database_url, alerts_key)
+        procs.append(_start_console(settings, admin_key))
         deadline = time.monotonic() + 120
 
         async def all_healthy() -> None:
-            await asyncio.gather(*(_wait_healthy(port, deadline) for _, port in SERVICES))
+            await asyncio.gather(*(_wait_healthy(port, deadline) for _, port in SERVICES),
+                                 _wait_console(deadline))
 
         asyncio.run(all_healthy())
-        print("llmmeter: ingest :50051, query :50052, alerts :50053 are serving. Ctrl-C stops.")
+        print("llmmeter: ingest :50051, query :50052, alerts :50053 are serving; the console is at "
+              f"http://127.0.0.1:{CONSOLE_PORT}/usage. Ctrl-C stops.")
         print(f"llmmeter: the local admin key is in {settings.key_file} (mode 600); the CLI run from this "
               "folder finds it")
         print("llmmeter: try `.venv/bin/llmmeter demo --records 5000`")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from llmmeter.v1 import usage_pb2
 from llmmeter_common.auth.context import team_scope
+from llmmeter_ingest.pricing import BUILTIN_ONLY, Pricer
 from llmmeter_ingest.rows import Row, to_rows
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.validation import Limits, Rejected, validate
@@ -72,8 +73,10 @@ class Ingestor:
 
     def __init__(self, settings: IngestSettings, writer: BatchWriter,
                  on_outcome: Callable[[Outcome], None] | None = None,
-                 on_stored: Callable[[list[Row]], object] | None = None) -> None:
+                 on_stored: Callable[[list[Row]], object] | None = None,
+                 pricer: Pricer = BUILTIN_ONLY) -> None:
         self._settings = settings
+        self._pricer = pricer
         self._writer = writer
         self._on_outcome = on_outcome
         self._on_stored = on_stored
@@ -98,7 +101,7 @@ class Ingestor:
                 if team is not None:
                     _pin_team(rec, team)
                 validate(rec, limits)
-                row, payload = to_rows(rec, redact)
+                row, payload = to_rows(rec, redact, self._pricer)
             except Rejected as r:
                 prepared.outcome.rejections.append(Rejection(offset + i, rec.request_id, r.field, r.reason))
                 continue

@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 
 from llmmeter.v1 import usage_pb2
 from llmmeter_common.timeutil import from_us
+from llmmeter_ingest.pricing import BUILTIN_ONLY, REPORTED, Pricer
 from llmmeter_ingest.validation import Rejected, duration_us, timestamp_us
 
 #: Columns of `usage_records` filled by COPY, in tuple order.
@@ -29,6 +30,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "images", "audio_seconds", "video_seconds", "characters",
     "cost", "cost_breakdown", "cache_hit", "gateway_overhead_us", "retries", "metadata", "has_payload",
+    "cost_source",
 )
 #: Columns of `usage_payloads`, in tuple order.
 PAYLOAD_COLUMNS: tuple[str, ...] = ("start_time", "request_id", "request", "response")
@@ -93,8 +95,10 @@ def key_of(rec: usage_pb2.UsageRecord) -> tuple[str, int]:
     return rec.request_id, timestamp_us(rec.start_time)
 
 
-def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool) -> tuple[Row, Row | None]:
-    """The `usage_records` row of a valid record, and its `usage_payloads` row if it has one."""
+def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool,
+            pricer: Pricer = BUILTIN_ONLY) -> tuple[Row, Row | None]:
+    """The `usage_records` row of a valid record, and its `usage_payloads` row if it has one; a
+    record sent without a cost is priced by `pricer`."""
     start_us = timestamp_us(rec.start_time)
     latency = timestamp_us(rec.end_time) - start_us
     start = from_us(start_us)
@@ -112,6 +116,11 @@ def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool) -> tuple[Row, Row | Non
         tpot = latency / out
     media = rec.media
     has_payload = rec.HasField("payload")
+    if rec.HasField("cost"):
+        cost, breakdown, source = _decimal(rec.cost), _json_map(rec.cost_breakdown), REPORTED
+    else:
+        cost, parts, source = pricer.price(rec, start)
+        breakdown = _json_map(parts)
     row = (
         start, rec.request_id, from_us(start_us + latency), latency, ttft, itl, tpot,
         rec.streaming, rec.output_chunks, rec.status_code, rec.error_type, rec.error_message,
@@ -120,9 +129,9 @@ def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool) -> tuple[Row, Row | Non
         _client_ip(rec.client_ip, redact_ip) if rec.client_ip else "",
         rec.input_tokens, out, rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
         media.images, _decimal(media.audio_seconds), _decimal(media.video_seconds), media.characters,
-        _decimal(rec.cost), _json_map(rec.cost_breakdown), rec.cache_hit,
+        cost, breakdown, rec.cache_hit,
         duration_us(rec.gateway_overhead) if rec.HasField("gateway_overhead") else None,
-        rec.retries, _json_map(rec.metadata), has_payload,
+        rec.retries, _json_map(rec.metadata), has_payload, source,
     )
     if not has_payload:
         return row, None

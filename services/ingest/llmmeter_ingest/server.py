@@ -20,9 +20,10 @@ from llmmeter_common import telemetry
 from llmmeter_common.metrics import ServiceMetrics
 from llmmeter_common.migrate import migrate
 from llmmeter_common.serving import GrpcServer, key_store, wait_for_database
-from llmmeter_ingest import otlp_servicer
+from llmmeter_ingest import otlp_http, otlp_servicer
 from llmmeter_ingest.ingestor import Ingestor, Outcome
 from llmmeter_ingest.otel_out import UsageExporter
+from llmmeter_ingest.pricing import Pricer
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
@@ -45,7 +46,12 @@ class IngestServer:
         self._grpc: GrpcServer | None = None
         self._tracing: TracerProvider | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._prices: asyncio.Task[None] | None = None
+        self.pricer = Pricer()
         self._usage_exporter: UsageExporter | None = None
+        self._otlp_http: otlp_http.OtlpHttpReceiver | None = None
+        self.otlp_http_port = 0
+        """The bound OTLP/HTTP port (0 when not served)."""
         self.rollups: RollupWorker | None = None
         """The rollup worker (PostgreSQL flavour only)."""
 
@@ -85,21 +91,30 @@ class IngestServer:
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
         names = [SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])]
-        self._grpc = GrpcServer(names, keys=await key_store(s, self._pool), metrics=self._metrics,
-                                tracer_provider=self._tracing)
+        keys = await key_store(s, self._pool)
+        self._grpc = GrpcServer(names, keys=keys, metrics=self._metrics, tracer_provider=self._tracing)
         count_outcome = self._ingest_metrics(self._grpc.metrics, self._writer)
         if s.otlp_endpoint:
             self._usage_exporter = self._start_usage_exporter(self._grpc.metrics)
+        await self.pricer.refresh(self._pool)
+        self._prices = asyncio.create_task(self._prices_loop(self._pool))
         ingestor = Ingestor(s, self._writer, on_outcome=count_outcome,
-                            on_stored=self._usage_exporter.offer if self._usage_exporter else None)
+                            on_stored=self._usage_exporter.offer if self._usage_exporter else None,
+                            pricer=self.pricer)
         servicer = IngestServicer(ingestor, s)
+        rejections = otlp_servicer.RejectionLog()
         if s.otlp_receiver:
-            receiver = otlp_servicer.OtlpTraceServicer(ingestor)
+            receiver = otlp_servicer.OtlpTraceServicer(ingestor, rejections)
             self._grpc.add(lambda srv: otlp_servicer.register(srv, receiver))
         self._grpc.follow_database(s.database_url, s.health_probe_interval_seconds,
                                    s.health_probe_timeout_seconds)
         self._grpc.add(lambda srv: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, srv))
         self.port = await self._grpc.start(s.host, s.port, s.metrics_port, s.server_credentials())
+        if s.otlp_receiver and s.otlp_http_port:
+            self._otlp_http = otlp_http.OtlpHttpReceiver(ingestor, keys, rejections, self._grpc.metrics)
+            self.otlp_http_port = await self._otlp_http.start(
+                s.host, s.otlp_http_port, otlp_http.ssl_context(s), s.shutdown_grace_seconds)
+            log.info("OTLP/HTTP receiver listening on %s:%d", s.host, self.otlp_http_port)
         self._retention = asyncio.create_task(self._retention_loop(store))
         log.info("ingest service listening on %s:%d", s.host, self.port)
         return self.port
@@ -146,12 +161,26 @@ class IngestServer:
                 log.exception("retention run failed; will retry")
             await asyncio.sleep(s.retention_interval_seconds)
 
+    async def _prices_loop(self, pool: asyncpg.Pool) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prices_refresh_seconds)
+            try:
+                await self.pricer.refresh(pool)
+            except Exception:
+                log.warning("reading the price overrides failed; keeping the previous ones", exc_info=True)
+
     async def stop(self) -> None:
         """Refuse new calls, finish in-flight ones, flush the queue, close the pool."""
+        if self._prices is not None:
+            self._prices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prices
         if self._retention is not None:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
+        if self._otlp_http is not None:
+            await self._otlp_http.stop()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.shutdown_grace_seconds)
         if self._writer is not None:

@@ -77,6 +77,10 @@ class IngestSettings(BaseSettings, SecuritySettings):
     retention_interval_seconds: float = 3600.0
     """How often expired partitions are dropped."""
 
+    prices_refresh_seconds: float = 5.0
+    """How often the operator's price overrides (PricesService) are re-read: a change prices records
+    ingested from then on, within this time on every replica (one statement per refresh)."""
+
     max_future_seconds: float = 300.0
     """Clock skew tolerated: records ending further in the future are refused."""
 
@@ -97,6 +101,10 @@ class IngestSettings(BaseSettings, SecuritySettings):
 
     otlp_receiver: bool = True
     """Serve the OTLP trace receiver (TraceService/Export) on the gRPC port: GenAI spans become records."""
+
+    otlp_http_port: int = 4318
+    """Port of the OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf or JSON) on `host`, with the
+    same API keys as the gRPC port (0 = not served; needs `otlp_receiver`)."""
 
     otlp_endpoint: str = Field("", validation_alias=AliasChoices(
         "otlp_endpoint", "LLMMETER_INGEST_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))

@@ -60,8 +60,11 @@ def parse_group(name: str) -> Grouping | None:
         return Grouping(name, "((status_code / 100)::text || 'xx')", frozenset({"status_code"}))
     if name.startswith("metadata."):
         key = name[len("metadata."):]
-        if METADATA_KEY.fullmatch(key):  # the keys ingest stores: ASCII letters, digits, `_.-`
-            return Grouping(name, f"coalesce(metadata->>'{key}', '')", None)
+        if not METADATA_KEY.fullmatch(key):  # the filter's rule; the key is spliced into the SQL
+            raise InvalidArgument(
+                f"group_by: bad metadata key {shown(key)}: 1 to 64 of A-Z a-z 0-9 _ . -",
+                [FieldViolation("group_by", "metadata.<key> with a key of 1 to 64 of A-Z a-z 0-9 _ . -")])
+        return Grouping(name, f"coalesce(metadata->>'{key}', '')", None)
     column = FIELDS.get(name)
     if column is not None:
         expr = f"({column})::text" if name in NON_TEXT_FIELDS else column  # group values are strings
@@ -147,6 +150,11 @@ class Aggregator:
         self._exact_window = exact_window
         self._lanes = lanes
         self._split_min_rows = split_min_rows
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool it reads with."""
+        return self._pool
 
     def _query(self, window: Window, filt: Filter, group: Grouping | None,
                bucket: timedelta | None, days: LocalDays | None = None) -> _Query:
@@ -315,16 +323,10 @@ class _Query:
             tb = f"date_bin('{int(self.bucket.total_seconds())} seconds', {time_col}, {_ORIGIN_SQL})"
         return f"{g} AS g, {tb} AS tb"
 
-    def _start(self) -> tuple[str, list[Any]]:
-        """A statement's filter condition and its parameters: compiled once per statement, the
-        filter's values are its first parameters and every part of the UNION ALL refers to the same
-        ones, so they are not multiplied by the stretches (up to eight parts)."""
-        params: list[Any] = []
-        return self.filt.sql(params), params
-
-    def _where(self, s: Stretch, rollup: bool, params: list[Any], cond: str) -> str:
+    def _where(self, s: Stretch, rollup: bool, params: list[Any]) -> str:
         params += [s.start, s.end]
         a, b = len(params) - 1, len(params)
+        cond = self.filt.sql(params)
         if not rollup:
             return f"start_time >= ${a} AND start_time < ${b} AND {cond}"
         return f"dims_mask = {self.mask} AND bucket >= ${a} AND bucket < ${b} AND {cond}"
@@ -342,18 +344,18 @@ class _Query:
 
     def measures(self, columns: Sequence[str] = _MEASURE_COLUMNS) -> tuple[str, list[Any]]:
         """Summed measures (`columns`, in that order) per (g, tb)."""
-        cond, params = self._start()
+        params: list[Any] = []
         parts = []
         chosen = [m for c in columns for m in MEASURES if m.column == c]
         for s, table in self._sources():
             if table is None or table == PENDING:
                 sums = ", ".join(f"{m.summed(m.raw_expr)} AS {m.column}" for m in chosen)
                 parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM {table or RAW} "
-                             f"WHERE {self._where(s, False, params, cond)} GROUP BY 1, 2")
+                             f"WHERE {self._where(s, False, params)} GROUP BY 1, 2")
             else:  # rollup rows go straight to the one outer aggregation
                 cols = ", ".join(m.column for m in chosen)
                 parts.append(f"SELECT {self._keys('bucket')}, {cols} FROM {table} "
-                             f"WHERE {self._where(s, True, params, cond)}")
+                             f"WHERE {self._where(s, True, params)}")
         outer = ", ".join(m.summed(m.column) for m in chosen)
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
@@ -361,15 +363,15 @@ class _Query:
         """Histogram pieces (g, tb, then per prefix the pairs as bytes): rollup rows as stored (their
         pack when compacted, else `array_send` of the array), raw rows one pair (key, 1) each per
         (g, tb). With `only`, just the rows of those group values."""
-        filt, params = self._start()
-        if only is not None and self.group is not None:
-            params.append(only)
-            filt += f" AND ({self.group.expr}) = ANY(${len(params)})"
+        params: list[Any] = []
         parts = []
         cols = dict(HISTOGRAMS)
         for s, table in self._sources():
             rollup = table is not None and table != PENDING
-            cond = self._where(s, rollup, params, filt)
+            cond = self._where(s, rollup, params)
+            if only is not None and self.group is not None:
+                params.append(only)
+                cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
             if rollup:
                 arrays = ", ".join(f"coalesce({p}_pack, array_send({p}_hist))" for p in prefixes)
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
@@ -384,9 +386,9 @@ class _Query:
 
     def exact_percentiles(self) -> tuple[str, list[Any]]:
         """Exact nearest-rank percentiles per (g, tb), from raw rows only."""
-        cond, params = self._start()
+        params: list[Any] = []
         qs = "ARRAY[" + ", ".join(str(q) for q in QUANTILES) + "]::float8[]"
         cols = ", ".join(f"percentile_disc({qs}) WITHIN GROUP (ORDER BY {c})" for _, c in HISTOGRAMS)
         parts = [f"SELECT {self._keys('start_time')}, {cols} FROM {RAW} "
-                 f"WHERE {self._where(s, False, params, cond)} GROUP BY 1, 2" for s in self.stretches]
+                 f"WHERE {self._where(s, False, params)} GROUP BY 1, 2" for s in self.stretches]
         return " UNION ALL ".join(parts), params

@@ -1,117 +1,73 @@
-"""Checks of every QueryService request field besides the filter (see `filters.LIMITS` for that).
+"""Checks of the request fields every query call shares, and their limits, in one place.
 
-A value a handler cannot use is INVALID_ARGUMENT naming its field, before any of the work: times
-outside what a timestamp of usage can be, windows longer than any retention, enum numbers this
-version does not know, sizes whose answer would not fit in a response. Values echoed in messages
-are cut short (`filters.shown`), so a refusal is never larger than the request's limits allow.
+Any caller may send any value in any field (see README, Security): a value the
+service cannot use is INVALID_ARGUMENT naming the field, never an exception
+escaping as UNKNOWN, a driver error passed off as UNAVAILABLE, or work that
+grows without bound. The filter's own limits live with its grammar (filters.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_query.filters import shown
+
+#: The instants a request may name: [MIN_TIME, MAX_TIME).
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+#: Largest `top_n` of a series or breakdown (0 means the default, or for a breakdown all groups).
+MAX_TOP_N = 1_000
+#: Most entries of a series' `metrics` (each metric once is 32) and of an export's `group_by`.
+MAX_METRICS = 64
+MAX_GROUP_BY = 8
+#: Longest `request_id` (as ingest accepts), `time_zone`, and other short names.
+MAX_ID_LENGTH = 256
+MAX_NAME_LENGTH = 128
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    """The bounds of the request fields (README, Querying usage)."""
-
-    earliest: datetime = datetime(1970, 1, 1, tzinfo=UTC)
-    """no `start_time` / `end_time` before this"""
-    latest: datetime = datetime(2200, 1, 1, tzinfo=UTC)
-    """nor at or after this"""
-    window: timedelta = timedelta(days=3660)
-    """the longest window (10 years; the rollups keep 400 days)"""
-    top_n: int = 1000
-    """groups of a breakdown or series (0: all for a breakdown, 10 for a series)"""
-    metrics: int = 32
-    """entries of `metrics` in one series request (every metric once)"""
-    series_points: int = 300_000
-    """points of one series response: metrics x series x buckets (about 11 bytes each: the response
-    stays under the 4 MB a gRPC client receives by default; 20,000 minutes of 10 groups and
-    "other" are 220,000)"""
-    group_by: int = 10
-    """grouping columns of one aggregate export"""
-    text: int = 256
-    """characters of `request_id`, `group_by`, `order_by`, `granularity`, `time_zone`"""
-    page_token: int = 4096
-    """characters of a page token (ours are a few hundred)"""
+def bad(field: str, message: str, description: str | None = None) -> InvalidArgument:
+    """INVALID_ARGUMENT naming `field`."""
+    return InvalidArgument(f"{field}: {message}", [FieldViolation(field, description or message)])
 
 
-LIMITS = RequestLimits()
-
-
-def refuse(field: str, description: str) -> InvalidArgument:
-    """INVALID_ARGUMENT naming `field`, with a BadRequest violation saying why."""
-    return InvalidArgument(f"{field}: {description}", [FieldViolation(field, description)])
-
-
-def time_field(msg: Any, field: str, limits: RequestLimits = LIMITS) -> datetime | None:
-    """A Timestamp field as an aware datetime (None when unset), inside the limits: a timestamp
-    protobuf accepts may lie in year 1 or 9999 or carry nanos past a second, which datetime,
-    bucket arithmetic or PostgreSQL cannot all take."""
+def request_time(msg: Any, field: str) -> datetime | None:
+    """A Timestamp field as an aware datetime (None when unset), within [MIN_TIME, MAX_TIME)."""
     if not msg.HasField(field):
         return None
-    t = getattr(msg, field)
-    lo, hi = int(limits.earliest.timestamp()), int(limits.latest.timestamp())
-    if not (0 <= t.nanos < 1_000_000_000 and lo <= t.seconds < hi):
-        raise refuse(field, f"must be a time from {limits.earliest:%Y-%m-%d} to before "
-                            f"{limits.latest:%Y-%m-%d} (nanos 0..999,999,999)")
-    return t.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+    allowed = f"a valid timestamp from {MIN_TIME:%Y-%m-%d} up to {MAX_TIME:%Y-%m-%d}"
+    try:
+        when: datetime = getattr(msg, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise bad(field, f"not a valid timestamp ({exc})", allowed) from None
+    if not MIN_TIME <= when < MAX_TIME:
+        raise bad(field, f"{when.isoformat()} is out of range", allowed)
+    return when
 
 
-def window_length(start: datetime, end: datetime, limits: RequestLimits = LIMITS) -> None:
-    """Refuse a window longer than `limits.window` (naming `start_time`)."""
-    if end - start > limits.window:
-        raise refuse("start_time", f"the window may be at most {limits.window.days:,} days long")
-
-
-def enum_value(enum: Any, value: int, field: str, allow_unspecified: bool = True) -> int:
-    """`value` when `enum` (a generated enum, e.g. `query_pb2.Metric`) defines it, and it is not the
-    zero value unless allowed."""
-    if value not in enum.values() or (value == 0 and not allow_unspecified):
-        known = ", ".join(n for n, v in enum.items() if v or allow_unspecified)
-        raise refuse(field, f"{value} is not one of {known}")
-    return value
-
-
-def metric_list(values: Sequence[int], enum: Any, limits: RequestLimits = LIMITS) -> None:
-    """Refuse a series' metrics unless there are 1 to `limits.metrics`, each a known metric."""
-    if not values:
-        raise refuse("metrics", "at least one, not METRIC_UNSPECIFIED")
-    if len(values) > limits.metrics:
-        raise refuse("metrics", f"at most {limits.metrics} metrics")
-    for v in values:
-        enum_value(enum, v, "metrics", allow_unspecified=False)
-
-
-def top_n(value: int, limits: RequestLimits = LIMITS) -> int:
-    """`top_n` between 0 and `limits.top_n`."""
-    if not 0 <= value <= limits.top_n:
-        raise refuse("top_n", f"must be from 0 to {limits.top_n:,}")
-    return value
-
-
-def text(value: str, field: str, most: int = LIMITS.text) -> str:
-    """A short text field: at most `most` characters, no NUL (PostgreSQL text cannot hold one)."""
-    if len(value) > most:
-        raise refuse(field, f"at most {most:,} characters")
+def text(value: str, field: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """A short text field: at most `limit` characters and no NUL (PostgreSQL text cannot hold it)."""
+    if len(value) > limit:
+        raise bad(field, f"longer than {limit} characters", f"at most {limit} characters")
     if "\x00" in value:
-        raise refuse(field, "must not contain a NUL character")
+        raise bad(field, "contains a NUL character", "no NUL characters")
     return value
 
 
-def series_points(metrics: int, series: int, buckets: int, limits: RequestLimits = LIMITS) -> None:
-    """Refuse a series response of more than `limits.series_points` points (counting every group a
-    `top_n` may show, plus "other"), before any of it is read."""
-    points = metrics * series * buckets
-    if points > limits.series_points:
-        description = (f"{metrics} metrics x {series} series x {buckets:,} buckets is {points:,} points, "
-                       f"more than {limits.series_points:,}: ask for fewer metrics, a smaller top_n "
-                       "or a coarser granularity")
-        raise InvalidArgument(f"granularity: {description}", [
-            FieldViolation(f, description) for f in ("granularity", "metrics", "top_n")])
+def enum(value: int, field: str, enum_type: Any, allow_unspecified: bool = True) -> int:
+    """A known value of the generated enum `enum_type` (UNSPECIFIED, 0, only when allowed)."""
+    if value not in enum_type.values() or (value == 0 and not allow_unspecified):
+        names = ", ".join(n for n, v in enum_type.items() if v or allow_unspecified)
+        raise bad(field, f"{value} is not a known value", f"one of {names}")
+    return value
+
+
+def top_n(value: int, field: str = "top_n") -> int:
+    """0 (the default) up to MAX_TOP_N."""
+    if not 0 <= value <= MAX_TOP_N:
+        raise bad(field, f"{value} is not between 0 and {MAX_TOP_N}", f"0..{MAX_TOP_N}")
+    return value
+
+
+__all__ = ["MAX_TIME", "MIN_TIME", "bad", "enum", "request_time", "shown", "text", "top_n"]

@@ -38,7 +38,7 @@ def request_row(r: Any) -> query_pb2.RequestRow:
         team=r["team"], input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
         total_tokens=r["input_tokens"] + r["output_tokens"], latency_ms=r["latency_us"] / 1000,
         ttft_ms=(r["ttft_us"] or 0) / 1000, cost=float(r["cost"]), error_type=r["error_type"],
-        ttft_measured=r["ttft_us"] is not None,
+        ttft_measured=r["ttft_us"] is not None, cost_source=r["cost_source"],
     )
 
 

@@ -23,6 +23,7 @@ from llmmeter_query import metrics
 from llmmeter_query.aggregate import Aggregator, Grouping, Stats
 from llmmeter_query.filters import Filter
 from llmmeter_query.local_days import Calendar
+from llmmeter_query.unpriced import unpriced_by_bucket
 from llmmeter_query.window import Window
 
 CHUNK_BYTES = 256 * 1024
@@ -104,7 +105,7 @@ _FIRST_AGG_COLUMNS = (
 )
 _AGG_COLUMNS = _FIRST_AGG_COLUMNS + tuple(
     c for c in metrics.BREAKDOWN_COLUMNS if c != "group" and c not in _FIRST_AGG_COLUMNS
-) + tuple(metrics.units(Stats()))
+) + tuple(metrics.units(Stats())) + ("unpriced_count",)
 
 
 async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter,
@@ -123,6 +124,8 @@ async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter
     )
     bucket = calendar.width if calendar is not None else None
     result = await aggregator.run(window, filt, combined, bucket, days=calendar.days if calendar else None)
+    unpriced = await unpriced_by_bucket(aggregator.pool, window, filt, combined,
+                                        calendar.starts(window) if calendar is not None else None)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = [g.name for g in groups] + (["bucket"] if bucket is not None else []) + list(_AGG_COLUMNS)
@@ -134,6 +137,7 @@ async def export_aggregates(aggregator: Aggregator, window: Window, filt: Filter
         row = metrics.breakdown_row("", stats, window.minutes if span is None else span.total_seconds() / 60)
         row["cost"] = metrics.cost(stats)  # exact, for chargeback
         row.update(metrics.units(stats))
+        row["unpriced_count"] = unpriced.get((key, tb), 0)
         cells = [*key.split(sep), *([tb] if bucket is not None else []), *(row[c] for c in _AGG_COLUMNS)]
         _csv_line(writer, buf, cells)
         rows += 1

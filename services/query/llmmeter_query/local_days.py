@@ -10,6 +10,7 @@ minute rollups always do: the planner reads the coarsest that nests.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,23 +47,35 @@ class LocalDays:
     def levels(self, window: Window) -> tuple[Level, ...]:
         """Rollup levels that nest in this zone's days over the window: hours when every offset
         it has there is whole hours, else minutes only."""
-        t, whole = window.start, True
-        while whole and t <= window.end + timedelta(days=1):
-            offset = t.astimezone(self.zone).utcoffset() or timedelta(0)
-            whole = offset % timedelta(hours=1) == timedelta(0)
-            t += timedelta(hours=12)
+        first, last = (window.start - timedelta(days=1)).year, (window.end + timedelta(days=1)).year
+        whole = all(_whole_hours(self.zone, year) for year in range(first, last + 1))
         minute = timedelta(minutes=1)
         return tuple(lv for lv in LEVELS if lv.width < timedelta(days=1) and (whole or lv.width == minute))
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_hours(zone: ZoneInfo, year: int) -> bool:
+    """Whether every offset `zone` has in `year` (looked at every 12 hours) is whole hours: once
+    per zone and year, not per call (a decade is 7,000 lookups)."""
+    t, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+    while t < end:
+        if (t.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            return False
+        t += timedelta(hours=12)
+    return True
 
 
 def parse_time_zone(name: str) -> LocalDays | None:
     """An IANA zone name (`Europe/Berlin`); None for UTC or empty, whose days are the rollups'."""
     if name.strip() in _UTC_NAMES:
         return None
+    hint = "an IANA time zone such as Europe/Berlin"
+    if len(name) > 64 or "\x00" in name:  # no zone name is longer; the OS refuses such paths
+        raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
+                              [FieldViolation("time_zone", hint)])
     try:
         return LocalDays(ZoneInfo(name.strip()))
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, a name too long
-        hint = "an IANA time zone such as Europe/Berlin"
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, say "Europe"
         raise InvalidArgument(f"time_zone: {shown(name)} is not an IANA time zone",
                               [FieldViolation("time_zone", hint)]) from exc
 
@@ -88,11 +101,6 @@ class Calendar:
             out.append(t)
             t = self.end(t)
         return out
-
-    def count(self, window: Window) -> int:
-        """How many buckets `starts` gives (for local days, at most one more), without making them."""
-        first = floor_to(window.start, self.width)
-        return -((first - window.end) // self.width) + (1 if self.days is not None else 0)
 
     def end(self, start: datetime) -> datetime:
         """Where the bucket starting at `start` ends."""

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,8 +27,13 @@ from llmmeter_query.window import Window
 LOG_COLUMNS = (
     "request_id", "start_time", "status_code", "model", "provider", "user_name", "team",
     "input_tokens", "output_tokens", "latency_us", "ttft_us", "cost", "error_type",
+    "cost_source",
 )
 MAX_PAGE_SIZE = 1000
+#: Tokens this service makes are about 150 characters.
+MAX_TOKEN_LENGTH = 1024
+MIN_TIME = from_us(0)
+MAX_TIME = datetime(3000, 1, 1, tzinfo=UTC)
 DEFAULT_PAGE_SIZE = 50
 
 
@@ -54,12 +59,18 @@ class PageToken:
     @staticmethod
     def decode(token: str) -> PageToken:
         """Parse a token; INVALID_ARGUMENT naming page_token when it is not one of ours."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise _bad_token("not a page token of this service")
         try:
             raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-            return PageToken(from_us(int(raw["t"])), str(raw["i"]),
-                             Window(from_us(int(raw["s"])), from_us(int(raw["e"]))), str(raw["f"]))
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # Overflow: times past year 9999
+            tok = PageToken(from_us(int(raw["t"])), str(raw["i"]),
+                            Window(from_us(int(raw["s"])), from_us(int(raw["e"]))), str(raw["f"]))
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise _bad_token("not a page token of this service") from exc
+        if "\x00" in tok.after_id or len(tok.after_id) > 256 or not all(
+                MIN_TIME <= t < MAX_TIME for t in (tok.after_time, tok.window.start, tok.window.end)):
+            raise _bad_token("not a page token of this service")
+        return tok
 
 
 def filter_hash(filt: Filter) -> str:

@@ -7,9 +7,8 @@ that the shared interceptor maps to a status with details.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +22,11 @@ from llmmeter_query import checks, metrics
 from llmmeter_query.aggregate import Aggregates, Aggregator, Stats, Top, parse_group
 from llmmeter_query.convert import request_row, ts, usage_record
 from llmmeter_query.export import export_aggregates, export_requests
-from llmmeter_query.filters import Filter, parse_filter, scope_to_team, shown
+from llmmeter_query.filters import Filter, parse_filter, scope_to_team
 from llmmeter_query.local_days import Calendar, parse_time_zone
 from llmmeter_query.request_log import RequestLog
 from llmmeter_query.tail import TailHub
+from llmmeter_query.unpriced import unpriced_counts
 from llmmeter_query.window import Window, parse_granularity, resolve_window
 
 _EXACT = query_pb2.PERCENTILE_METHOD_EXACT
@@ -39,10 +39,8 @@ def _filter(text: str) -> Filter:
 
 
 def _window(req: Any) -> Window:
-    window = resolve_window(checks.time_field(req, "start_time"), checks.time_field(req, "end_time"),
-                            datetime.now(UTC))
-    checks.window_length(window.start, window.end)
-    return window
+    return resolve_window(checks.request_time(req, "start_time"), checks.request_time(req, "end_time"),
+                          datetime.now(UTC))
 
 
 def _method(agg: Aggregates) -> query_pb2.PercentileMethod.ValueType:
@@ -53,7 +51,7 @@ def _method(agg: Aggregates) -> query_pb2.PercentileMethod.ValueType:
 
 def _order(order_by: str) -> tuple[str, bool]:
     """`cost`, `-cost`, `cost desc`, `group asc` -> (column, descending)."""
-    text = checks.text(order_by, "order_by").strip() or "request_count"
+    text = order_by.strip() or "request_count"
     desc: bool | None = None
     if text.startswith("-"):
         text, desc = text[1:], True
@@ -61,7 +59,7 @@ def _order(order_by: str) -> tuple[str, bool]:
     if len(parts) == 2 and parts[1].lower() in ("asc", "desc"):
         text, desc = parts[0], parts[1].lower() == "desc"
     if text not in metrics.BREAKDOWN_COLUMNS:
-        raise InvalidArgument(f"order_by: unknown column {shown(text)}",
+        raise InvalidArgument(f"order_by: unknown column {checks.shown(text)}",
                               [FieldViolation("order_by", f"one of {', '.join(metrics.BREAKDOWN_COLUMNS)}")])
     return text, (text != "group") if desc is None else desc
 
@@ -74,7 +72,7 @@ def _counted(agg: Aggregates) -> dict[str, Any]:
 def _rank_by(metric: int) -> tuple[str, Callable[[dict[Any, Stats]], list[Any]]]:
     """The series metric groups are ranked by (default: requests, the busiest groups get their own
     line), and the ranking: largest total over the window first, ties by name."""
-    metric = checks.enum_value(query_pb2.Metric, metric, "rank_by") or query_pb2.METRIC_REQUESTS
+    metric = checks.enum(metric, "rank_by", query_pb2.Metric) or query_pb2.METRIC_REQUESTS
     name = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
     if name not in metrics.RANKABLE:
         allowed = ", ".join(f"METRIC_{n}" for n in sorted(metrics.RANKABLE))
@@ -103,32 +101,6 @@ def _series_percentiles(names: list[str]) -> dict[str, tuple[float, ...]]:
             for p, tag in (("lat", "LATENCY_P"), ("ttft", "TTFT_P"))}
 
 
-def _series_response(wanted: Sequence[int], names: list[str], granularity: str, window: Window,
-                     calendar: Calendar, agg: Aggregates, grouped: bool) -> query_pb2.GetTimeSeriesResponse:
-    """The series of every metric and group, a point per bucket (zero and not `present` where a
-    bucket has no rows)."""
-    groups, stats = (agg.shown if grouped else [""]), agg.groups
-    buckets = calendar.starts(window)
-    stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
-    # rates divide by the time a bucket has inside the window (the first and last are cut);
-    # shares by the bucket's requests of every group together
-    totals: dict[datetime | None, int] = defaultdict(int)
-    for (_, b), s in stats.items():
-        totals[b] += metrics.requests(s)
-    contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
-    empty = Stats()  # read only: a bucket without rows
-    response = query_pb2.GetTimeSeriesResponse(granularity=granularity, percentile_method=_method(agg),
-                                               **_counted(agg))
-    for metric, metric_name in zip(wanted, names, strict=True):
-        fn = metrics.SERIES[metric_name]
-        for g in groups:
-            add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
-            for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
-                value = fn(stats.get((g, b), empty), bucket)
-                add(time=stamp, value=value or 0.0, present=value is not None)
-    return response
-
-
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """The gRPC face of the query domain."""
 
@@ -141,57 +113,80 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def GetSummary(self, request: query_pb2.GetSummaryRequest,
                          context: grpc.aio.ServicerContext) -> query_pb2.GetSummaryResponse:
         """The summary cards."""
-        agg = await self._agg.run(_window(request), _filter(request.filter), None, None)
+        window, filt = _window(request), _filter(request.filter)
+        agg = await self._agg.run(window, filt, None, None)
         stats = agg.groups.get(("", None), Stats())
+        unpriced = await unpriced_counts(self._pool, window, filt, None)
         return query_pb2.GetSummaryResponse(summary=query_pb2.Summary(
-            **metrics.summary(stats), percentile_method=_method(agg)), **_counted(agg))
+            **metrics.summary(stats), percentile_method=_method(agg), unpriced_count=unpriced.get("", 0)),
+            **_counted(agg))
 
     async def ListRequests(self, request: query_pb2.ListRequestsRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.ListRequestsResponse:
         """One page of the request log."""
         given = request.HasField("start_time") or request.HasField("end_time")
-        token = checks.text(request.page_token, "page_token", checks.LIMITS.page_token)
         page = await self._log.page(_window(request), _filter(request.filter), request.page_size,
-                                    token, given)
+                                    request.page_token, given)
         return query_pb2.ListRequestsResponse(requests=[request_row(r) for r in page.rows],
                                               next_page_token=page.next_token)
 
     async def GetRequest(self, request: query_pb2.GetRequestRequest,
                          context: grpc.aio.ServicerContext) -> query_pb2.GetRequestResponse:
         """One request in full."""
-        row = await self._log.get(checks.text(request.request_id, "request_id"),
-                                  checks.time_field(request, "start_time"))
+        row = await self._log.get(checks.text(request.request_id, "request_id", checks.MAX_ID_LENGTH),
+                                  checks.request_time(request, "start_time"))
         team = team_scope()
         if team is not None and row["team"] != team:  # as if absent: ids of other teams stay unknown
-            raise NotFound(f"request {request.request_id!r} not found")
+            raise NotFound(f"request {checks.shown(request.request_id)} not found")
         return query_pb2.GetRequestResponse(
             record=usage_record(row), latency_ms=row["latency_us"] / 1000,
             itl_ms=(row["itl_us"] or 0) / 1000, tpot_ms=(row["tpot_us"] or 0) / 1000,
-            ingest_time=ts(row["ingested_at"]))
+            ingest_time=ts(row["ingested_at"]), cost_source=row["cost_source"])
 
     async def GetTimeSeries(self, request: query_pb2.GetTimeSeriesRequest,
                             context: grpc.aio.ServicerContext) -> query_pb2.GetTimeSeriesResponse:
         """Metrics per bucket, per group."""
-        checks.metric_list(request.metrics, query_pb2.Metric)
-        wanted = list(request.metrics)
+        if not request.metrics or query_pb2.METRIC_UNSPECIFIED in request.metrics:
+            raise InvalidArgument("metrics: at least one metric is required",
+                                  [FieldViolation("metrics", "at least one, not METRIC_UNSPECIFIED")])
+        if len(request.metrics) > checks.MAX_METRICS:
+            raise checks.bad("metrics", f"more than {checks.MAX_METRICS} metrics",
+                             f"at most {checks.MAX_METRICS}")
+        for m in request.metrics:
+            checks.enum(m, "metrics", query_pb2.Metric, allow_unspecified=False)
+        checks.top_n(request.top_n)
         window = _window(request)
-        name, width = parse_granularity(checks.text(request.granularity, "granularity"), window)
-        group = parse_group(checks.text(request.group_by, "group_by"))
-        top_n = checks.top_n(request.top_n) or 10
-        names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in wanted]
+        name, width = parse_granularity(request.granularity, window)
+        group = parse_group(request.group_by)
+        top_n = request.top_n if request.top_n > 0 else 10
+        names = [query_pb2.Metric.Name(m).removeprefix("METRIC_") for m in request.metrics]
         rank_name, rank = _rank_by(request.rank_by)
         top = Top(top_n, rank, fold=True) if group else None
         measures = [c for n in (*names, rank_name) for c in metrics.SERIES_MEASURES[n]]
-        calendar = Calendar.of(width, parse_time_zone(checks.text(request.time_zone, "time_zone")))
-        checks.series_points(len(wanted), top_n + 1 if group else 1, calendar.count(window))
-        filt = _filter(request.filter)
-        agg = await self._agg.run(window, filt, group, width, top=top,
+        calendar = Calendar.of(width, parse_time_zone(request.time_zone))
+        agg = await self._agg.run(window, _filter(request.filter), group, width, top=top,
                                   percentiles=_series_percentiles(names), measures=measures,
                                   days=calendar.days)
-        # up to 300,000 points: built on a worker thread, so the event loop (health checks, other
-        # callers) keeps its turns meanwhile
-        return await asyncio.to_thread(_series_response, wanted, names, name, window, calendar, agg,
-                                       group is not None)
+        groups, stats = (agg.shown if group else [""]), agg.groups
+        buckets = calendar.starts(window)
+        stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
+        # rates divide by the time a bucket has inside the window (the first and last are cut);
+        # shares by the bucket's requests of every group together
+        totals: dict[datetime | None, int] = defaultdict(int)
+        for (_, b), s in stats.items():
+            totals[b] += metrics.requests(s)
+        contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
+        empty = Stats()  # read only: a bucket without rows
+        response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg),
+                                                   **_counted(agg))
+        for metric, metric_name in zip(request.metrics, names, strict=True):
+            fn = metrics.SERIES[metric_name]
+            for g in groups:
+                add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
+                for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
+                    value = fn(stats.get((g, b), empty), bucket)
+                    add(time=stamp, value=value or 0.0, present=value is not None)
+        return response
 
     async def GetBreakdown(self, request: query_pb2.GetBreakdownRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.GetBreakdownResponse:
@@ -206,26 +201,26 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
         # sorted by a percentile, every group needs its histograms; otherwise only the top N
         top = None if column in metrics.PERCENTILE_COLUMNS else Top(request.top_n, order)
-        agg = await self._agg.run(window, _filter(request.filter),
-                                  parse_group(checks.text(request.group_by, "group_by") or "model"), None,
-                                  top=top,
-                                  measures=metrics.BREAKDOWN_MEASURES)
+        filt, group = _filter(request.filter), parse_group(request.group_by or "model")
+        agg = await self._agg.run(window, filt, group, None, top=top, measures=metrics.BREAKDOWN_MEASURES)
         totals = {g: s for (g, _), s in agg.groups.items()}
         if top is None:
             rows = _breakdown_rows(totals, minutes, column, desc)
         else:  # `shown` is already ranked by `order`, on the same sums
             rows = [metrics.breakdown_row(g, totals[g], minutes) for g in agg.shown]
         cut = rows[: request.top_n] if request.top_n else rows
+        unpriced = await unpriced_counts(self._pool, window, filt, group)
         return query_pb2.GetBreakdownResponse(
-            rows=[query_pb2.BreakdownRow(**r) for r in cut], omitted_groups=len(totals) - len(cut),
+            rows=[query_pb2.BreakdownRow(**r, unpriced_count=unpriced.get(r["group"], 0)) for r in cut],
+            omitted_groups=len(totals) - len(cut),
             percentile_method=_method(agg), **_counted(agg))
 
     async def ExportRequests(self, request: query_pb2.ExportRequestsRequest,
                              context: grpc.aio.ServicerContext,
                              ) -> AsyncIterator[query_pb2.ExportRequestsResponse]:
         """The filtered log as CSV or NDJSON chunks."""
-        fmt = checks.enum_value(query_pb2.ExportFormat, request.format, "format")
-        ndjson = fmt == query_pb2.EXPORT_FORMAT_NDJSON
+        checks.enum(request.format, "format", query_pb2.ExportFormat)
+        ndjson = request.format == query_pb2.EXPORT_FORMAT_NDJSON
         async for data, rows in export_requests(self._pool, _window(request),
                                                 _filter(request.filter), ndjson):
             yield query_pb2.ExportRequestsResponse(data=data, rows_written=rows)
@@ -235,14 +230,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                                ) -> AsyncIterator[query_pb2.ExportAggregatesResponse]:
         """Grouped metrics as CSV chunks."""
         window = _window(request)
-        days = parse_time_zone(checks.text(request.time_zone, "time_zone"))
-        granularity = checks.text(request.granularity, "granularity")
-        width = parse_granularity(granularity, window)[1] if granularity else None
+        if len(request.group_by) > checks.MAX_GROUP_BY:
+            raise checks.bad("group_by", f"more than {checks.MAX_GROUP_BY} grouping columns",
+                             f"at most {checks.MAX_GROUP_BY}")
+        days = parse_time_zone(request.time_zone)
+        width = parse_granularity(request.granularity, window)[1] if request.granularity else None
         calendar = Calendar.of(width, days) if width is not None else None
-        if len(request.group_by) > checks.LIMITS.group_by:
-            raise checks.refuse("group_by", f"at most {checks.LIMITS.group_by} grouping columns")
-        groups = [g for g in (parse_group(checks.text(name, "group_by")) for name in request.group_by)
-                  if g is not None]
+        groups = [g for g in (parse_group(name) for name in request.group_by) if g is not None]
         async for data, rows in export_aggregates(self._agg, window, _filter(request.filter),
                                                   groups, calendar):
             yield query_pb2.ExportAggregatesResponse(data=data, rows_written=rows)

@@ -86,7 +86,7 @@ class TailHub:
         hours = [from_us(h * 3_600_000_000) for h in note["hours"]]
         rows = await self._pool.fetch(_FETCH, int(note["xid"]), hours)
         for i, rec in enumerate(rows):
-            if i % 64 == 63:  # a large commit seen by many watchers holds the event loop in short turns
+            if i % 64 == 63:  # a commit of 10,000 rows for many watchers: let other calls run meanwhile
                 await asyncio.sleep(0)
             row = dict(rec)
             row["metadata"] = json.loads(row["metadata"])

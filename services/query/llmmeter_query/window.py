@@ -17,6 +17,8 @@ from llmmeter_common.timeutil import floor_to
 from llmmeter_query.filters import shown
 
 DEFAULT_SPAN = timedelta(hours=24)
+#: Most buckets of a series (or of an aggregate export by time) over its window.
+MAX_POINTS = 20_000
 
 #: Bucket widths a time series may use, by name.
 GRANULARITIES: dict[str, timedelta] = {
@@ -90,6 +92,10 @@ def parse_granularity(name: str, window: Window, max_points: int = 200) -> tuple
         for key, width in GRANULARITIES.items():
             if span / width <= max_points:
                 return key, width
+        if span / GRANULARITIES["1d"] > MAX_POINTS:
+            raise InvalidArgument(
+                f"start_time: a series window spans at most {MAX_POINTS} days",
+                [FieldViolation("start_time", f"a series window of at most {MAX_POINTS} days")])
         return "1d", GRANULARITIES["1d"]
     if name not in GRANULARITIES:
         raise InvalidArgument(
@@ -97,9 +103,9 @@ def parse_granularity(name: str, window: Window, max_points: int = 200) -> tuple
             [FieldViolation("granularity", f"one of {', '.join(GRANULARITIES)}, auto")],
         )
     width = GRANULARITIES[name]
-    if (window.end - window.start) / width > 20_000:
+    if (window.end - window.start) / width > MAX_POINTS:
         raise InvalidArgument(
-            f"granularity: {name} gives more than 20000 points over this window",
+            f"granularity: {name} gives more than {MAX_POINTS} points over this window",
             [FieldViolation("granularity", "too fine for the window")],
         )
     return name, width

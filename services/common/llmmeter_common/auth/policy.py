@@ -41,6 +41,7 @@ POLICY: dict[str, Requirement] = {
     "/llmmeter.v1.AlertsService/WatchAlerts": _READ_ALERTS,
     "/llmmeter.v1.AlertsService/ListSilences": _READ_ALERTS,
     "/llmmeter.v1.KeysService/": Requirement(Role.ADMIN, team_scoped=False),
+    "/llmmeter.v1.PricesService/": Requirement(Role.ADMIN, team_scoped=False),
 }
 
 

@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 
 from llmmeter.cli.common import positive_int
 from llmmeter.cli.exports import print_report, write_export
-from llmmeter.cli.logs_render import rows_table, show_request, tail_header, tail_row
+from llmmeter.cli.logs_render import (
+    DEFAULT_COLUMNS,
+    TABLE_COLUMNS,
+    rows_table,
+    show_request,
+    tail_header,
+    tail_row,
+)
 from llmmeter.cli.queryargs import (
     filter_flags,
     set_window,
@@ -94,6 +101,18 @@ complete; text cells a spreadsheet would run as a formula are prefixed with '.
 _ROW_FIELDS = field_names(query_pb2.RequestRow)
 
 
+def _columns(text: str) -> tuple[str, ...]:
+    """`--columns`: names of the table's columns, comma separated, or `all`."""
+    if text.strip() == "all":
+        return tuple(TABLE_COLUMNS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in TABLE_COLUMNS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown column {', '.join(unknown) or '(none)'}; choose from {', '.join(TABLE_COLUMNS)} or all")
+    return names
+
+
 def _page_size(text: str) -> int:
     try:
         value = int(text)
@@ -126,6 +145,10 @@ def register(subparsers: SubParsers, parents: list[argparse.ArgumentParser]) -> 
     list_.add_argument(
         "--page-token", default="", metavar="TOKEN", help="next_page_token printed by the previous page"
     )
+    list_.add_argument(
+        "--columns", type=_columns, default=DEFAULT_COLUMNS, metavar="A,B,...",
+        help=f"table columns, or 'all' (default: {','.join(DEFAULT_COLUMNS)}; "
+             f"available: {','.join(TABLE_COLUMNS)})")
     add_format_argument(list_)
     list_.set_defaults(handler=run_list)
 
@@ -194,7 +217,7 @@ async def run_list(args: argparse.Namespace, config: ClientConfig) -> int:
         if span is not None:
             out.print(f"[dim]window[/] {span.describe()}", highlight=False)
         if response.requests:
-            out.print(rows_table(response.requests))
+            out.print(rows_table(response.requests, args.columns))
         else:
             out.print("no requests")
         if response.next_page_token:

@@ -18,22 +18,24 @@ from llmmeter.cli.render import console, fmt_cost, fmt_int, fmt_ms, message_json
 from llmmeter.timeparse import format_timestamp
 from llmmeter.v1 import query_pb2
 
-#: Columns of the `logs list` table: (title, justify).
-_TABLE_COLUMNS = (
-    ("start_time", "left"),
-    ("request_id", "left"),
-    ("status", "right"),
-    ("model", "left"),
-    ("user", "left"),
-    ("team", "left"),
-    ("in", "right"),
-    ("out", "right"),
-    ("total", "right"),
-    ("latency", "right"),
-    ("ttft", "right"),
-    ("cost", "right"),
-    ("error_type", "left"),
-)
+#: Columns the `logs list` table can show: name -> (title, cell key, justify).
+TABLE_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "time": ("Time", "start_time", "left"),
+    "status": ("Status", "status", "right"),
+    "model": ("Model", "model", "left"),
+    "user": ("User", "user", "left"),
+    "team": ("Team", "team", "left"),
+    "prompt": ("Prompt", "in", "right"),
+    "completion": ("Completion", "out", "right"),
+    "total": ("Total", "total", "right"),
+    "latency": ("Latency", "latency", "right"),
+    "ttft": ("TTFT", "ttft", "right"),
+    "spend": ("Spend", "cost", "right"),
+    "error_type": ("Error", "error_type", "left"),
+    "request": ("Request", "request_id", "left"),
+}
+#: What `logs list` shows by default: the product pages' request table, readable in 100 columns.
+DEFAULT_COLUMNS = ("time", "status", "prompt", "completion", "total", "latency", "spend", "request")
 
 #: Columns of a `logs tail` table line: (title, width, right-aligned); the last one is not padded.
 _TAIL_COLUMNS = (
@@ -71,16 +73,18 @@ def _cells(r: query_pb2.RequestRow) -> dict[str, str]:
     }
 
 
-def rows_table(rows: Iterable[query_pb2.RequestRow]) -> Table:
-    """A page of the request log as a table; failed requests have their status in red."""
+def rows_table(rows: Iterable[query_pb2.RequestRow], columns: Iterable[str] = DEFAULT_COLUMNS) -> Table:
+    """A page of the request log as a table of `columns` (names of TABLE_COLUMNS); failed requests
+    have their status in red."""
+    chosen = [TABLE_COLUMNS[c] for c in columns]
     table = Table()
-    for name, justify in _TABLE_COLUMNS:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for title, _, justify in chosen:
+        table.add_column(title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         cells = _cells(r)
         if not r.success:
             cells["status"] = f"[red]{r.status_code}[/]"
-        table.add_row(*(cells[name] for name, _ in _TABLE_COLUMNS))
+        table.add_row(*(cells[key] for _, key, _ in chosen))
     return table
 
 

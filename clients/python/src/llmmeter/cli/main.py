@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from llmmeter.channels import TlsConfig
-from llmmeter.cli import alerts_cmd, db_cmd, demo_cmd, ingest_cmd, keys_cmd, logs_cmd, usage_cmd
+from llmmeter.cli import alerts_cmd, db_cmd, demo_cmd, ingest_cmd, keys_cmd, logs_cmd, prices_cmd, usage_cmd
 from llmmeter.cli.common import positive_float
 from llmmeter.config import (
     DEFAULT_ALERTS_ADDR,
@@ -42,7 +42,8 @@ from llmmeter.errors import ConfigError, LlmmeterError, one_line
 
 Handler = Callable[[argparse.Namespace, ClientConfig], Coroutine[Any, Any, int]]
 
-COMMANDS: tuple[ModuleType, ...] = (ingest_cmd, demo_cmd, db_cmd, usage_cmd, logs_cmd, alerts_cmd, keys_cmd)
+COMMANDS: tuple[ModuleType, ...] = (ingest_cmd, demo_cmd, db_cmd, usage_cmd, logs_cmd, alerts_cmd, keys_cmd,
+                                     prices_cmd)
 """Modules of the command groups, in the order `--help` lists them."""
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

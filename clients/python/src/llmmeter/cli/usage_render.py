@@ -8,6 +8,7 @@ line contract.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +48,9 @@ def summary_table(s: query_pb2.Summary, span: str, filt: str) -> None:
         ),
         ("output tokens", fmt_int(s.output_tokens), f"reasoning {fmt_int(s.reasoning_tokens)}"),
         ("total tokens", fmt_int(s.total_tokens), ""),
-        ("cost", f"${s.cost_exact or s.cost}", "USD"),
+        ("cost", f"${s.cost_exact or s.cost}",
+         f"USD; unpriced {fmt_int(s.unpriced_count)} (no cost sent, no known price)" if s.unpriced_count
+         else "USD"),
         (
             ("latency", fmt_ms(s.latency_avg_ms), f"avg; p95 {fmt_ms(s.latency_p95_ms)}")
             if s.request_count
@@ -88,6 +91,26 @@ def series_rows(response: query_pb2.GetTimeSeriesResponse) -> Iterator[dict[str,
     )
 
 
+def fmt_metric(metric: int, value: float) -> str:
+    """A series value with its unit: `$0.91`, `850 ms`, `2.5%`, `1.2k tok`, `3.4 req/s`."""
+    name = query_pb2.Metric.Name(metric).removeprefix("METRIC_")  # type: ignore[arg-type]
+    if name == "COST":
+        return fmt_cost(value)
+    if name.startswith(("LATENCY_", "TTFT_", "ITL_", "TPOT_")):
+        return fmt_ms(value)
+    if name.endswith(("_RATE", "_SHARE")):
+        return fmt_pct(value)
+    if name == "REQUESTS_PER_SECOND":
+        return f"{fmt_number(value)} req/s"
+    if name == "TOKENS_PER_MINUTE":
+        return f"{fmt_number(value)} tok/min"
+    if name.endswith("_TOKENS"):
+        return f"{fmt_number(value)} tok"
+    if name.endswith("_SECONDS"):
+        return f"{fmt_number(value)} s"
+    return fmt_number(value)
+
+
 def series_chart(response: query_pb2.GetTimeSeriesResponse, span: str, by: str) -> None:
     """Prints one sparkline per series with its min, avg, max, last value and (when additive) total."""
     out = console()
@@ -119,9 +142,10 @@ def series_chart(response: query_pb2.GetTimeSeriesResponse, span: str, by: str) 
         cells = [metric_label(series.metric), *([series.group or "(empty)"] if by else [])]
         cells.append(f"[cyan]{sparkline(values, width)}[/]")
         if present:
-            cells += [fmt_number(v) for v in (min(present), sum(present) / len(present), max(present))]
-            cells.append(fmt_number(values[-1]) if values[-1] is not None else "-")
-            cells.append(fmt_number(sum(present)) if series.metric in ADDITIVE else "-")
+            unit = functools.partial(fmt_metric, series.metric)
+            cells += [unit(v) for v in (min(present), sum(present) / len(present), max(present))]
+            cells.append(unit(values[-1]) if values[-1] is not None else "-")
+            cells.append(unit(sum(present)) if series.metric in ADDITIVE else "-")
         else:
             cells += ["-"] * 5
         table.add_row(*cells)
@@ -164,7 +188,7 @@ def breakdown_table(response: query_pb2.GetBreakdownResponse, span: str, by: str
             f"{r.tpm:,.1f}",
             fmt_int(r.input_tokens),
             fmt_int(r.output_tokens),
-            fmt_cost(r.cost),
+            fmt_cost(r.cost) + (f" unpriced {fmt_int(r.unpriced_count)}" if r.unpriced_count else ""),
             fmt_ms(r.latency_avg_ms),
             fmt_ms(r.latency_p50_ms),
             fmt_ms(r.latency_p95_ms),

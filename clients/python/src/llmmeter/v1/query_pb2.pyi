@@ -309,6 +309,7 @@ class Summary(_message.Message):
     TTFT_COUNT_FIELD_NUMBER: _builtins.int
     ITL_COUNT_FIELD_NUMBER: _builtins.int
     TPOT_COUNT_FIELD_NUMBER: _builtins.int
+    UNPRICED_COUNT_FIELD_NUMBER: _builtins.int
     request_count: _builtins.int
     """All requests."""
     success_count: _builtins.int
@@ -379,6 +380,11 @@ class Summary(_message.Message):
     """Requests that measured inter-token latency; itl_avg_ms is 0 when this is 0."""
     tpot_count: _builtins.int
     """Requests that measured time per output token; tpot_avg_ms is 0 when this is 0."""
+    unpriced_count: _builtins.int
+    """Requests that came without a cost for a model with no known price (COST_SOURCE_UNPRICED):
+    they count 0 in `cost`, so `cost` is a lower bound while this is not 0. Counted from raw
+    rows (kept `RAW_RETENTION_DAYS`), not from the rollups.
+    """
     def __init__(
         self,
         *,
@@ -416,10 +422,11 @@ class Summary(_message.Message):
         ttft_count: _builtins.int = ...,
         itl_count: _builtins.int = ...,
         tpot_count: _builtins.int = ...,
+        unpriced_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "characters", b"characters", "cost", b"cost", "cost_exact", b"cost_exact", "error_count", b"error_count", "images", b"images", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "itl_count", b"itl_count", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "percentile_method", b"percentile_method", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpot_avg_ms", b"tpot_avg_ms", "tpot_count", b"tpot_count", "ttft_avg_ms", b"ttft_avg_ms", "ttft_count", b"ttft_count", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "video_seconds", b"video_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "characters", b"characters", "cost", b"cost", "cost_exact", b"cost_exact", "error_count", b"error_count", "images", b"images", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "itl_count", b"itl_count", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "percentile_method", b"percentile_method", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpot_avg_ms", b"tpot_avg_ms", "tpot_count", b"tpot_count", "ttft_avg_ms", b"ttft_avg_ms", "ttft_count", b"ttft_count", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "unpriced_count", b"unpriced_count", "video_seconds", b"video_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,6 +488,7 @@ class RequestRow(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     ERROR_TYPE_FIELD_NUMBER: _builtins.int
     TTFT_MEASURED_FIELD_NUMBER: _builtins.int
+    COST_SOURCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id."""
     status_code: _builtins.int
@@ -513,6 +521,8 @@ class RequestRow(_message.Message):
     """Whether the call measured time to first token (streamed calls do); when false, ttft_ms
     is 0 for want of a value.
     """
+    cost_source: _usage_pb2.CostSource.ValueType
+    """Where `cost` comes from."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the request started."""
@@ -536,10 +546,11 @@ class RequestRow(_message.Message):
         cost: _builtins.float = ...,
         error_type: _builtins.str = ...,
         ttft_measured: _builtins.bool = ...,
+        cost_source: _usage_pb2.CostSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "error_type", b"error_type", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "request_id", b"request_id", "start_time", b"start_time", "status_code", b"status_code", "success", b"success", "team", b"team", "total_tokens", b"total_tokens", "ttft_measured", b"ttft_measured", "ttft_ms", b"ttft_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "cost_source", b"cost_source", "error_type", b"error_type", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "request_id", b"request_id", "start_time", b"start_time", "status_code", b"status_code", "success", b"success", "team", b"team", "total_tokens", b"total_tokens", "ttft_measured", b"ttft_measured", "ttft_ms", b"ttft_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -654,12 +665,15 @@ class GetRequestResponse(_message.Message):
     ITL_MS_FIELD_NUMBER: _builtins.int
     TPOT_MS_FIELD_NUMBER: _builtins.int
     INGEST_TIME_FIELD_NUMBER: _builtins.int
+    COST_SOURCE_FIELD_NUMBER: _builtins.int
     latency_ms: _builtins.float
     """Latency, ms."""
     itl_ms: _builtins.float
     """Inter-token latency, ms (0 when unknown)."""
     tpot_ms: _builtins.float
     """Time per output token, ms (0 when unknown)."""
+    cost_source: _usage_pb2.CostSource.ValueType
+    """Where the record's cost comes from."""
     @_builtins.property
     def record(self) -> _usage_pb2.UsageRecord:
         """Every stored field, the payload included when stored."""
@@ -676,10 +690,11 @@ class GetRequestResponse(_message.Message):
         itl_ms: _builtins.float = ...,
         tpot_ms: _builtins.float = ...,
         ingest_time: _timestamp_pb2.Timestamp | None = ...,
+        cost_source: _usage_pb2.CostSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ingest_time", b"ingest_time", "record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ingest_time", b"ingest_time", "itl_ms", b"itl_ms", "latency_ms", b"latency_ms", "record", b"record", "tpot_ms", b"tpot_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_source", b"cost_source", "ingest_time", b"ingest_time", "itl_ms", b"itl_ms", "latency_ms", b"latency_ms", "record", b"record", "tpot_ms", b"tpot_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -943,6 +958,7 @@ class BreakdownRow(_message.Message):
     TTFT_COUNT_FIELD_NUMBER: _builtins.int
     ITL_COUNT_FIELD_NUMBER: _builtins.int
     TPOT_COUNT_FIELD_NUMBER: _builtins.int
+    UNPRICED_COUNT_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """The group's value."""
     request_count: _builtins.int
@@ -1007,6 +1023,8 @@ class BreakdownRow(_message.Message):
     """Requests that measured inter-token latency; itl_avg_ms is 0 when this is 0."""
     tpot_count: _builtins.int
     """Requests that measured time per output token; tpot_avg_ms is 0 when this is 0."""
+    unpriced_count: _builtins.int
+    """Requests of the group without a cost and without a known price (see Summary.unpriced_count)."""
     def __init__(
         self,
         *,
@@ -1041,10 +1059,11 @@ class BreakdownRow(_message.Message):
         ttft_count: _builtins.int = ...,
         itl_count: _builtins.int = ...,
         tpot_count: _builtins.int = ...,
+        unpriced_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cost", b"cost", "failure_count", b"failure_count", "group", b"group", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "itl_count", b"itl_count", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "rpm", b"rpm", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpm", b"tpm", "tpot_avg_ms", b"tpot_avg_ms", "tpot_count", b"tpot_count", "ttft_avg_ms", b"ttft_avg_ms", "ttft_count", b"ttft_count", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "cost", b"cost", "failure_count", b"failure_count", "group", b"group", "input_tokens", b"input_tokens", "itl_avg_ms", b"itl_avg_ms", "itl_count", b"itl_count", "latency_avg_ms", b"latency_avg_ms", "latency_p50_ms", b"latency_p50_ms", "latency_p75_ms", b"latency_p75_ms", "latency_p90_ms", b"latency_p90_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "request_count", b"request_count", "rpm", b"rpm", "success_count", b"success_count", "success_rate", b"success_rate", "total_tokens", b"total_tokens", "tpm", b"tpm", "tpot_avg_ms", b"tpot_avg_ms", "tpot_count", b"tpot_count", "ttft_avg_ms", b"ttft_avg_ms", "ttft_count", b"ttft_count", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p75_ms", b"ttft_p75_ms", "ttft_p90_ms", b"ttft_p90_ms", "ttft_p95_ms", b"ttft_p95_ms", "ttft_p99_ms", b"ttft_p99_ms", "unpriced_count", b"unpriced_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,6 +15,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -25,6 +26,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CostSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CostSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CostSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COST_SOURCE_UNSPECIFIED: _CostSource.ValueType  # 0
+    """Stored before llmmeter recorded the source (or not known)."""
+    COST_SOURCE_REPORTED: _CostSource.ValueType  # 1
+    """Sent with the record (`cost` present, 0 included)."""
+    COST_SOURCE_COMPUTED: _CostSource.ValueType  # 2
+    """Computed at ingest from an operator price override or the built-in price table."""
+    COST_SOURCE_UNPRICED: _CostSource.ValueType  # 3
+    """Sent without a cost, and no price is known for the model: stored as 0 and counted
+    as `unpriced_count` in summaries and breakdowns.
+    """
+
+class CostSource(_CostSource, metaclass=_CostSourceEnumTypeWrapper):
+    """Where a stored record's cost comes from."""
+
+COST_SOURCE_UNSPECIFIED: CostSource.ValueType  # 0
+"""Stored before llmmeter recorded the source (or not known)."""
+COST_SOURCE_REPORTED: CostSource.ValueType  # 1
+"""Sent with the record (`cost` present, 0 included)."""
+COST_SOURCE_COMPUTED: CostSource.ValueType  # 2
+"""Computed at ingest from an operator price override or the built-in price table."""
+COST_SOURCE_UNPRICED: CostSource.ValueType  # 3
+"""Sent without a cost, and no price is known for the model: stored as 0 and counted
+as `unpriced_count` in summaries and breakdowns.
+"""
+Global___CostSource: _TypeAlias = CostSource  # noqa: Y015
 
 @_typing.final
 class UsageRecord(_message.Message):
@@ -179,7 +212,10 @@ class UsageRecord(_message.Message):
     cost: _builtins.float
     """Money and overheads ----------------------------------------------------
 
-    Cost of the call in USD.
+    Cost of the call in USD, when the sender knows it. `optional` (explicit presence, the
+    same wire format and field number as the former plain `double`): a record without
+    `cost` is priced by the ingest service from the operator's price overrides or the
+    built-in price table (`CostSource`), while `cost: 0` sent is stored as a reported 0.
     """
     cache_hit: _builtins.bool
     """Whether the response was served from the gateway's cache."""
@@ -263,7 +299,7 @@ class UsageRecord(_message.Message):
         cache_write_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
         media: Global___MediaUsage | None = ...,
-        cost: _builtins.float = ...,
+        cost: _builtins.float | None = ...,
         cost_breakdown: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         cache_hit: _builtins.bool = ...,
         gateway_overhead: _duration_pb2.Duration | None = ...,
@@ -271,11 +307,13 @@ class UsageRecord(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         payload: Global___Payload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "gateway_overhead", b"gateway_overhead", "mean_inter_token_latency", b"mean_inter_token_latency", "media", b"media", "payload", b"payload", "start_time", b"start_time", "time_to_first_token", b"time_to_first_token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "cost", b"cost", "end_time", b"end_time", "gateway_overhead", b"gateway_overhead", "mean_inter_token_latency", b"mean_inter_token_latency", "media", b"media", "payload", b"payload", "start_time", b"start_time", "time_to_first_token", b"time_to_first_token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_base", b"api_base", "cache_hit", b"cache_hit", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "call_type", b"call_type", "client_ip", b"client_ip", "cost", b"cost", "cost_breakdown", b"cost_breakdown", "end_time", b"end_time", "error_message", b"error_message", "error_type", b"error_type", "gateway_overhead", b"gateway_overhead", "input_tokens", b"input_tokens", "mean_inter_token_latency", b"mean_inter_token_latency", "media", b"media", "metadata", b"metadata", "model", b"model", "model_alias", b"model_alias", "model_id", b"model_id", "output_chunks", b"output_chunks", "output_tokens", b"output_tokens", "payload", b"payload", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "response_model", b"response_model", "retries", b"retries", "start_time", b"start_time", "status_code", b"status_code", "streaming", b"streaming", "team", b"team", "time_to_first_token", b"time_to_first_token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "account", b"account", "api_base", b"api_base", "cache_hit", b"cache_hit", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "call_type", b"call_type", "client_ip", b"client_ip", "cost", b"cost", "cost_breakdown", b"cost_breakdown", "end_time", b"end_time", "error_message", b"error_message", "error_type", b"error_type", "gateway_overhead", b"gateway_overhead", "input_tokens", b"input_tokens", "mean_inter_token_latency", b"mean_inter_token_latency", "media", b"media", "metadata", b"metadata", "model", b"model", "model_alias", b"model_alias", "model_id", b"model_id", "output_chunks", b"output_chunks", "output_tokens", b"output_tokens", "payload", b"payload", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "response_model", b"response_model", "retries", b"retries", "start_time", b"start_time", "status_code", b"status_code", "streaming", b"streaming", "team", b"team", "time_to_first_token", b"time_to_first_token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cost: _TypeAlias = _typing.Literal["cost"]  # noqa: Y015
+    _WhichOneofArgType__cost: _TypeAlias = _typing.Literal["_cost", b"_cost"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost) -> _WhichOneofReturnType__cost | None: ...
 
 Global___UsageRecord: _TypeAlias = UsageRecord  # noqa: Y015
 

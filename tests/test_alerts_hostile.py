@@ -1,0 +1,177 @@
+"""Notification targets and rule fields as an attacker would send them: no requests to loopback,
+metadata or private addresses unless the operator allows them, no response bodies in the history,
+secrets only from the operator's prefix, URLs masked on read, enums and sizes range-checked."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmmeter.v1 import alerts_pb2 as A
+from llmmeter.v1 import ingest_pb2_grpc
+from llmmeter_alerts.targets import TargetPolicy, mask_url
+
+from alerts_harness import BASE, Factory, FakeClock, Receiver, Recs, rule, stub
+from records import bad_request_fields, ingest
+
+
+def _hook(url: str, **kw: str) -> A.Rule:
+    r = rule("hook")
+    r.channels.add().webhook.CopyFrom(A.WebhookChannel(url=url, **kw))
+    return r
+
+
+async def _refused(alerts, r: A.Rule) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=r))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return bad_request_fields(err.value)
+
+
+async def test_internal_targets_are_refused_unless_allowed(make_alerts: Factory, receiver: Receiver) -> None:
+    server = await make_alerts(FakeClock(BASE), webhook_allow_hosts="")
+    channel, alerts = stub(server)
+    async with channel:
+        for url in ("http://127.0.0.1:8080/x", "http://169.254.169.254/latest/meta-data/",
+                    "http://localhost:9/x", "http://10.1.2.3/x", "http://[::1]/x", "http://[fd00:ec2::254]/",
+                    "http://100.64.0.1/", "http://[::ffff:127.0.0.1]/"):
+            fields = await _refused(alerts, _hook(url))
+            assert fields[0][0] == "rule.channels[0].webhook.url" and "allow" in fields[0][1], url
+        slack = rule("slack")
+        slack.channels.add().slack.url = "http://127.0.0.1:1/services/T/B/X"
+        assert (await _refused(alerts, slack))[0][0] == "rule.channels[0].slack.url"
+        for bad in ("ftp://example.com/x", "http:///nohost", "javascript:alert(1)"):
+            assert (await _refused(alerts, _hook(bad)))[0][0] == "rule.channels[0].webhook.url"
+    allowed = await make_alerts(FakeClock(BASE), webhook_allow_hosts="127.0.0.0/8")
+    channel, alerts = stub(allowed)
+    async with channel:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=_hook(receiver.url)))
+
+
+async def test_a_stored_internal_target_is_refused_at_send_time_and_history_keeps_no_bodies(
+        make_alerts: Factory, ingest_stub: ingest_pb2_grpc.IngestServiceStub, receiver: Receiver) -> None:
+    """A rule saved while the operator allowed loopback, then the allowance withdrawn: the send is
+    refused by the send-time check (as a name resolving to a new address would be)."""
+    await ingest(ingest_stub, Recs(0, 30, 20, 10).build(BASE))
+    clock = FakeClock(BASE + timedelta(minutes=5))
+    first = await make_alerts(clock)  # allows 127.0.0.1 (the harness receiver)
+    channel, alerts = stub(first)
+    async with channel:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=rule(receiver=receiver)))
+    await first.stop()
+    first.stopped = True  # type: ignore[attr-defined]
+    strict = await make_alerts(clock, webhook_allow_hosts="")
+    await strict.tick()
+    assert receiver.requests == []  # nothing was sent to loopback
+    channel, alerts = stub(strict)
+    async with channel:
+        events = (await alerts.ListAlertEvents(A.ListAlertEventsRequest(filter="kind = delivery"))).events
+    assert events and not events[0].success and "egress policy" in events[0].message
+
+
+async def test_history_records_the_status_code_not_the_answer(
+        make_alerts: Factory, ingest_stub: ingest_pb2_grpc.IngestServiceStub) -> None:
+    import asyncio
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"SSH-2.0-OpenSSH_9.2 internal-secret-banner\r\n")  # not HTTP: a port scanner's prize
+        await writer.drain()
+        writer.close()
+
+    server_sock = await asyncio.start_server(chatty, "127.0.0.1", 0)
+    port = server_sock.sockets[0].getsockname()[1]
+    await ingest(ingest_stub, Recs(0, 30, 20, 10).build(BASE))
+    clock = FakeClock(BASE + timedelta(minutes=5))
+    server = await make_alerts(clock, webhook_max_attempts=1)
+    channel, alerts = stub(server)
+    try:
+        async with channel:
+            await alerts.CreateRule(A.CreateRuleRequest(rule=_hook(f"http://127.0.0.1:{port}/x")))
+            await server.tick()
+            events = (await alerts.ListAlertEvents(A.ListAlertEventsRequest(filter="kind = delivery"))).events
+        assert events and events[0].message.startswith("not an HTTP answer")
+        assert all("SSH" not in e.message and "secret" not in e.message for e in events)
+    finally:
+        server_sock.close()
+
+
+async def test_secret_env_only_under_the_operators_prefix(make_alerts: Factory, receiver: Receiver) -> None:
+    server = await make_alerts(FakeClock(BASE))
+    channel, alerts = stub(server)
+    async with channel:
+        for name in ("DATABASE_URL", "LLMMETER_BOOTSTRAP_ADMIN_KEY", "LLMMETER_WEBHOOK_SECRET_"):
+            fields = await _refused(alerts, _hook(receiver.url, secret_env=name))
+            assert fields == [("rule.channels[0].webhook.secret_env",
+                               "must start with LLMMETER_WEBHOOK_SECRET_ (the operator's)")]
+        await alerts.CreateRule(A.CreateRuleRequest(rule=_hook(receiver.url,
+                                                               secret_env="LLMMETER_WEBHOOK_SECRET_PAGER")))
+
+
+async def test_notification_urls_are_masked_on_read_and_kept_on_update(
+        make_alerts: Factory, receiver: Receiver) -> None:
+    server = await make_alerts(FakeClock(BASE), webhook_allow_hosts="127.0.0.1")
+    slack_url = receiver.url.replace("/hook", "/services/T000/B000/XXXXSECRET")
+    r = _hook(receiver.url + "?token=abc")
+    r.channels.add().slack.url = slack_url
+    channel, alerts = stub(server)
+    async with channel:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=r))
+        listed = (await alerts.ListRules(A.ListRulesRequest())).rules[0]
+        urls = [listed.channels[0].webhook.url, listed.channels[1].slack.url]
+        assert all(u.endswith("/****") and "SECRET" not in u and "token" not in u for u in urls)
+        listed.window.FromTimedelta(timedelta(minutes=10))  # a read rule edited and sent back whole
+        await alerts.UpdateRule(A.UpdateRuleRequest(rule=listed))
+    stored = await server.store.get_rule("hook")
+    assert [stored.rule.channels[0].webhook.url, stored.rule.channels[1].slack.url] == [
+        receiver.url + "?token=abc", slack_url]
+    assert mask_url("https://user:pw@hooks.slack.com/services/T/B/X") == "https://hooks.slack.com/****"
+
+
+async def test_rule_fields_are_range_checked(make_alerts: Factory) -> None:
+    server = await make_alerts(FakeClock(BASE))
+    channel, alerts = stub(server)
+    async with channel:
+        cases = {
+            "rule.no_data": rule("a", no_data=99),
+            "rule.warning.comparison": rule("b", warning=A.Threshold(comparison=42, value=1)),
+            "rule.annotation": rule("c", annotation="x" * 2001),
+            "rule.budget.period": rule("d", budget=A.Budget(period=7, limit=10)),
+            "rule.labels": rule("e", labels={"k": "v" * 300}),
+        }
+        for field, r in cases.items():
+            assert field in [f for f, _ in await _refused(alerts, r)], field
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_failing_rule_is_logged_once_not_every_round(
+        make_alerts: Factory, caplog: pytest.LogCaptureFixture, db_pool) -> None:
+    """A rule stored before these checks existed (here: written to the table directly) with an enum
+    the state machine does not know fails its evaluation once per change, not every round."""
+    clock = FakeClock(BASE)
+    server = await make_alerts(clock)
+    channel, alerts = stub(server)
+    async with channel:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=rule("legacy")))
+    await db_pool.execute(
+        "UPDATE alert_rules SET spec = jsonb_set(spec, '{no_data}', '99')")
+    with caplog.at_level(logging.WARNING, logger="llmmeter_alerts.evaluator"):
+        for _ in range(5):
+            clock.set(clock.t + timedelta(minutes=1))
+            await server.tick()
+    failures = [r for r in caplog.records if "legacy not evaluated" in r.getMessage()]
+    assert len(failures) == 1
+
+
+def test_the_policy_pins_resolved_addresses() -> None:
+    import asyncio
+
+    policy = TargetPolicy.from_setting("", "LLMMETER_WEBHOOK_SECRET_")
+    assert asyncio.run(policy.resolve("93.184.215.14", 443)) == ["93.184.215.14"]
+    allowed = TargetPolicy.from_setting("localhost", "P_")
+    assert "127.0.0.1" in asyncio.run(allowed.resolve("localhost", 80))
