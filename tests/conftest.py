@@ -16,6 +16,7 @@ k8s_render.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import subprocess
@@ -31,7 +32,7 @@ import pytest
 from llmmeter.v1 import ingest_pb2_grpc, query_pb2_grpc
 from llmmeter_alerts.server import AlertsServer
 from llmmeter_alerts.settings import AlertsSettings
-from llmmeter_common.migrate import migrate
+from llmmeter_common.migrate import Flavor, migrate
 from llmmeter_common.pgcluster import LocalCluster, free_port
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.server import IngestServer
@@ -90,19 +91,73 @@ def pg_server_url() -> Iterator[str]:
             cluster.destroy()
 
 
+async def server_flavor(server_url: str) -> Flavor:
+    """The storage flavour the tests use: `LLMMETER_TEST_FLAVOR` (timescale or postgres), else
+    what the server supports (TimescaleDB when the extension is installed and preloaded)."""
+    requested = os.environ.get("LLMMETER_TEST_FLAVOR", "").strip().lower()
+    if requested in ("timescale", "postgres"):
+        return "timescale" if requested == "timescale" else "postgres"
+    if requested:
+        raise ValueError(f"LLMMETER_TEST_FLAVOR must be timescale or postgres, not {requested!r}")
+    conn = await asyncpg.connect(server_url)
+    try:
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+        preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+    finally:
+        await conn.close()
+    return "timescale" if available and "timescaledb" in preload else "postgres"
+
+
 @pytest.fixture(scope="session")
-async def template_url(pg_server_url: str) -> str:
+async def storage_flavor(pg_server_url: str) -> Flavor:
+    """The flavour the template (so every test's database) is migrated with."""
+    return await server_flavor(pg_server_url)
+
+
+@pytest.fixture
+def postgres_flavor_only(storage_flavor: Flavor) -> None:
+    """For tests of the PostgreSQL flavour's own mechanism (partitions, the rollup worker and its
+    queue, compaction): skipped, saying so, when the suite runs on TimescaleDB."""
+    if storage_flavor != "postgres":
+        pytest.skip("tests the PostgreSQL flavour's own mechanism (partitions, rollup worker, compaction)")
+
+
+@pytest.fixture(scope="session")
+async def template_url(pg_server_url: str, storage_flavor: Flavor) -> str:
     """A database with the schema applied once, cloned for each test."""
     conn = await asyncpg.connect(pg_server_url)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
+        await conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE} WITH (FORCE)")
         await conn.execute(f"CREATE DATABASE {_TEMPLATE}")
     finally:
         await conn.close()
     url = _with_db(pg_server_url, _TEMPLATE)
-    await migrate(url, "postgres")
+    await migrate(url, storage_flavor)
     await store_admin_key(url)
+    await _seal_template(pg_server_url, _TEMPLATE)
     return url
+
+
+async def _seal_template(server_url: str, name: str) -> None:
+    """Let no session into the template any more and end those still there, so that
+    `CREATE DATABASE ... TEMPLATE` (which needs it unused) never meets one: TimescaleDB's job
+    scheduler, a background worker, connects to every database that allows connections. Its
+    launcher skips databases that do not; on stock PostgreSQL there is simply no one to end."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        for _ in range(100):
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+            if not await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"sessions still connected to {name}")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -155,15 +210,21 @@ def ingest_settings(db_url: str, **overrides: object) -> IngestSettings:
     return IngestSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def ingest_server(db_url: str) -> AsyncIterator[IngestServer]:
-    """A running ingest service on this test's database."""
-    server = IngestServer(ingest_settings(db_url))
+@contextlib.asynccontextmanager
+async def running(server: Any) -> AsyncIterator[Any]:
+    """A service (anything with `start` and `stop`) running for the block."""
     await server.start()
     try:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def ingest_server(db_url: str) -> AsyncIterator[IngestServer]:
+    """A running ingest service on this test's database."""
+    async with running(IngestServer(ingest_settings(db_url))) as server:
+        yield server
 
 
 @pytest.fixture

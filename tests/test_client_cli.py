@@ -44,7 +44,8 @@ async def _run_cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-def test_config_from_env() -> None:
+def test_config_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .llmmeter/admin.key of a `make run` here or above
     config = ClientConfig.from_env(
         {"LLMMETER_INGEST_ADDR": "i:1", "LLMMETER_QUERY_ADDR": " ", "LLMMETER_TIMEOUT": "2.5"}
     )

@@ -149,6 +149,7 @@ async def test_an_unexpected_error_is_internal_with_an_id_and_no_internals(
     assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_the_rollup_worker_quarantines_what_overflows_and_keeps_draining(
         db_pool: asyncpg.Pool, db_url: str, query_server: QueryServer) -> None:
     """Two queued rows of 2^62 tokens each (as an older version let in): the minute, hour and day

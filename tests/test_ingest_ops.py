@@ -8,6 +8,8 @@ import signal
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.pgcluster import free_port
 from llmmeter_ingest.server import IngestServer
@@ -15,9 +17,10 @@ from llmmeter_ingest.store import Store
 
 from conftest import ingest_settings
 from keyring import keyed_channel
-from records import record
+from records import ingest, record
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_retention_drops_whole_partitions_past_their_horizon(db_pool) -> None:
     now = datetime.now(UTC)
     await db_pool.execute("SELECT llmmeter_ensure_partitions($1, $2)", now - timedelta(days=40), now)
@@ -74,3 +77,28 @@ async def test_sigterm_stops_the_process_cleanly_after_in_flight_work(db_url, db
             proc.kill()
             await proc.wait()
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 100
+
+
+async def test_the_service_loop_is_the_only_retention_and_honours_longer_horizons(
+        db_url, db_pool, storage_flavor) -> None:
+    """One mechanism on both flavours: the ingest service's loop with its settings. A 30-day raw
+    horizon keeps a 20-day-old record through several runs; no database job drops it earlier."""
+    if storage_flavor == "timescale":
+        assert await db_pool.fetchval(
+            "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'") == 0
+    now = datetime.now(UTC).replace(microsecond=0)
+    server = IngestServer(ingest_settings(db_url, raw_retention_days=30, payload_retention_days=30,
+                                          retention_interval_seconds=0.1))
+    await server.start()
+    try:
+        async with keyed_channel(f"127.0.0.1:{server.port}") as ch:
+            await ingest(ingest_pb2_grpc.IngestServiceStub(ch),
+                         [record(now - timedelta(days=20)), record(now - timedelta(minutes=1))])
+        await asyncio.sleep(0.5)  # several retention runs
+        assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 2
+    finally:
+        await server.stop()
+    # the same loop with a 14-day horizon drops it
+    dropped = await Store(db_pool, queue_for_rollups=False).apply_retention(14, 14, 400)
+    assert dropped
+    assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 1

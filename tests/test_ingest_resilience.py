@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
-from llmmeter_common.migrate import load_migrations, migrate
+from llmmeter_common.migrate import Flavor, load_migrations, migrate
 from llmmeter_common.pgcluster import LocalCluster
 from llmmeter_ingest.server import IngestServer
 
@@ -154,19 +154,19 @@ async def test_shutdown_finishes_calls_in_flight(db_url: str, db_pool) -> None:
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 20
 
 
-async def test_migrations_run_twice_apply_once(pg_server_url: str) -> None:
+async def test_migrations_run_twice_apply_once(pg_server_url: str, storage_flavor: Flavor) -> None:
     url = await create_database(pg_server_url, template=None)
-    assert await migrate(url) == ALL_VERSIONS
-    assert await migrate(url) == []
+    assert await migrate(url, storage_flavor) == ALL_VERSIONS
+    assert await migrate(url, storage_flavor) == []
 
 
-async def test_migrations_from_two_processes_at_once(pg_server_url: str) -> None:
+async def test_migrations_from_two_processes_at_once(pg_server_url: str, storage_flavor: Flavor) -> None:
     url = await create_database(pg_server_url, template=None)
-    first, second = await asyncio.gather(migrate(url), migrate(url))
+    first, second = await asyncio.gather(migrate(url, storage_flavor), migrate(url, storage_flavor))
     assert sorted(first + second) == ALL_VERSIONS
     conn = await asyncpg.connect(url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == len(ALL_VERSIONS)
-        assert await conn.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1") == "postgres"
+        assert await conn.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1") == storage_flavor
     finally:
         await conn.close()

@@ -41,7 +41,7 @@ from llmmeter_common.pgcluster import free_port
 from llmmeter_ingest import otlp_in
 from llmmeter_ingest.server import IngestServer
 
-from conftest import ingest_settings
+from conftest import ingest_settings, running
 from fake_openai import (
     CACHED_TOKENS,
     COMPLETION_TOKENS,
@@ -92,12 +92,8 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def ingest(db_url: str) -> AsyncIterator[IngestServer]:
-    server = IngestServer(ingest_settings(db_url, otlp_http_port=free_port()))
-    await server.start()
-    try:
+    async with running(IngestServer(ingest_settings(db_url, otlp_http_port=free_port()))) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def _exporter(transport: str, ingest: IngestServer) -> Any:

@@ -26,7 +26,7 @@ from llmmeter_common.auth.keys import Role
 from llmmeter_common.pgcluster import free_port
 from llmmeter_ingest.server import IngestServer
 
-from conftest import ingest_settings
+from conftest import ingest_settings, running
 from keyring import ADMIN, make_key
 
 S = 1_000_000_000
@@ -37,12 +37,8 @@ SPAN = "eee19b7ec3c1b174"
 
 @pytest.fixture
 async def http_server(db_url: str) -> AsyncIterator[IngestServer]:
-    server = IngestServer(ingest_settings(db_url, otlp_http_port=free_port()))
-    await server.start()
-    try:
+    async with running(IngestServer(ingest_settings(db_url, otlp_http_port=free_port()))) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

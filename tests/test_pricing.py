@@ -25,7 +25,7 @@ from llmmeter_ingest.server import IngestServer
 from llmmeter_query.server import QueryServer
 
 from cli_helpers import cli, rfc3339
-from conftest import ingest_settings
+from conftest import ingest_settings, running
 from keyring import keyed_channel, make_key
 from records import record, ts
 
@@ -55,12 +55,8 @@ async def detail(query_stub: Any, rec: usage_pb2.UsageRecord) -> query_pb2.GetRe
 @pytest.fixture
 async def fast_ingest(db_url: str) -> AsyncIterator[IngestServer]:
     """An ingest service re-reading the price overrides every 0.2 s."""
-    server = IngestServer(ingest_settings(db_url, prices_refresh_seconds=0.2))
-    await server.start()
-    try:
+    async with running(IngestServer(ingest_settings(db_url, prices_refresh_seconds=0.2))) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

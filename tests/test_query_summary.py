@@ -154,6 +154,7 @@ async def test_start_after_end_is_invalid(query_stub) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_totals_are_exact_while_rollups_lag(db_url, db_pool, query_stub) -> None:
     server = IngestServer(ingest_settings(db_url))
     await server.start()

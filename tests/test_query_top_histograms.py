@@ -55,6 +55,7 @@ def _hist_p95(values: list[int]) -> float | None:
     return None if q is None else q / 1000
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_series_top_n_and_other_percentiles_from_histograms(ingest_server, ingest_stub, query_stub,
                                                                   db_url, db_pool) -> None:
     recs, plain, now = _month(2500, 11)

@@ -10,6 +10,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
 from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
 from llmmeter_common.rollups import DIMENSIONS, GROUPING_SETS, ROLLUPS, mask_of
@@ -143,6 +145,7 @@ async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, d
         assert math.isclose(est_ttft, exact_ttft, rel_tol=sketch.ALPHA), (q, est_ttft, exact_ttft)
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub, db_pool, db_url) -> None:
     rng = random.Random(5)
     # one minute of traffic: minute rows are never compacted when a bucket closes, so what the
@@ -177,6 +180,7 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
             f"(SELECT count(DISTINCT v >> {sketch.PAIR_SHIFT}) FROM unnest(lat_hist) AS v)") == 0, table
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold(ingest_stub, db_pool,
                                                                                db_url) -> None:
     rng = random.Random(8)
@@ -218,6 +222,7 @@ def _unpack(pack: bytes) -> list[int]:
     return [int.from_bytes(body[i:i + 8], "big", signed=True) for i in range(0, len(body), 8)]
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_compaction_packs_the_pairs_and_an_append_unpacks_them(ingest_stub, db_pool, db_url) -> None:
     rng = random.Random(9)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=20)

@@ -11,6 +11,7 @@ each test (conftest.py) must then have the columns 0002 declares as 0006 and
 from __future__ import annotations
 
 import asyncpg
+import pytest
 from pglast import ast, parse_sql
 
 from llmmeter_common.rollups import HISTOGRAMS, PACK_COLUMNS, ROLLUPS, rollup_columns, table_columns
@@ -85,11 +86,14 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
     async with db_pool.acquire() as conn:
         for table in RELATIONS:
             live = await _columns(conn, table)
-            if table in RAW or table == QUEUE:
+            if table in RAW:
                 assert _declared("postgres", table) == _declared("timescale", table), table
                 # 0010 (both flavours) adds the cost source to the raw rows
                 added = [("cost_source", "int2")] if table == "usage_records" else []
                 assert live == _declared("postgres", table) + added, table
+            elif table == QUEUE:  # as declared, plus 0012's queued_at
+                assert _declared("postgres", table) == _declared("timescale", table)
+                assert live == [*_declared("postgres", table), ("queued_at", "timestamptz")]
             else:  # as declared, with 0006's pairs arrays in place of keys and counts, 0007's packs
                 declared = dict(_declared("postgres", table))
                 declared.update((f"{p}_hist", "_int8") for p, _ in HISTOGRAMS)
@@ -97,6 +101,7 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
                 assert [(n, declared[n]) for n in table_columns()] == live, table
 
 
+@pytest.mark.usefixtures("postgres_flavor_only")
 async def test_postgres_histograms_are_stored_uncompressed_in_every_partition(db_pool: asyncpg.Pool) -> None:
     """Reads of long windows detoast every histogram: EXTERNAL skips decompression, on partitions
     that existed at migration time and on those created later."""

@@ -33,11 +33,10 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from llmmeter_common.auth.access import authorize, bearer_token
 from llmmeter_common.auth.context import set_principal
-from llmmeter_common.auth.interceptor import bearer_token
-from llmmeter_common.auth.keys import ANONYMOUS_ADMIN, Principal
+from llmmeter_common.auth.keys import Principal
 from llmmeter_common.auth.keystore import KeyStore
-from llmmeter_common.auth.policy import requirement
 from llmmeter_common.errors import PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from llmmeter_common.metrics import ServiceMetrics
 from llmmeter_common.security import SecuritySettings
@@ -159,24 +158,8 @@ class OtlpHttpReceiver:
             self._runner = None
 
     async def _principal(self, request: web.Request) -> Principal:
-        if self._keys is None:
-            return ANONYMOUS_ADMIN
-        need = requirement(EXPORT_METHOD)
-        if need is None:
-            raise PermissionDenied(f"{EXPORT_METHOD} is not open to any key")
         token = bearer_token([("authorization", v) for v in request.headers.getall("Authorization", [])])
-        if token is None:
-            raise Unauthenticated("an API key is required: send the header 'authorization: Bearer <key>'")
-        principal = await self._keys.authenticate(token)
-        if principal is None:
-            raise Unauthenticated("the API key is not valid (malformed, unknown or revoked)")
-        if not principal.role.allows(need.role):
-            raise PermissionDenied(f"key {principal.key_id} has role {principal.role}; OTLP export needs "
-                                   f"{need.role}")
-        if principal.team is not None and not need.team_scoped:
-            raise PermissionDenied(f"key {principal.key_id} is bound to a team; OTLP export needs a key for "
-                                   "every team")
-        return principal
+        return await authorize(self._keys, EXPORT_METHOD, token, "the header")
 
     def _answer(self, status: int, message: Message, content_type: str,
                 headers: dict[str, str] | None = None) -> web.Response:

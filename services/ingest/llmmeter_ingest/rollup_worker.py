@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from llmmeter_common.rollups import ROLLUPS, compact_sql, rollup_ctes
+from llmmeter_common.rollups import PENDING_COLUMNS, ROLLUPS, compact_sql, rollup_ctes
 from llmmeter_common.timeutil import floor_to
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,11 @@ WITH batch AS (
 SELECT count(*), min(start_time), max(start_time) FROM batch
 """
 
-QUARANTINE_SQL = """
+_QUEUED = ", ".join((*PENDING_COLUMNS, "queued_at"))
+QUARANTINE_SQL = f"""
 WITH q AS (DELETE FROM usage_rollup_pending WHERE ctid = $1 RETURNING *)
-INSERT INTO usage_rollup_quarantine SELECT q.*, now(), $2 FROM q
+INSERT INTO usage_rollup_quarantine ({_QUEUED}, quarantined_at, reason)
+SELECT {_QUEUED}, now(), $2 FROM q
 """
 
 Moved = tuple[int, datetime | None, datetime | None]

@@ -27,6 +27,7 @@ from llmmeter_ingest.pricing import Pricer
 from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
+from llmmeter_ingest.storage_health import StorageHealth
 from llmmeter_ingest.store import Store
 from llmmeter_ingest.writer import BatchWriter
 
@@ -54,6 +55,8 @@ class IngestServer:
         """The bound OTLP/HTTP port (0 when not served)."""
         self.rollups: RollupWorker | None = None
         """The rollup worker (PostgreSQL flavour only)."""
+        self.storage_health: StorageHealth | None = None
+        """The checks of the storage's background work (health name `storage`)."""
 
     @property
     def writer(self) -> BatchWriter:
@@ -116,6 +119,11 @@ class IngestServer:
                 s.host, s.otlp_http_port, otlp_http.ssl_context(s), s.shutdown_grace_seconds)
             log.info("OTLP/HTTP receiver listening on %s:%d", s.host, self.otlp_http_port)
         self._retention = asyncio.create_task(self._retention_loop(store))
+        self.storage_health = StorageHealth(
+            self._pool, flavor or "postgres", self._grpc.metrics, self._grpc.health,
+            s.storage_check_interval_seconds, s.storage_job_stale_seconds,
+            s.rollup_pending_max_age_seconds)
+        await self.storage_health.start()
         log.info("ingest service listening on %s:%d", s.host, self.port)
         return self.port
 
@@ -175,6 +183,8 @@ class IngestServer:
             self._prices.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prices
+        if self.storage_health is not None:
+            await self.storage_health.stop()
         if self._retention is not None:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):

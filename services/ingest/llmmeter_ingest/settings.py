@@ -81,6 +81,15 @@ class IngestSettings(BaseSettings, SecuritySettings):
     """How often the operator's price overrides (PricesService) are re-read: a change prices records
     ingested from then on, within this time on every replica (one statement per refresh)."""
 
+    storage_check_interval_seconds: float = 30.0
+    """How often the storage's background work is checked (metrics, log, health name `storage`)."""
+
+    storage_job_stale_seconds: float = 3600.0
+    """TimescaleDB: a scheduled job whose next start is this far in the past is reported."""
+
+    rollup_pending_max_age_seconds: float = 600.0
+    """PostgreSQL: the rollup queue's oldest row waiting longer than this is reported."""
+
     max_future_seconds: float = 300.0
     """Clock skew tolerated: records ending further in the future are refused."""
 

@@ -9,29 +9,19 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from llmmeter_common.auth.access import authorize, bearer_token
 from llmmeter_common.auth.context import set_principal
-from llmmeter_common.auth.keys import ANONYMOUS_ADMIN, Principal
+from llmmeter_common.auth.keys import Principal
 from llmmeter_common.auth.keystore import KeyStore
-from llmmeter_common.auth.policy import is_open, requirement
-from llmmeter_common.errors import PermissionDenied, Unauthenticated
+from llmmeter_common.auth.policy import is_open
 from llmmeter_common.grpc_errors import wrap_handler
 
 log = logging.getLogger(__name__)
-
-
-def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
-    """The key of an `authorization: Bearer <key>` header (the scheme is case-insensitive)."""
-    for name, value in metadata or ():
-        if name == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    return None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -42,24 +32,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._store = store
 
     async def _principal(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
-        if self._store is None:
-            return ANONYMOUS_ADMIN
-        need = requirement(method)
-        if need is None:
-            raise PermissionDenied(f"{method} is not open to any key")
         token = bearer_token(context.invocation_metadata())
-        if token is None:
-            raise Unauthenticated("an API key is required: send gRPC metadata 'authorization: Bearer <key>'")
-        principal = await self._store.authenticate(token)
-        if principal is None:
-            raise Unauthenticated("the API key is not valid (malformed, unknown or revoked)")
-        if not principal.role.allows(need.role):
-            raise PermissionDenied(f"key {principal.key_id} has role {principal.role}; {method} needs "
-                                   f"{need.role}")
-        if principal.team is not None and not need.team_scoped:
-            raise PermissionDenied(f"key {principal.key_id} is bound to a team; {method} needs a key "
-                                   "for every team")
-        return principal
+        return await authorize(self._store, method, token, "gRPC metadata")
 
     async def intercept_service(
         self,
