@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +46,7 @@ def _token(raw: str) -> str:
 
 
 _NOW = datetime.now(UTC)
+_ALL_METRICS = [v for v in M.Metric.values() if v]
 _LONG = "x" * 100_000
 #: (call, request, the field the error must name)
 CASES: list[tuple[str, Any, str]] = [
@@ -95,6 +97,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("GetTimeSeries", M.GetTimeSeriesRequest(  # a thousand years of day buckets
         metrics=[M.METRIC_REQUESTS], start_time=_raw_ts(0), end_time=ts(datetime(2999, 1, 1, tzinfo=UTC))),
      "start_time"),
+    ("GetTimeSeries", M.GetTimeSeriesRequest(  # 32 x 11 x 18,720 = 6.6 million points (froze the service)
+        metrics=_ALL_METRICS, granularity="1m", group_by="model", start_time=ts(_NOW - timedelta(days=13)),
+        end_time=ts(_NOW)), "granularity"),
+    ("GetTimeSeries", M.GetTimeSeriesRequest(metrics=_ALL_METRICS, granularity="1h", group_by="user",
+                                             top_n=1000), "top_n"),  # 32 x 1,001 x 25 = 800,800 points
     ("GetBreakdown", M.GetBreakdownRequest(top_n=2**31 - 1), "top_n"),
     ("GetBreakdown", M.GetBreakdownRequest(order_by=_LONG), "order_by"),
     ("GetBreakdown", M.GetBreakdownRequest(group_by="metadata.x y"), "group_by"),
@@ -292,3 +299,68 @@ async def test_exports_and_pages_run_under_the_statement_timeout(db_url) -> None
     finally:
         await locker.close()
         await server.stop()
+
+
+class HealthProbe:
+    """Health checks every 50 ms from a thread of its own on a plain channel (health needs no key):
+    a blocked event loop shows as slow answers, whatever the test's own coroutines are doing (a
+    check made from the test's loop is not even sent while the loop is blocked)."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._stop = threading.Event()
+        self.seconds: list[float] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._guarded, daemon=True)
+
+    def _guarded(self) -> None:
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{self._port}") as ch:
+                health = health_pb2_grpc.HealthStub(ch)
+                while not self._stop.is_set():
+                    start = time.perf_counter()
+                    resp = health.Check(health_pb2.HealthCheckRequest(), timeout=60)
+                    self.seconds.append(time.perf_counter() - start)
+                    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+                    self._stop.wait(0.05)
+        except BaseException as exc:  # a check that failed or timed out fails the test
+            self.error = exc
+
+    async def __aenter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 65)  # the loop keeps serving the last check
+        if self.error is not None:
+            raise self.error
+
+
+async def test_health_and_other_callers_answer_while_the_heaviest_accepted_calls_run(
+        ingest_stub, query_stub, query_server) -> None:
+    """The most expensive requests the limits accept, at once: a 240,000-point series (its response is
+    made on a worker thread), 500 contains terms on raw rows (lower(col) LIKE ANY, not ILIKE), an export.
+    Health, checked from another thread, and another caller are answered meanwhile."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await ingest(ingest_stub, [record(now - timedelta(minutes=i), model=f"m-{i % 20}", ttft_ms=None)
+                               for i in range(3000)])
+    window = {"start_time": ts(now - timedelta(minutes=19_999)), "end_time": ts(now + timedelta(minutes=1))}
+    contains = " OR ".join(f'metadata.k:"v{i}"' for i in range(filters.MAX_TERMS))
+    heavy = asyncio.gather(
+        query_stub.GetTimeSeries(M.GetTimeSeriesRequest(  # 3 metrics x 4 series x 20,000 buckets
+            metrics=_ALL_METRICS[:3], granularity="1m", group_by="model", top_n=3, **window), timeout=120),
+        query_stub.GetSummary(M.GetSummaryRequest(filter=contains, **window), timeout=60),
+        _call(query_stub, "ExportRequests", M.ExportRequestsRequest(filter=_terms(200), **window)))
+    async with HealthProbe(query_server.port) as probe:
+        await asyncio.sleep(0.3)
+        start = time.perf_counter()
+        other = await query_stub.GetSummary(M.GetSummaryRequest(filter='model = "m-1"', **window), timeout=30)
+        other_seconds = time.perf_counter() - start
+        series, summary, export = await heavy
+    print(f"slowest health check {max(probe.seconds):.3f}s of {len(probe.seconds)}; "
+          f"another caller's summary {other_seconds:.3f}s")
+    assert len(series.series) == 12 and all(len(s.points) == 20_000 for s in series.series)
+    assert summary.summary.request_count == 0 and export[-1].rows_written == 3000
+    assert other.summary.request_count == 150
+    assert probe.seconds and max(probe.seconds) < HEALTH_BOUND_S and other_seconds < HEALTH_BOUND_S

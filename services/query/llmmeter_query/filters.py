@@ -348,8 +348,10 @@ def _leaf(n: Comparison) -> _Leaf | None:
         if op == ":" and v == "*":
             return ("metadata", "?", n.field[len("metadata."):])
         col = f"coalesce({col}, '')"
-    if op == ":":
-        return (col, "ILIKE", "%" + _like(str(v)) + "%")
+    if op == ":":  # ILIKE, as PostgreSQL runs it in a multibyte database (both sides lowered), but
+        # the row's text lowered once, not once per pattern: an OR of 500 contains terms on 20,000
+        # rows took 5.4 s as ILIKE ANY, 0.25 s so
+        return (f"lower({col})", "LIKE", "%" + _like(str(v).lower()) + "%")
     if isinstance(v, str) and "*" in v and op in ("=", "!="):
         return (col, "LIKE" if op == "=" else "NOT LIKE", _like(v))
     return (col, "<>" if op == "!=" else op, v)

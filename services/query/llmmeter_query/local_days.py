@@ -102,6 +102,11 @@ class Calendar:
             t = self.end(t)
         return out
 
+    def count(self, window: Window) -> int:
+        """How many buckets `starts` gives (local days: at most one more), without making them."""
+        first = floor_to(window.start, self.width)
+        return -((first - window.end) // self.width) + (1 if self.days is not None else 0)
+
     def end(self, start: datetime) -> datetime:
         """Where the bucket starting at `start` ends."""
         return self.days.after(start) if self.days is not None else start + self.width

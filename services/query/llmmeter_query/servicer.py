@@ -7,6 +7,7 @@ that the shared interceptor maps to a status with details.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,32 @@ def _series_percentiles(names: list[str]) -> dict[str, tuple[float, ...]]:
             for p, tag in (("lat", "LATENCY_P"), ("ttft", "TTFT_P"))}
 
 
+def _series_response(wanted: list[Any], names: list[str], granularity: str, window: Window,
+                     calendar: Calendar, agg: Aggregates, grouped: bool) -> query_pb2.GetTimeSeriesResponse:
+    """The series of every metric and group, a point per bucket (0 and not `present` where a bucket
+    has no rows)."""
+    groups, stats = (agg.shown if grouped else [""]), agg.groups
+    buckets = calendar.starts(window)
+    stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
+    # rates divide by the time a bucket has inside the window (the first and last are cut);
+    # shares by the bucket's requests of every group together
+    totals: dict[datetime | None, int] = defaultdict(int)
+    for (_, b), s in stats.items():
+        totals[b] += metrics.requests(s)
+    contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
+    empty = Stats()  # read only: a bucket without rows
+    response = query_pb2.GetTimeSeriesResponse(granularity=granularity, percentile_method=_method(agg),
+                                               **_counted(agg))
+    for metric, metric_name in zip(wanted, names, strict=True):
+        fn = metrics.SERIES[metric_name]
+        for g in groups:
+            add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
+            for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
+                value = fn(stats.get((g, b), empty), bucket)
+                add(time=stamp, value=value or 0.0, present=value is not None)
+    return response
+
+
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """The gRPC face of the query domain."""
 
@@ -164,29 +191,14 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         top = Top(top_n, rank, fold=True) if group else None
         measures = [c for n in (*names, rank_name) for c in metrics.SERIES_MEASURES[n]]
         calendar = Calendar.of(width, parse_time_zone(request.time_zone))
+        checks.series_points(len(request.metrics), top_n + 1 if group else 1, calendar.count(window))
         agg = await self._agg.run(window, _filter(request.filter), group, width, top=top,
                                   percentiles=_series_percentiles(names), measures=measures,
                                   days=calendar.days)
-        groups, stats = (agg.shown if group else [""]), agg.groups
-        buckets = calendar.starts(window)
-        stamps = [ts(b) for b in buckets]  # one Timestamp per bucket, shared by every series
-        # rates divide by the time a bucket has inside the window (the first and last are cut);
-        # shares by the bucket's requests of every group together
-        totals: dict[datetime | None, int] = defaultdict(int)
-        for (_, b), s in stats.items():
-            totals[b] += metrics.requests(s)
-        contexts = [metrics.Bucket(window.overlap(b, calendar.end(b)), totals[b]) for b in buckets]
-        empty = Stats()  # read only: a bucket without rows
-        response = query_pb2.GetTimeSeriesResponse(granularity=name, percentile_method=_method(agg),
-                                                   **_counted(agg))
-        for metric, metric_name in zip(request.metrics, names, strict=True):
-            fn = metrics.SERIES[metric_name]
-            for g in groups:
-                add = response.series.add(metric=metric, group=g).points.add  # in place: no copies
-                for b, stamp, bucket in zip(buckets, stamps, contexts, strict=True):
-                    value = fn(stats.get((g, b), empty), bucket)
-                    add(time=stamp, value=value or 0.0, present=value is not None)
-        return response
+        # up to MAX_SERIES_POINTS points: made on a worker thread, so the event loop (health checks,
+        # other callers) keeps its turns meanwhile
+        return await asyncio.to_thread(_series_response, list(request.metrics), names, name, window,
+                                       calendar, agg, group is not None)
 
     async def GetBreakdown(self, request: query_pb2.GetBreakdownRequest,
                            context: grpc.aio.ServicerContext) -> query_pb2.GetBreakdownResponse:
