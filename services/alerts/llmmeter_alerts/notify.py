@@ -67,7 +67,8 @@ async def post(url: str, body: bytes, headers: dict[str, str], policy: TargetPol
     except OSError as exc:
         raise DeliveryError(f"connection failed ({type(exc).__name__})") from None
     try:
-        lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Type: application/json",
+        lines = [f"POST {path} HTTP/1.1", f"Host: {_host_header(host, parts.port)}",
+                 "Content-Type: application/json",
                  f"Content-Length: {len(body)}", "Connection: close", "User-Agent: llmmeter-alerts/1",
                  *(f"{k}: {v}" for k, v in headers.items())]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
@@ -83,6 +84,12 @@ async def post(url: str, body: bytes, headers: dict[str, str], policy: TargetPol
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
+
+
+def _host_header(host: str, port: int | None) -> str:
+    """The Host header: the URL's host and port, never its user:password part."""
+    name = f"[{host}]" if ":" in host else host
+    return f"{name}:{port}" if port else name
 
 
 def slack_text(payload: dict[str, Any]) -> str:
