@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,3 +127,17 @@ async def test_sync_facade_works_inside_a_running_event_loop(ingest_addr: str) -
             return client.write_records([record(request_id="from-a-loop")]).accepted_count
 
     assert await asyncio.to_thread(asyncio.run, inside()) == 1
+
+
+async def test_the_client_readme_example_runs(ingest_server: IngestServer, query_server: QueryServer,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The "Ten lines" of clients/python/README.md, as printed there, against the real services."""
+    readme = (Path(__file__).parent.parent / "clients" / "python" / "README.md").read_text()
+    example = readme.split("## Ten lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(example.strip().splitlines()) <= 12
+    monkeypatch.setenv("LLMMETER_INGEST_ADDR", f"127.0.0.1:{ingest_server.port}")
+    monkeypatch.setenv("LLMMETER_QUERY_ADDR", f"127.0.0.1:{query_server.port}")
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "1" and "request_count: 1" in printed
