@@ -339,3 +339,99 @@ async def test_nothing_is_lost_across_a_restart_of_ingest(
     counts = await db_pool.fetch("SELECT request_id, count(*) AS n FROM usage_records GROUP BY request_id")
     assert {row["request_id"]: row["n"] for row in counts} == {p["id"]: 1 for p in capture.payloads}
     assert logger.accepted == 7 and logger.dropped == 0 and logger.shipper.pending == 0
+
+
+async def test_the_proxy_loads_the_logger_from_config_and_payloads_are_opt_in(
+        fake: FakeOpenAI, capture: Capture, ingest_addr: str, db_pool: asyncpg.Pool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`callbacks: ["llmmeter.integrations.litellm.proxy_handler_instance"]` as the proxy resolves it,
+    configured from the environment, with LLMMETER_LITELLM_LOG_PAYLOADS storing the bodies."""
+    from litellm.proxy.types_utils.utils import get_instance_fn
+
+    import llmmeter.integrations.litellm as integration
+
+    monkeypatch.setenv("LLMMETER_INGEST_ADDR", ingest_addr)
+    monkeypatch.setenv("LLMMETER_LITELLM_LOG_PAYLOADS", "true")
+    monkeypatch.setattr(integration, "_proxy_instance", None)
+    logger = get_instance_fn("llmmeter.integrations.litellm.proxy_handler_instance")
+    assert isinstance(logger, LlmmeterLogger) and logger is integration.proxy_handler_instance
+    assert logger.log_payloads and logger.shipper.settings.max_queue == 10_000
+    litellm.callbacks = [logger, capture]
+    try:
+        await litellm.acompletion(**_kwargs(fake))
+        await _until(lambda: len(capture.payloads) == 1, "LiteLLM's callback")
+        assert await logger.aflush(30.0)
+    finally:
+        await logger.aclose(10.0)
+    sent = capture.payloads[0]
+    stored = await db_pool.fetchrow("SELECT request, response FROM usage_payloads WHERE request_id = $1",
+                                    sent["id"])
+    assert json.loads(stored["request"]) == {"messages": [{"role": "user", "content": "Say hello"}]}
+    assert json.loads(stored["response"])["choices"][0]["message"]["content"] == "Hello there, world!"
+
+
+async def test_llmmeter_down_for_good_drops_counted_and_logged_without_slowing_calls(
+        fake: FakeOpenAI, capture: Capture, caplog: pytest.LogCaptureFixture) -> None:
+    logger = _meter(f"127.0.0.1:{free_port()}", max_queue=3, retry_for=1.0, batch_size=2)
+    litellm.callbacks = [logger, capture]
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            await litellm.acompletion(**_kwargs(fake))
+        calls = time.monotonic() - started
+        await _until(lambda: len(capture.payloads) == 5, "LiteLLM's callbacks")
+        assert await logger.aflush(30.0)  # every record settled: stored or dropped
+    finally:
+        await logger.aclose(5.0)
+    assert logger.accepted == 0 and logger.dropped == 5 and logger.shipper.pending == 0
+    assert calls < 5 * 1.0  # no call waited for the unreachable service's retries
+    drops = [r.getMessage() for r in caplog.records if r.name == "llmmeter.shipper"]
+    assert any("gave up after" in m for m in drops)
+    direct = LlmmeterLogger(ClientConfig(ingest_addr=f"127.0.0.1:{free_port()}", api_key=ADMIN.token),
+                            settings=ShipperSettings(max_queue=2, retry_for=0.0, flush_interval=30.0))
+    try:
+        started = time.monotonic()
+        for payload in capture.payloads:  # the hooks themselves: queue and return
+            direct.log_success_event({"standard_logging_object": payload}, None, None, None)
+        assert time.monotonic() - started < 0.5
+        assert direct.dropped == 3 and any("the queue is full" in r.getMessage() for r in caplog.records)
+    finally:
+        direct.close(5.0)
+    assert direct.dropped == 5
+
+
+async def test_odd_payloads_still_make_records_the_service_accepts(ingest_stub: Any) -> None:
+    """Whatever LiteLLM hands over (missing fields, parts larger than totals, a breakdown that does not
+    add up, long texts, odd metadata keys), the record passes the ingest service's validation."""
+    from llmmeter.integrations.litellm_records import usage_record
+    from llmmeter.v1 import ingest_pb2
+
+    now = time.time() - 60
+    base: dict[str, Any] = {"id": "odd-0", "model": "m", "startTime": now, "endTime": now + 1.0,
+                            "status": "success"}
+    odd = [
+        usage_record(None, {"model": "claude-3", "exception": ValueError("boom")}, start_time=None,
+                     end_time=None, failed=True),
+        usage_record(base | {"id": "odd-1", "stream": True, "completionStartTime": now + 5.0,
+                             "prompt_tokens": 10, "completion_tokens": 5, "response_cost": 0.01,
+                             "cost_breakdown": {"input_cost": 0.5, "output_cost": 0.7},
+                             "hidden_params": {"usage_object": {
+                                 "prompt_tokens_details": {"cached_tokens": 50},
+                                 "cache_creation_input_tokens": 40,
+                                 "completion_tokens_details": {"reasoning_tokens": 9}}}}),
+        usage_record(base | {"id": "odd-2", "endTime": now - 3, "response_cost": float("nan"),
+                             "error_str": "x" * 10_000, "status": "failure",
+                             "error_information": {"error_code": "200", "error_class": "Weird"},
+                             "metadata": {"requester_metadata": {f"k {i}!": i for i in range(100)}}}),
+        usage_record(base | {"id": "odd-3", "response_cost": 3e-5, "cost_breakdown": {
+            "input_cost": 1e-5, "cache_read_cost": 5e-6, "output_cost": 1e-5,
+            "additional_costs": {"x y": 5e-6}}}),
+    ]
+    response = await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=odd))
+    assert (response.accepted_count, list(response.rejections)) == (4, [])
+    assert odd[0].status_code == 500 and odd[0].error_type == "ValueError" and odd[0].model == "claude-3"
+    assert odd[1].time_to_first_token.ToMicroseconds() == 1_000_000 and not odd[1].cost_breakdown
+    assert (odd[1].cache_read_tokens, odd[1].cache_write_tokens, odd[1].reasoning_tokens) == (10, 0, 5)
+    assert odd[2].status_code == 500 and len(odd[2].error_message) == 4096 and len(odd[2].metadata) == 64
+    assert dict(odd[3].cost_breakdown) == pytest.approx(
+        {"input": 1e-5, "cache_read": 5e-6, "output": 1e-5, "additional.x_y": 5e-6})
