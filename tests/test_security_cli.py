@@ -100,3 +100,13 @@ async def test_make_run_keeps_one_admin_key_and_renews_the_alerts_key(db_url: st
     _keep_key(key_file, renewed)
     assert key_file.read_text().strip() == renewed
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_make_run_uses_the_database_url_the_readme_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmmeter_common.stack import StackSettings
+
+    monkeypatch.delenv("LLMMETER_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db:5432/llmmeter")
+    assert StackSettings().database_url == "postgresql://u@db:5432/llmmeter"
+    monkeypatch.delenv("DATABASE_URL")
+    assert StackSettings().database_url is None

@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmmeter_common.auth.keys import Role
@@ -38,8 +39,10 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LLMMETER_", extra="ignore")
 
-    database_url: str | None = None
-    """An external PostgreSQL/TimescaleDB; when unset, the embedded one is used."""
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL",
+                                                                          "LLMMETER_DATABASE_URL"))
+    """An external PostgreSQL/TimescaleDB (`DATABASE_URL`, as the README says and every service reads
+    it); when unset, the embedded one is used."""
 
     data_dir: Path = Path(".llmmeter/pgdata")
     """Data directory of the embedded PostgreSQL (kept between runs)."""
