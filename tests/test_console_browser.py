@@ -187,7 +187,8 @@ async def test_a_browser_signs_in_with_its_own_team_key(
         assert "API key" in await page.inner_text("#error")
 
 
-async def test_alerts_page_creates_updates_silences_and_deletes_rules(console: str) -> None:
+async def test_alerts_page_creates_updates_silences_and_deletes_rules(
+        console: str, alerts_server: AlertsServer) -> None:
     async with browser_page() as page:
         await page.goto(f"{console}/alerts")
         await page.fill("#rule-form input[name=name]", "pay-errors")
@@ -203,6 +204,20 @@ async def test_alerts_page_creates_updates_silences_and_deletes_rules(console: s
         async with page.expect_navigation():
             await page.click("#rule-form button")
         assert "window" in await page.inner_text("#error")
+        async with keyed_channel(f"127.0.0.1:{alerts_server.port}") as ch:  # a rule with a channel
+            from llmmeter.v1 import alerts_pb2, alerts_pb2_grpc
+            stub = alerts_pb2_grpc.AlertsServiceStub(ch)
+            with_log = (await stub.GetRule(alerts_pb2.GetRuleRequest(name="pay-errors"))).rule
+            with_log.channels.add().log.SetInParent()
+            await stub.UpdateRule(alerts_pb2.UpdateRuleRequest(rule=with_log))
+            await page.fill("#rule-form input[name=name]", "pay-errors")
+            await page.fill("#rule-form input[name=window]", "10m")
+            await page.check("#mode-update")
+            async with page.expect_navigation():
+                await page.click("#rule-form button")
+            assert "rule pay-errors updated" in await page.inner_text("#done")
+            updated = (await stub.GetRule(alerts_pb2.GetRuleRequest(name="pay-errors"))).rule
+            assert updated.window.seconds == 600 and len(updated.channels) == 1  # the form kept the channel
         await page.fill("#silence-form input[name=rule]", "pay-errors")
         await page.fill("#silence-form input[name=comment]", "deploy")
         async with page.expect_navigation():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf import field_mask_pb2
 from google.protobuf.duration_pb2 import Duration
 
 from llmmeter.alerts_client import AlertsClient
@@ -17,6 +18,8 @@ from llmmeter.v1 import alerts_pb2, query_pb2
 #: Metrics a threshold rule can watch, as the form offers them.
 RULE_METRICS = ("failure_rate", "latency_p95", "latency_p99", "ttft_p95", "cost", "requests",
                 "requests_per_second", "total_tokens")
+#: The Rule fields the form sets, and so the only ones an update from it replaces.
+FORM_FIELDS = ("metric", "filter", "group_by", "window", "every", "warning", "critical", "annotation")
 COMPARISONS = {">": alerts_pb2.COMPARISON_GREATER, ">=": alerts_pb2.COMPARISON_GREATER_OR_EQUAL,
                "<": alerts_pb2.COMPARISON_LESS, "<=": alerts_pb2.COMPARISON_LESS_OR_EQUAL}
 
@@ -76,8 +79,10 @@ async def apply(alerts: AlertsClient, action: str, form: dict[str, str]) -> str:
     """Carry out one form of the alerts page; returns what was done, in words."""
     if action == "save-rule":
         rule = rule_from_form(form)
-        if form.get("mode") == "update":
-            await alerts.call("UpdateRule", alerts_pb2.UpdateRuleRequest(rule=rule))
+        if form.get("mode") == "update":  # only what the form filled in: the rest (channels...) stays
+            filled = ["metric", *(f for f in FORM_FIELDS if f != "metric" and form.get(f, "").strip())]
+            await alerts.call("UpdateRule", alerts_pb2.UpdateRuleRequest(
+                rule=rule, update_mask=field_mask_pb2.FieldMask(paths=filled)))
             return f"rule {rule.name} updated"
         await alerts.create_rule(rule)
         return f"rule {rule.name} created"
