@@ -341,3 +341,61 @@ async def test_a_failing_rule_holds_up_no_other(
     assert [b["rule"] for b in receiver.bodies()] == ["fine"]
     states = await db_pool.fetch("SELECT r.name FROM alert_states s JOIN alert_rules r ON r.id = s.rule_id")
     assert [s["name"] for s in states] == ["fine"]
+
+
+async def test_masked_urls_follow_reordered_channels_and_a_stray_mask_is_refused(
+        make_alerts: Factory, receiver: Receiver) -> None:
+    server = await make_alerts(FakeClock(BASE))
+    slack_url = receiver.url.replace("/hook", "/services/T000/B000/XXXXSECRET")
+    r = rule("hook", receiver=receiver)  # a webhook with a secret
+    r.channels.add().slack.url = slack_url
+    channel, alerts = stub(server)
+    async with channel:
+        await alerts.CreateRule(A.CreateRuleRequest(rule=r))
+        read = (await alerts.GetRule(A.GetRuleRequest(name="hook"))).rule
+        assert read.channels[0].webhook.secret == "" and read.channels[1].slack.url.endswith("/****")
+        reordered = A.Rule()
+        reordered.CopyFrom(read)
+        del reordered.channels[:]
+        reordered.channels.extend([read.channels[1], read.channels[0]])
+        await alerts.UpdateRule(A.UpdateRuleRequest(rule=reordered))
+        stored = (await server.store.get_rule("hook")).rule
+        assert [stored.channels[0].slack.url, stored.channels[1].webhook.url] == [slack_url, receiver.url]
+        assert stored.channels[1].webhook.secret == "s3cret"
+        stray = A.Rule()
+        stray.CopyFrom(reordered)
+        stray.channels.add().slack.url = "https://hooks.slack.com/****"  # masked, but no channel had it
+        fields = await _update_refused(alerts, stray)
+        assert fields[0][0] == "rule.channels[2].slack.url" and "masked" in fields[0][1]
+        fresh = rule("other")
+        fresh.channels.add().slack.url = read.channels[1].slack.url
+        assert (await _refused(alerts, fresh))[0][0] == "rule.channels[0].slack.url"
+
+
+async def _update_refused(alerts, r: A.Rule) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await alerts.UpdateRule(A.UpdateRuleRequest(rule=r))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return bad_request_fields(err.value)
+
+
+async def test_out_of_range_numbers_are_invalid_not_internal(make_alerts: Factory) -> None:
+    """Values a hand-made message can carry (a Duration beyond any timedelta, nanos out of range,
+    thousands of budget steps) are INVALID_ARGUMENT naming the field, and the service stays up."""
+    server = await make_alerts(FakeClock(BASE))
+    huge = rule("a")
+    huge.window.seconds = 2**62
+    bad_nanos = rule("b")
+    bad_nanos.every.nanos = -5
+    bad_nanos.every.seconds = 30
+    steps = rule("c", metric=0, warning=A.Threshold(), budget=A.Budget(period=A.BUDGET_PERIOD_DAY, limit=10))
+    steps.budget.percents.extend(float(p) for p in range(1, 1001))
+    channel, alerts = stub(server)
+    async with channel:
+        cases = {"rule.window": huge, "rule.every": bad_nanos, "rule.budget.percents": steps,
+                 "rule.min_requests": rule("d", min_requests=10**13),
+                 "rule.critical.value": rule("e", critical=A.Threshold(comparison=1, value=float("nan")))}
+        for field, r in cases.items():
+            assert field in [f for f, _ in await _refused(alerts, r)], field
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
