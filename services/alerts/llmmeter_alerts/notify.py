@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from llmmeter.v1 import alerts_pb2
 from llmmeter_alerts.clock import Clock
 from llmmeter_alerts.leader import Leader
 from llmmeter_alerts.store import AlertStore, OutboxItem
-from llmmeter_alerts.targets import RefusedTarget, TargetPolicy
+from llmmeter_alerts.targets import RefusedTarget, TargetPolicy, url_port
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +46,36 @@ class DeliveryError(Exception):
     """A target refused or did not answer."""
 
 
-async def post(url: str, body: bytes, headers: dict[str, str], policy: TargetPolicy) -> None:
-    """POST `body` over HTTP/1.1 to an address the policy allows (resolved once, connected to as
-    checked; TLS still verifies the URL's host name); DeliveryError unless the answer is 2xx (no
-    redirects followed). Only the status code is kept of an answer."""
-    parts = urlsplit(url)
+async def post(url: str, body: bytes, headers: dict[str, str], policy: TargetPolicy) -> int:
+    """POST `body` over HTTP/1.1 to an address the policy allows (resolved once, every address
+    checked, connected to as checked, in turn until one accepts; TLS still verifies the URL's host
+    name); returns the 2xx status code, DeliveryError otherwise (no redirects followed). Only the
+    status code is kept of an answer."""
+    try:
+        parts = urlsplit(url)
+        port = url_port(parts)
+    except ValueError:
+        raise DeliveryError("not an http(s) URL with a valid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryError("not an http(s) URL")
     secure = parts.scheme == "https"
     host = parts.hostname
-    port = parts.port or (443 if secure else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        address = (await policy.resolve(host, port))[0]
+        addresses = await policy.resolve(host, port)
     except RefusedTarget as exc:
         raise DeliveryError(f"refused by the egress policy: {exc}") from None
-    try:
-        reader, writer = await asyncio.open_connection(
-            address, port, ssl=ssl.create_default_context() if secure else None,
-            server_hostname=host if secure else None)
-    except OSError as exc:
-        raise DeliveryError(f"connection failed ({type(exc).__name__})") from None
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            reader, writer = await asyncio.open_connection(
+                address, port, ssl=ssl.create_default_context() if secure else None,
+                server_hostname=host if secure else None)
+            break
+        except OSError as exc:
+            failure = exc
+    else:
+        raise DeliveryError(f"connection failed ({type(failure).__name__})") from None
     try:
         lines = [f"POST {path} HTTP/1.1", f"Host: {_host_header(host, parts.port)}",
                  "Content-Type: application/json",
@@ -75,11 +85,13 @@ async def post(url: str, body: bytes, headers: dict[str, str], policy: TargetPol
         await writer.drain()
         status_line = await reader.readline()
         fields = status_line.decode("latin-1").split(" ", 2)
-        if len(fields) < 2 or not fields[1].isdigit():
+        if len(fields) < 2 or not fields[0].startswith("HTTP/") \
+                or not re.fullmatch(r"[1-5][0-9]{2}", fields[1]):
             raise DeliveryError("not an HTTP answer")  # what it said stays out of the history
         code = int(fields[1])
         if not 200 <= code < 300:
             raise DeliveryError(f"HTTP {code}")
+        return code
     finally:
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
@@ -90,6 +102,28 @@ def _host_header(host: str, port: int | None) -> str:
     """The Host header: the URL's host and port, never its user:password part."""
     name = f"[{host}]" if ":" in host else host
     return f"{name}:{port}" if port else name
+
+
+_OUTCOME = re.compile(r"(?P<reason>.*?)(?P<tail>; (?:retrying|giving up))?")
+_REASON = re.compile(
+    r"delivered|delivered \(HTTP [1-5][0-9]{2}\)|HTTP [1-5][0-9]{2}|not an HTTP answer"
+    r"|no answer within [0-9.]+s"
+    r"|connection failed \([A-Za-z]+\)|refused by the egress policy: .*|not an http\(s\) URL.*|secret_env .*"
+    r"|[A-Za-z]+")
+
+
+def history_message(message: str) -> str:
+    """A delivery event's message as reads show it: what this version records passes; the answer
+    text or socket detail an older version recorded (the first bytes of a target's answer, which
+    made the history a port scanner) is withheld."""
+    m = _OUTCOME.fullmatch(message)
+    assert m is not None  # the pattern matches any text
+    reason, tail = m["reason"], m["tail"] or ""
+    if _REASON.fullmatch(reason):
+        return message
+    if reason.startswith("not an HTTP answer"):
+        return "not an HTTP answer" + tail
+    return "failed (detail withheld)" + tail
 
 
 def slack_text(payload: dict[str, Any]) -> str:
@@ -176,8 +210,9 @@ class Dispatcher:
     async def _deliver(self, item: OutboxItem) -> None:
         kind = item.channel.WhichOneof("target") or "log"
         error = ""
+        code: int | None = None
         try:
-            await asyncio.wait_for(self._send(kind, item.channel, item.payload), self._policy.timeout)
+            code = await asyncio.wait_for(self._send(kind, item.channel, item.payload), self._policy.timeout)
         except TimeoutError:
             error = f"no answer within {self._policy.timeout:g}s"
         except DeliveryError as exc:
@@ -191,24 +226,25 @@ class Dispatcher:
         if not ok:
             log.warning("notification %d of %s to %s failed (attempt %d): %s",
                         item.id, item.rule_name, kind, attempt, error)
-        await self._store.record_attempt(item, now, ok, error, next_at, kind)
+        await self._store.record_attempt(item, now, ok, error, next_at, kind,
+                                         f"HTTP {code}" if code else "")
 
     async def _send(self, kind: str, channel: alerts_pb2.NotificationChannel,
-                    payload: dict[str, Any]) -> None:
+                    payload: dict[str, Any]) -> int | None:
+        """Send one notification; the HTTP status code of the answer (None for the log)."""
         if kind == "log":
             log.warning("ALERT %s", json.dumps(payload, sort_keys=True))
-            return
+            return None
         if kind == "slack":
-            await post(channel.slack.url, json.dumps({"text": slack_text(payload)}).encode(), {},
-                       self._targets)
-            return
+            return await post(channel.slack.url, json.dumps({"text": slack_text(payload)}).encode(), {},
+                              self._targets)
         hook = channel.webhook
         body = json.dumps(payload, sort_keys=True).encode()
         if hook.secret_env and not self._targets.secret_env_allowed(hook.secret_env):
-            raise DeliveryError(f"secret_env must start with {self._targets.secret_env_prefix}")
+            raise DeliveryError(f"secret_env {self._targets.secret_env_rule()}")
         secret = hook.secret or (os.environ.get(hook.secret_env, "") if hook.secret_env else "")
         headers = {}
         if secret:
             stamp = str(int(time.time()))
             headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret, stamp, body)}
-        await post(hook.url, body, headers, self._targets)
+        return await post(hook.url, body, headers, self._targets)

@@ -38,6 +38,7 @@ _NO_DATA: dict[int, NoData] = {
 }
 DEFAULT_EVERY = timedelta(minutes=1)
 DEFAULT_PERCENTS = (80.0, 100.0)
+MAX_PERCENTS = 20
 MUTABLE_FIELDS = frozenset(
     f.name for f in alerts_pb2.Rule.DESCRIPTOR.fields if f.name not in ("name", "create_time", "update_time"))
 
@@ -135,7 +136,13 @@ def _duration(rule: Message, name: str, lo: timedelta, hi: timedelta,
         if required:
             bad.append(FieldViolation(f"rule.{name}", "required"))
         return
-    d = seconds(getattr(rule, name))
+    raw = getattr(rule, name)
+    # out-of-range seconds (a hand-made message) do not fit a timedelta; nanos must fit the Duration spec
+    if abs(raw.seconds) > 10 * 366 * 86400 or not -10**9 < raw.nanos < 10**9 \
+            or (raw.seconds and raw.nanos and (raw.seconds > 0) != (raw.nanos > 0)):
+        bad.append(FieldViolation(f"rule.{name}", f"must be between {lo} and {hi}"))
+        return
+    d = seconds(raw)
     if not lo <= d <= hi:
         bad.append(FieldViolation(f"rule.{name}", f"must be between {lo} and {hi}"))
 
@@ -143,6 +150,9 @@ def _duration(rule: Message, name: str, lo: timedelta, hi: timedelta,
 def _url(url: str, path: str, bad: list[FieldViolation]) -> None:
     if not re.match(r"^https?://[^/\s]+", url):
         bad.append(FieldViolation(path, "an http:// or https:// URL is required"))
+    elif url.endswith("/****") and mask_url(url) == url:
+        bad.append(FieldViolation(path, "a masked URL (as reads show it) is kept only by an update of the "
+                                        "channel that has it; send the full URL"))
 
 
 def validate(rule: alerts_pb2.Rule) -> None:
@@ -157,7 +167,9 @@ def validate(rule: alerts_pb2.Rule) -> None:
             bad.append(FieldViolation("rule.metric", "a budget rule's metric is METRIC_COST"))
         if not (rule.budget.limit > 0 and math.isfinite(rule.budget.limit)):
             bad.append(FieldViolation("rule.budget.limit", "must be a positive number of USD"))
-        for i, p in enumerate(rule.budget.percents):
+        if len(rule.budget.percents) > MAX_PERCENTS:
+            bad.append(FieldViolation("rule.budget.percents", f"at most {MAX_PERCENTS} percentages"))
+        for i, p in enumerate(rule.budget.percents[:MAX_PERCENTS]):
             if not 0 < p <= 10_000:
                 bad.append(FieldViolation(f"rule.budget.percents[{i}]", "must be in (0, 10000]"))
     else:
@@ -198,8 +210,8 @@ def validate(rule: alerts_pb2.Rule) -> None:
     _duration(rule, "for_duration", timedelta(0), timedelta(days=7), bad)
     _duration(rule, "keep_firing_for", timedelta(0), timedelta(days=7), bad)
     _duration(rule, "renotify_interval", timedelta(0), timedelta(days=30), bad)
-    if rule.min_requests < 0:
-        bad.append(FieldViolation("rule.min_requests", "must not be negative"))
+    if not 0 <= rule.min_requests <= 10**12:
+        bad.append(FieldViolation("rule.min_requests", "must be between 0 and 10^12"))
     for key in rule.labels:
         if not _LABEL.match(key):
             bad.append(FieldViolation(f"rule.labels[{key}]", "label names are [A-Za-z_][A-Za-z0-9_]*"))
@@ -298,14 +310,25 @@ def redacted(rule: alerts_pb2.Rule) -> alerts_pb2.Rule:
 
 def restore_redacted(rule: alerts_pb2.Rule, stored: alerts_pb2.Rule) -> None:
     """A rule read back (URLs masked, secrets cleared) and sent again keeps the stored URL and secret
-    of each channel at the same position whose masked URL it repeats."""
-    for ch, old in zip(rule.channels, stored.channels, strict=False):
-        target, was = _target(ch), _target(old)
-        if target is None or was is None or ch.WhichOneof("target") != old.WhichOneof("target"):
+    of each channel whose masked URL it repeats: the stored channel of the same kind at the same
+    position, else the only stored channel of that kind with that masked URL (channels reordered)."""
+    for i, ch in enumerate(rule.channels):
+        target, kind = _target(ch), ch.WhichOneof("target")
+        if target is None:
             continue
-        if target.url == mask_url(was.url):
-            target.url = was.url
-        if ch.WhichOneof("target") == "webhook" and not ch.webhook.secret and not ch.webhook.secret_env \
+        same = [old for old in stored.channels if old.WhichOneof("target") == kind]
+        at = stored.channels[i] if i < len(stored.channels) else None
+        if at is not None and at.WhichOneof("target") == kind and target.url in (_target(at).url,
+                                                                              mask_url(_target(at).url)):
+            old = at
+        else:
+            matches = {_target(o).url: o for o in same if target.url == mask_url(_target(o).url)}
+            if len(matches) != 1:
+                continue
+            old = next(iter(matches.values()))
+        if target.url == mask_url(_target(old).url):
+            target.url = _target(old).url
+        if kind == "webhook" and not ch.webhook.secret and not ch.webhook.secret_env \
                 and ch.webhook.url == old.webhook.url:
             ch.webhook.secret = old.webhook.secret
 

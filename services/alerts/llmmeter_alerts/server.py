@@ -81,7 +81,8 @@ class AlertsServer:
             TlsConfig(s.query_tls_ca_file) if s.query_tls_ca_file else None,
             interceptors=telemetry.client_interceptors(self._tracing))
         source = MetricSource(query_pb2_grpc.QueryServiceStub(self._channel), s.query_timeout_seconds)
-        targets = TargetPolicy.from_setting(s.webhook_allow_hosts, s.webhook_secret_env_prefix)
+        targets = TargetPolicy.from_setting(s.webhook_allow_hosts, s.webhook_secret_env_prefix,
+                                            s.webhook_secret_envs, s.webhook_resolve_timeout_seconds)
         self.dispatcher = Dispatcher(self.store, self.clock, self.leader, DeliveryPolicy(
             timeout=s.webhook_timeout_seconds, max_attempts=s.webhook_max_attempts,
             initial_backoff=timedelta(seconds=s.webhook_initial_backoff_seconds),

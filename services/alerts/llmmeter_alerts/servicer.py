@@ -22,6 +22,7 @@ from llmmeter_alerts import rules as rules_mod
 from llmmeter_alerts.clock import Clock
 from llmmeter_alerts.evaluator import Evaluator, annotation
 from llmmeter_alerts.metrics_source import MetricSource
+from llmmeter_alerts.notify import history_message
 from llmmeter_alerts.statemachine import severity_of
 from llmmeter_alerts.store import EVENTS_CHANNEL, AlertStore, page_size, parse_filter, status_of
 from llmmeter_alerts.targets import TargetPolicy
@@ -49,7 +50,7 @@ def event_message(row: asyncpg.Record) -> alerts_pb2.AlertEvent:
         from_state=STATES.get(row["from_state"] or "", 0), to_state=STATES.get(row["to_state"] or "", 0),
         severity=SEVERITIES.get(row["severity"] or "", 0), value=row["value"] or 0.0,
         channel=row["channel"] or "", attempt=row["attempt"] or 0, success=bool(row["success"]),
-        message=row["message"])
+        message=history_message(row["message"]) if row["kind"] == "delivery" else row["message"])
     _set_time(ev, "time", row["at"])
     return ev
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmmeter_alerts.targets import parse_allow
 from llmmeter_common.security import SecuritySettings
 
 
@@ -61,8 +62,22 @@ class AlertsSettings(BaseSettings, SecuritySettings):
     `alertmanager.internal,10.20.0.0/16`."""
 
     webhook_secret_env_prefix: str = "LLMMETER_WEBHOOK_SECRET_"
-    """A webhook's `secret_env` must name an environment variable starting with this, so a rule
-    cannot sign with another secret of the service (DATABASE_URL, keys)."""
+    """A webhook's `secret_env` must name an environment variable starting with this (or one of
+    `webhook_secret_envs`), so a rule cannot sign with another secret of the service
+    (DATABASE_URL, keys). Empty: no variable by prefix."""
+
+    webhook_secret_envs: str = ""
+    """Comma-separated names of further environment variables a webhook's `secret_env` may name."""
+
+    webhook_resolve_timeout_seconds: float = 5.0
+    """How long a notification host name may take to resolve (when a rule is saved: a name not
+    resolved by then is checked at send time only)."""
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: str) -> str:
+        parse_allow(value)  # a malformed entry stops the service at start, naming it
+        return value
 
     webhook_max_attempts: int = 5
     """Delivery attempts of one notification before giving up."""

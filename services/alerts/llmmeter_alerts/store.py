@@ -282,8 +282,9 @@ class AlertStore:
                            json.loads(r["payload"]), r["attempts"]) for r in rows]
 
     async def record_attempt(self, item: OutboxItem, now: datetime, ok: bool, error: str,
-                             next_at: datetime | None, channel: str) -> None:
-        """A delivery attempt: its history row, and the outbox row delivered, retried later, or failed."""
+                             next_at: datetime | None, channel: str, answer: str = "") -> None:
+        """A delivery attempt: its history row (with the answer's status, e.g. `HTTP 204`, never its
+        body), and the outbox row delivered, retried later, or failed."""
         attempt = item.attempts + 1
         status = "delivered" if ok else ("pending" if next_at is not None else "failed")
         async with self.pool.acquire() as conn, conn.transaction():
@@ -291,7 +292,10 @@ class AlertStore:
                 """UPDATE alert_outbox
                    SET attempts = $2, status = $3, next_attempt_at = coalesce($4, next_attempt_at)
                    WHERE id = $1 RETURNING rule_id""", item.id, attempt, status, next_at)
-            msg = "delivered" if ok else f"{error}; " + ("retrying" if next_at is not None else "giving up")
+            if ok:
+                msg = f"delivered ({answer})" if answer else "delivered"
+            else:
+                msg = f"{error}; " + ("retrying" if next_at is not None else "giving up")
             await self._event(conn, now, rule_id, item.rule_name, item.group,
                               Event("delivery", severity=item.payload.get("severity") or None,
                                     value=item.payload.get("value"), channel=channel, attempt=attempt,

@@ -230,7 +230,8 @@ def add_rule_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--annotation", help="template: {{ rule }} {{ group }} {{ value }} {{ severity }}")
     g.add_argument("--webhook", action="append", metavar="URL", help="a signed JSON webhook (repeatable)")
     g.add_argument(
-        "--webhook-secret-env", metavar="NAME", help="env var of the alerts service with the secret"
+        "--webhook-secret-env", metavar="NAME",
+        help="env var of the alerts service with the secret (LLMMETER_WEBHOOK_SECRET_..., the operator's)",
     )
     g.add_argument("--slack", action="append", metavar="URL", help="a Slack incoming webhook (repeatable)")
     g.add_argument("--log", action="store_true", help="notify to the alerts service's log")

@@ -38,7 +38,7 @@ _CREATE_EPILOG = """\
 examples:
   llmmeter alerts rules create payments-error-rate --metric error_rate --filter 'team = "payments"' \\
       --group-by model --window 5m --for 2m --warning '> 0.05' --critical '> 0.2' \\
-      --webhook https://hooks.example.com/llm --webhook-secret-env HOOK_SECRET
+      --webhook https://hooks.example.com/llm --webhook-secret-env LLMMETER_WEBHOOK_SECRET_HOOK
   llmmeter alerts rules create daily-budget --budget day:100 --budget-at 80,100 \\
       --filter 'team = "search"' --slack https://hooks.slack.com/services/T/B/X
 

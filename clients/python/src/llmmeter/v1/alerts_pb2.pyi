@@ -263,11 +263,17 @@ class WebhookChannel(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     SECRET_ENV_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """http(s) URL."""
+    """http(s) URL to a public address (loopback, private, link-local/metadata and other internal
+    addresses only when the operator allows them: LLMMETER_ALERTS_WEBHOOK_ALLOW_HOSTS). Reads
+    return it masked (`https://host/****`); an update repeating the masked value keeps the stored one.
+    """
     secret: _builtins.str
     """Shared secret for the signature. Input only: reads return it empty."""
     secret_env: _builtins.str
-    """Or the name of an environment variable of the alerts service holding the secret."""
+    """Or the name of an environment variable of the alerts service holding the secret: one under the
+    operator's prefix (LLMMETER_ALERTS_WEBHOOK_SECRET_ENV_PREFIX, default LLMMETER_WEBHOOK_SECRET_)
+    or declared by name (LLMMETER_ALERTS_WEBHOOK_SECRET_ENVS).
+    """
     def __init__(
         self,
         *,
@@ -291,7 +297,9 @@ class SlackChannel(_message.Message):
 
     URL_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """The incoming webhook URL."""
+    """The incoming webhook URL (a credential: reads return it masked; the same address rules as
+    WebhookChannel.url).
+    """
     def __init__(
         self,
         *,
@@ -646,7 +654,9 @@ class AlertEvent(_message.Message):
     success: _builtins.bool
     """Whether a delivery succeeded."""
     message: _builtins.str
-    """A human-readable description (the error of a failed delivery)."""
+    """A human-readable description: of a delivery, its outcome (`delivered (HTTP 204)`, `HTTP 503;
+    retrying`, `no answer within 10s; giving up`, ...), never what the target answered.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When."""
