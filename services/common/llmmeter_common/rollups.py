@@ -65,8 +65,8 @@ MEASURES: tuple[Measure, ...] = (
     Measure("tpot_count", "CASE WHEN tpot_us IS NULL THEN 0 ELSE 1 END"),
 )
 
-#: Sparse histograms: (prefix, raw column). The column `<prefix>_hist` holds (key, count) pairs, one
-#: bigint each (`sketch.PAIR_SHIFT`, migration 0005).
+#: Histograms: (prefix, raw column). The column `<prefix>_hist` is a bytea in `sketch`'s one
+#: format (4-byte elements `key << sketch.COUNT_BITS | count`, migration 0013) on both flavours.
 HISTOGRAMS: tuple[tuple[str, str], ...] = (("lat", "latency_us"), ("ttft", "ttft_us"))
 
 
@@ -76,24 +76,6 @@ PENDING_COLUMNS: tuple[str, ...] = (
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "images", "audio_seconds",
     "video_seconds", "characters", "cost", "latency_us", "ttft_us", "itl_us", "tpot_us",
 )
-
-
-@dataclass(frozen=True)
-class Rollup:
-    """One rollup table and the width of its time buckets."""
-
-    table: str
-    width: str
-
-
-ROLLUPS: tuple[Rollup, ...] = (
-    Rollup("usage_1m", "1 minute"),
-    Rollup("usage_1h", "1 hour"),
-    Rollup("usage_1d", "1 day"),
-)
-
-#: Origin of the buckets: UTC midnight, so buckets never depend on a session time zone.
-ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 
 #: dims_mask of the rows that keep every dimension.
 ALL_DIMS = (1 << len(DIMENSIONS)) - 1
@@ -107,17 +89,59 @@ def mask_of(dims: Iterable[str]) -> int:
     return mask
 
 
-#: Grouping sets stored in every rollup: all dimensions, each one alone, and none.
-GROUPING_SETS: tuple[tuple[str, ...], ...] = (DIMENSIONS, *((d,) for d in DIMENSIONS), ())
+_SINGLES: tuple[tuple[str, ...], ...] = tuple((d,) for d in DIMENSIONS)
+_ALL_BUT_USER: tuple[str, ...] = tuple(d for d in DIMENSIONS if d != "user_name")
 
 
-def covering_mask(dims: Iterable[str]) -> int:
-    """The narrowest stored grouping set that keeps every dimension in `dims`."""
+@dataclass(frozen=True)
+class Rollup:
+    """One rollup table, the width of its time buckets and the grouping sets it stores.
+
+    Which sets a level keeps is what it costs: at a fine level nearly every record is its own
+    histogram element in every set, so the minute level keeps only the sets read per minute;
+    the wide multi-dimension sets live where buckets hold many records (hours, days). A query
+    reads, per level, the narrowest set keeping the dimensions it filters and groups on, and
+    skips a level that has none (`covering_mask`): the next finer level, or raw rows, answer
+    those stretches instead.
+    """
+
+    table: str
+    width: str
+    sets: tuple[tuple[str, ...], ...]
+    keep: str
+    """The ingest setting whose horizon drops this level's old buckets: `minute` or `rollup`."""
+
+    @property
+    def masks(self) -> tuple[int, ...]:
+        """dims_mask of every stored set, ascending."""
+        return tuple(sorted({mask_of(g) for g in self.sets}))
+
+
+ROLLUPS: tuple[Rollup, ...] = (
+    # Per-minute charts of the last day or two: overall, by model, failures by error type. Kept
+    # about as long as raw rows (LLMMETER_INGEST_MINUTE_RETENTION_DAYS), which answer the rest.
+    Rollup("usage_1m", "1 minute", ((), ("model",), ("error_type",)), "minute"),
+    # Every dimension alone, and every combination but the user: per-user questions combined
+    # with other dimensions come from days, or raw rows.
+    Rollup("usage_1h", "1 hour", ((), *_SINGLES, _ALL_BUT_USER), "rollup"),
+    Rollup("usage_1d", "1 day", ((), *_SINGLES, DIMENSIONS), "rollup"),
+)
+
+#: Origin of the buckets: UTC midnight, so buckets never depend on a session time zone.
+ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+
+
+def rollup(table: str) -> Rollup:
+    """The rollup level stored in `table`."""
+    return next(r for r in ROLLUPS if r.table == table)
+
+
+def covering_mask(dims: Iterable[str], table: str) -> int | None:
+    """The narrowest set of rollup `table` keeping every dimension in `dims`; None when it keeps
+    no such set (that level cannot answer)."""
     wanted = set(dims)
-    for gset in sorted(GROUPING_SETS, key=len):
-        if wanted <= set(gset):
-            return mask_of(gset)
-    return ALL_DIMS
+    fits = [g for g in rollup(table).sets if wanted <= set(g)]
+    return mask_of(min(fits, key=len)) if fits else None
 
 
 def rollup_columns() -> list[str]:
@@ -126,23 +150,13 @@ def rollup_columns() -> list[str]:
     return ["bucket", "dims_mask", *DIMENSIONS, *(m.column for m in MEASURES), *hist]
 
 
-#: Packed copies of the histograms (`sketch.PACK_TAG`, migration 0007), written by compaction and
-#: reset to NULL by every upsert: read-side copies, not maintained columns.
-PACK_COLUMNS: tuple[str, ...] = tuple(f"{p}_pack" for p, _ in HISTOGRAMS)
-
-#: The SQL bytea literal of `sketch.PACK_TAG`: an empty pack.
-EMPTY_PACK_SQL = "'\\x" + sketch.PACK_TAG.hex() + "'::bytea"
+def hist_sql(key: str, count: str) -> str:
+    """SQL of the stored histogram elements of one (key, count), for writers and readers alike."""
+    return f"llmmeter_hist_elems({key}, {count})"
 
 
-def table_columns() -> list[str]:
-    """Every column of a rollup table as stored on the PostgreSQL flavour: the maintained ones,
-    then the packed copies."""
-    return [*rollup_columns(), *PACK_COLUMNS]
-
-
-def pair_sql(key: str, count: str) -> str:
-    """SQL of one histogram pair element (`sketch.PAIR_SHIFT`), for writers and readers alike."""
-    return f"(({key})::bigint << {sketch.PAIR_SHIFT}) | ({count})"
+#: The SQL of an empty histogram.
+EMPTY_HIST_SQL = "''::bytea"
 
 
 def _grouped_dims() -> str:
@@ -154,8 +168,8 @@ def _grouped_dims() -> str:
     return ", ".join(cols)
 
 
-def _grouping_sets() -> str:
-    return "GROUPING SETS (" + ", ".join(f"({', '.join(g)})" for g in GROUPING_SETS) + ")"
+def _grouping_sets(r: Rollup) -> str:
+    return "GROUPING SETS (" + ", ".join(f"({', '.join(g)})" for g in r.sets) + ")"
 
 
 def _base_ctes(source: str) -> str:
@@ -169,65 +183,58 @@ def _base_ctes(source: str) -> str:
     sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
     parts = [
         f"""nb AS (
-    SELECT date_bin('1 minute', start_time, {ORIGIN}) AS minute, {dims}, {terms}, {keys} FROM {source})""",
-        f"""nm AS (SELECT minute, {dims}, {sums} FROM nb GROUP BY minute, {dims})""",
+    SELECT date_bin('1 minute', start_time, {ORIGIN}) AS bucket, {dims}, {terms}, {keys} FROM {source})""",
+        f"""full_usage_1m AS (SELECT bucket, {dims}, {sums} FROM nb GROUP BY bucket, {dims})""",
     ]
     parts += [
-        f"""nh_{p} AS (SELECT minute, {dims}, {p}_k AS k, count(*) AS c FROM nb
-    WHERE {p}_k IS NOT NULL GROUP BY minute, {dims}, {p}_k)"""
+        f"""keys_usage_1m_{p} AS (SELECT bucket, {dims}, {p}_k AS k, count(*) AS c FROM nb
+    WHERE {p}_k IS NOT NULL GROUP BY bucket, {dims}, {p}_k)"""
         for p, _ in HISTOGRAMS
     ]
     return ",\n".join(parts)
 
 
-def _upsert_cte(rollup: Rollup, finer: Rollup | None) -> str:
-    """CTEs adding the new rows into one rollup table, every grouping set at once.
+def _upsert_cte(r: Rollup, finer: Rollup | None) -> str:
+    """CTEs adding the new rows into one rollup table, every grouping set of it at once.
 
-    The finest level groups the per-minute rows into every grouping set; each
-    coarser level only re-buckets the level below it (same sets, one hash
-    step), which is much cheaper than grouping sets again.
-    A histogram is one array_agg of its (key, count) pairs (`sketch.PAIR_SHIFT`), in
-    no particular order (sorting them cost most of the write). On conflict the new pairs are
-    appended, so a key may appear more than once until `compact_sql` runs; readers
-    add counts up by key.
+    Each level first re-buckets the full-dimension rows of the level below (one hash step over
+    rows much fewer than records), then groups those into its own sets. A histogram is the
+    elements of its (key, count)s in no particular order (sorting them cost most of the write).
+    On conflict the new elements are appended, so a key may appear more than once until
+    `compact_sql` runs; readers add counts up by key.
     """
-    t = rollup.table
+    t = r.table
     key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
     dims = ", ".join(DIMENSIONS)
-    if finer is None:
-        bucket = f"date_bin('{rollup.width}', minute, {ORIGIN})"
-        sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
-        parts = [f"""{t}_agg AS (
-    SELECT {bucket} AS bucket, {_grouped_dims()}, {sums}
-    FROM nm GROUP BY 1, {_grouping_sets()})"""]
-        parts += [f"""{t}_pairs_{p} AS (
-    SELECT {bucket} AS bucket, {_grouped_dims()}, k, sum(c)::bigint AS c
-    FROM nh_{p} GROUP BY 1, k, {_grouping_sets()})""" for p, _ in HISTOGRAMS]
-    else:
+    parts = []
+    if finer is not None:
         f = finer.table
-        bucket = f"date_bin('{rollup.width}', bucket, {ORIGIN})"
+        bucket = f"date_bin('{r.width}', bucket, {ORIGIN})"
         sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
-        parts = [f"""{t}_agg AS (
-    SELECT {bucket} AS bucket, dims_mask, {dims}, {sums}
-    FROM {f}_agg GROUP BY 1, dims_mask, {dims})"""]
-        parts += [f"""{t}_pairs_{p} AS (
-    SELECT {bucket} AS bucket, dims_mask, {dims}, k, sum(c)::bigint AS c
-    FROM {f}_pairs_{p} GROUP BY 1, dims_mask, {dims}, k)""" for p, _ in HISTOGRAMS]
+        parts.append(f"""full_{t} AS (
+    SELECT {bucket} AS bucket, {dims}, {sums} FROM full_{f} GROUP BY 1, {dims})""")
+        parts += [f"""keys_{t}_{p} AS (
+    SELECT {bucket} AS bucket, {dims}, k, sum(c)::bigint AS c FROM keys_{f}_{p} GROUP BY 1, {dims}, k)"""
+                  for p, _ in HISTOGRAMS]
+    sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
+    parts.append(f"""{t}_agg AS (
+    SELECT bucket, {_grouped_dims()}, {sums} FROM full_{t} GROUP BY bucket, {_grouping_sets(r)})""")
     joins = []
     hist_cols = []
     for prefix, _ in HISTOGRAMS:
         parts.append(f"""{t}_{prefix} AS (
-    SELECT {key}, array_agg({pair_sql('k', 'c')}) AS pairs FROM {t}_pairs_{prefix} GROUP BY {key})""")
+    SELECT {key}, string_agg({hist_sql('k', 'c')}, ''::bytea) AS h FROM (
+        SELECT bucket, {_grouped_dims()}, k, sum(c)::bigint AS c
+        FROM keys_{t}_{prefix} GROUP BY bucket, k, {_grouping_sets(r)}) AS s
+    GROUP BY {key})""")
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
-        hist_cols.append(f"coalesce({prefix}.pairs, '{{}}'::bigint[])")
+        hist_cols.append(f"coalesce({prefix}.h, {EMPTY_HIST_SQL})")
     cols = rollup_columns()
     additive = ",\n        ".join(f"{m.column} = {t}.{m.column} + EXCLUDED.{m.column}" for m in MEASURES)
-    # Appending is a C array concatenation; merging key by key here (an SQL function call per
-    # conflicting row) took half the rollup time. Readers add counts up by key anyway, and
-    # `compact_sql` folds repeated keys back together, set-based, once arrays grow long.
-    merges = ",\n        ".join(
-        [f"{p}_hist = {t}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS]
-        + [f"{c} = NULL" for c in PACK_COLUMNS])  # stale now: the next compaction packs again
+    # Appending is a byte concatenation; merging key by key here took half the rollup time.
+    # Readers add counts up by key anyway, and `compact_sql` folds repeated keys back together,
+    # set-based, once histograms grow long.
+    merges = ",\n        ".join(f"{p}_hist = {t}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS)
     agg_cols = ", ".join(f"a.{c}" for c in cols[: 2 + len(DIMENSIONS) + len(MEASURES)])
     parts.append(
         f"""{t}_up AS (
@@ -252,54 +259,26 @@ def rollup_ctes(source: str) -> str:
     return ",\n".join([_base_ctes(source), *levels])
 
 
-#: dims_mask values of the stored grouping sets (an index condition on the leading key column).
-STORED_MASKS: tuple[int, ...] = tuple(sorted({mask_of(g) for g in GROUPING_SETS}))
-
-
-def compact_sql(rollup: Rollup) -> str:
+def compact_sql(r: Rollup) -> str:
     """One statement folding repeated histogram keys in the rows of the buckets holding start
-    times $1 to $2 whose arrays are longer than $3 elements and that are not packed yet; it also
-    writes their packs (`PACK_COLUMNS`). Returns the number of rows rewritten.
+    times $1 to $2 whose histograms hold more than $3 elements. Returns the rows rewritten.
 
-    Upserts append histogram pairs (see `_upsert_cte`), so a row that many chunks touch (the
-    day's totals, say) grows by a few hundred pairs per chunk. Distinct keys are bounded (about
+    Upserts append elements (see `_upsert_cte`), so a row that many chunks touch (the day's
+    totals, say) grows by a few hundred elements per chunk. Distinct keys are bounded (about
     2,600 for latencies up to a day), so a threshold a little above that rewrites each busy row
-    once every several chunks, all rows in one set-based pass. A packed row has had no append
-    since its last compaction, so it has nothing to fold. The folded pairs are written in key
-    order (one key each, so ordering by the pair orders by key): a reader can take a row read
-    alone as its group's histogram without merging (`histograms._alone_and_ordered`). Callers
-    hold the rollup worker's lock: a concurrent append between the read and the update would
-    be lost.
+    once every several chunks, all rows in one set-based pass. Folded histograms are in key
+    order: a reader can take a row read alone as its group's histogram without merging
+    (`histograms._alone_and_ordered`). Callers hold the rollup worker's lock: a concurrent
+    append between the read and the update would be lost.
     """
-    t = rollup.table
-    key = ", ".join(("bucket", "dims_mask", *DIMENSIONS))
-    masks = ", ".join(str(m) for m in STORED_MASKS)
-    long_ = " OR ".join(f"cardinality({p}_hist) > $3" for p, _ in HISTOGRAMS)
-    unpacked = " OR ".join(f"{c} IS NULL" for c in PACK_COLUMNS)
-    parts = [f"""cand AS (
-    SELECT {key}, {", ".join(f"{p}_hist" for p, _ in HISTOGRAMS)} FROM {t}
+    t = r.table
+    masks = ", ".join(str(m) for m in r.masks)
+    long_ = " OR ".join(f"length({p}_hist) > $3 * {sketch.ELEM_BYTES}" for p, _ in HISTOGRAMS)
+    sets = ", ".join(f"{p}_hist = llmmeter_hist_fold({p}_hist)" for p, _ in HISTOGRAMS)
+    return f"""WITH done AS (
+    UPDATE {t} SET {sets}
     WHERE dims_mask = ANY('{{{masks}}}'::smallint[])
-      AND bucket >= date_bin('{rollup.width}', $1::timestamptz, {ORIGIN}) AND bucket <= $2
-      AND ({long_}) AND ({unpacked})
-    FOR UPDATE)"""]
-    sets, folds = [], []
-    folded = pair_sql(f"u.v >> {sketch.PAIR_SHIFT}", f"sum(u.v & {sketch.COUNT_MASK})::bigint")
-    for p, _ in HISTOGRAMS:
-        # each row's pairs folded on their own: sorting a few thousand pairs per row, not every
-        # candidate row's pairs at once by the row's eleven-column key (that spilled to disk)
-        folds.append(f"""LATERAL (
-        SELECT array_agg(v ORDER BY v) AS h,
-               {EMPTY_PACK_SQL} || string_agg(int8send(v), ''::bytea ORDER BY v) AS pk
-        FROM (SELECT {folded} AS v
-              FROM unnest(cand.{p}_hist) AS u(v) GROUP BY u.v >> {sketch.PAIR_SHIFT}) AS f) AS {p}""")
-        sets.append(f"{p}_hist = coalesce(m.{p}_h, '{{}}'), {p}_pack = coalesce(m.{p}_pk, {EMPTY_PACK_SQL})")
-    merged = ", ".join(f"{p}.h AS {p}_h, {p}.pk AS {p}_pk" for p, _ in HISTOGRAMS)
-    keys = ", ".join(f"cand.{c}" for c in key.split(", "))
-    match = " AND ".join(f"t.{c} = m.{c}" for c in key.split(", "))
-    return f"""WITH {parts[0]},
-done AS (
-    UPDATE {t} AS t SET {", ".join(sets)}
-    FROM (SELECT {keys}, {merged} FROM cand, {", ".join(folds)}) AS m
-    WHERE {match}
+      AND bucket >= date_bin('{r.width}', $1::timestamptz, {ORIGIN}) AND bucket <= $2
+      AND ({long_})
     RETURNING 1)
 SELECT count(*) FROM done"""

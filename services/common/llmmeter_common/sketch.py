@@ -9,18 +9,19 @@ side answer p95 over 30 days from day rollups instead of 10 million rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 ALPHA = 0.005
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 
-#: A stored histogram pair is one bigint, key << PAIR_SHIFT | count (migration 0005): keys are
-#: 0..~4400, counts stay below 2**PAIR_SHIFT.
-PAIR_SHIFT = 40
-COUNT_MASK = (1 << PAIR_SHIFT) - 1
-#: A packed histogram (migration 0007) is this tag, then each pair as 8 big-endian bytes. The tag
-#: cannot begin an `array_send` blob, whose first 4 bytes are the dimension count (0 or 1).
-PACK_TAG = b"LMP1\x00\x00\x00\x00"
+#: The one stored histogram format, on both flavours (migration 0013, `llmmeter_hist_elems`): a
+#: bytea of 4-byte big-endian elements, each `key << COUNT_BITS | count`. Keys are 0..~4400 (13
+#: bits); a count above COUNT_MAX is split over several elements with the same key. Two histograms
+#: concatenated are their sum, so rollup upserts append and readers add counts up by key;
+#: compaction (`llmmeter_hist_fold`) rewrites an array with each key once, in key order.
+ELEM_BYTES = 4
+COUNT_BITS = 19
+COUNT_MAX = (1 << COUNT_BITS) - 1
 
 
 def key_of(us: int) -> int:
@@ -35,18 +36,25 @@ def value_of(key: int) -> float:
     return 2 * GAMMA**key / (GAMMA + 1)
 
 
-def split(pairs: Iterable[int]) -> tuple[list[int], list[int]]:
-    """(keys, counts) of a stored pairs array."""
-    values = list(pairs)
-    return [v >> PAIR_SHIFT for v in values], [v & COUNT_MASK for v in values]
+def encode(hist: Mapping[int, int]) -> bytes:
+    """A histogram ({key: count}) in the stored format, keys ascending (mirror of SQL
+    `llmmeter_hist_elems`, for tests and tools)."""
+    out = bytearray()
+    for key in sorted(hist):
+        left = hist[key]
+        while left > 0:
+            c = min(left, COUNT_MAX)
+            out += ((key << COUNT_BITS) | c).to_bytes(ELEM_BYTES, "big")
+            left -= c
+    return bytes(out)
 
 
-def merge(pairs: Iterable[tuple[Iterable[int], Iterable[int]]]) -> dict[int, int]:
-    """Add up several (keys, counts) histograms."""
+def decode(blob: bytes | None) -> dict[int, int]:
+    """{key: count} of a stored histogram (repeated keys added up)."""
     total: dict[int, int] = {}
-    for keys, counts in pairs:
-        for k, c in zip(keys, counts, strict=True):
-            total[k] = total.get(k, 0) + c
+    for i in range(0, len(blob or b""), ELEM_BYTES):
+        v = int.from_bytes(blob[i:i + ELEM_BYTES], "big")  # type: ignore[index]
+        total[v >> COUNT_BITS] = total.get(v >> COUNT_BITS, 0) + (v & COUNT_MAX)
     return total
 
 
