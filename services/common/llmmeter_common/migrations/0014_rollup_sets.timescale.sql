@@ -10,7 +10,7 @@
 -- * Grouping sets per level (rollups.ROLLUPS): the minute level keeps none,
 --   model and error_type; the hour level none, each dimension alone and all
 --   but the user (dims_mask 479); the day level none, each alone and all
---   (511). One continuous aggregate per level and set, 24 in all.
+--   (511). One continuous aggregate per level and set, 25 in all (3 + 11 + 11).
 -- * Histograms stored as they are read, in 0013's format (bytea of 4-byte
 --   elements key << 19 | count, each key once, in key order), built by two
 --   aggregates: llmmeter_hist_agg(bigint) from raw microsecond values,
@@ -27,7 +27,7 @@
 -- * Refresh policies as before (each level looks back over the window of the
 --   level below, plus one of its own buckets), but on fixed schedules with
 --   staggered initial_start (each job at its own second, the hour and day
---   jobs spread over their interval), so the 24 jobs do not all start at
+--   jobs spread over their interval), so the 25 jobs do not all start at
 --   the same second and compete for background workers.
 -- * Retention per level: llmmeter_apply_retention(raw_keep, payload_keep,
 --   minute_keep, rollup_keep), as on the PostgreSQL flavour.
