@@ -750,13 +750,13 @@ async def test_timescaledb_retention_drops_chunks_per_level(db_pool: asyncpg.Poo
             "SELECT * FROM llmmeter_apply_retention('14 days', '14 days', '1 day', '30 days')") == []
 
 
-async def _migrated_to(url: str, version: int) -> None:
-    """The TimescaleDB flavour's migrations up to `version`, each in its own transaction."""
+async def _migrate(url: str, versions: range) -> None:
+    """The TimescaleDB flavour's migrations of `versions`, each in its own transaction."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         for mig in load_migrations("timescale"):
-            if mig.version <= version:
+            if mig.version in versions:
                 async with conn.transaction():
                     await conn.execute(mig.sql)
     finally:
@@ -796,7 +796,7 @@ def _carried(old: list[dict[str, Any]], r: Rollup) -> dict[tuple, dict[str, Any]
 @pytest.mark.usefixtures("timescale_flavor_only")
 async def test_timescaledb_migration_carries_the_old_rollups_over(pg_server_url: str) -> None:
     url = await create_database(pg_server_url, template=None)
-    await _migrated_to(url, 13)
+    await _migrate(url, range(1, 14))
     conn = await asyncpg.connect(url)
     try:
         # 0013's rollups over 20 days of rows, all materialised; then the raw rows older than 16 days
@@ -817,7 +817,7 @@ async def test_timescaledb_migration_carries_the_old_rollups_over(pg_server_url:
     finally:
         await conn.close()
 
-    await _migrated_to(url, 14)
+    await _migrate(url, range(14, 15))
     conn = await asyncpg.connect(url)
     try:
         cutoff = day - timedelta(days=13)  # the oldest raw row is older: 13 days, which every refresh covers
