@@ -138,7 +138,9 @@ async def _generated(conn: asyncpg.Connection, phase: str,
                      cutoff: datetime | None = None) -> list[tuple[str, ast.Node]]:
     """llmmeter_rollup_ddl(phase, cutoff)'s statements, in order, with their parse trees."""
     out = []
-    for sql in await conn.fetchval("SELECT array_agg(s) FROM llmmeter_rollup_ddl($1, $2) AS s", phase, cutoff):
+    generated = await conn.fetchval(
+        "SELECT array_agg(s) FROM llmmeter_rollup_ddl($1, $2) AS s", phase, cutoff)
+    for sql in generated:
         (raw,) = parse_sql(sql)
         out.append((sql, raw.stmt))
     return out
@@ -165,13 +167,16 @@ async def test_generated_ddl_creates_each_levels_sets_then_its_view(db_pool: asy
                for s in stmts if isinstance(s, ast.CreateTableAsStmt | ast.ViewStmt)]
     # level by level, each level's aggregates (its sets, in rollups order) before its view and the level above
     assert created == [name for r in ROLLUPS for name in [*(_aggregate(r, g) for g in r.sets), r.table]]
-    assert len([s for s in stmts if isinstance(s, ast.CreateTableAsStmt)]) == sum(len(r.sets) for r in ROLLUPS) == 25
+    aggregates = [s for s in stmts if isinstance(s, ast.CreateTableAsStmt)]
+    assert len(aggregates) == sum(len(r.sets) for r in ROLLUPS) == 25
     # the history tables, each a hypertable on bucket; nothing copied without a cutoff
     assert [s.relation.relname for s in history if isinstance(s, ast.CreateStmt)] == [
         f"{r.table}_history" for r in ROLLUPS]
     hypertables = [_sql(s.targetList[0].val) for s in history if isinstance(s, ast.SelectStmt)]
-    assert hypertables == [f"create_hypertable('{r.table}_history', by_range('bucket', CAST('{chunk}' AS interval)))"
-                           for r, chunk in zip(ROLLUPS, ("1 day", "30 days", "30 days"), strict=True)]
+    chunks = ("1 day", "30 days", "30 days")
+    assert hypertables == [
+        f"create_hypertable('{r.table}_history', by_range('bucket', CAST('{chunk}' AS interval)))"
+        for r, chunk in zip(ROLLUPS, chunks, strict=True)]
     assert not [s for s in history if isinstance(s, ast.InsertStmt)]
 
 
@@ -181,7 +186,8 @@ async def test_history_tables_have_the_postgres_rollup_columns(db_pool: asyncpg.
         history = [s for _, s in await _generated(conn, "history") if isinstance(s, ast.CreateStmt)]
     for table in history:
         cols = [e for e in table.tableElts if isinstance(e, ast.ColumnDef)]
-        assert [(c.colname, _type(c.typeName)) for c in cols] == list(_pg_types().items()), table.relation.relname
+        declared = [(c.colname, _type(c.typeName)) for c in cols]
+        assert declared == list(_pg_types().items()), table.relation.relname
         assert all(any(isinstance(k, ast.Constraint) and k.contype.name == "CONSTR_NOTNULL"
                        for k in c.constraints or ()) for c in cols)
         (pk,) = [e for e in table.tableElts if isinstance(e, ast.Constraint)]
@@ -251,15 +257,18 @@ async def test_generated_continuous_aggregates_group_by_their_set_only(
                 assert isinstance(call, ast.FuncCall), f"{name}.{prefix}_hist"
                 args = [_col(a) for a in call.args]
                 if hierarchical:
-                    assert (call.funcname[-1].sval, args) == ("llmmeter_hist_merge_agg", [f"{prefix}_hist"]), name
+                    expected_call = ("llmmeter_hist_merge_agg", [f"{prefix}_hist"])
+                    assert (call.funcname[-1].sval, args) == expected_call, name
                 else:
                     assert (call.funcname[-1].sval, args) == ("llmmeter_hist_agg", [raw_col]), name
 
 
-async def test_generated_views_union_each_set_with_constant_masks_and_the_history(db_pool: asyncpg.Pool) -> None:
+async def test_generated_views_union_each_set_with_constant_masks_and_the_history(
+        db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         await _install_timescale_functions(conn)
-        views = {s.view.relname: s for _, s in await _generated(conn, "rollups") if isinstance(s, ast.ViewStmt)}
+        views = {s.view.relname: s for _, s in await _generated(conn, "rollups")
+                 if isinstance(s, ast.ViewStmt)}
     assert set(views) == {r.table for r in ROLLUPS}
     for r in ROLLUPS:
         *branches, history = _branches(views[r.table].query)
@@ -286,7 +295,8 @@ async def test_generated_views_union_each_set_with_constant_masks_and_the_histor
         assert history.whereClause is None, r.table
 
 
-async def test_generated_policies_look_back_over_the_level_below_and_are_staggered(db_pool: asyncpg.Pool) -> None:
+async def test_generated_policies_look_back_over_the_level_below_and_are_staggered(
+        db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         await _install_timescale_functions(conn)
         before = await conn.fetchval("SELECT now()")
@@ -318,7 +328,8 @@ async def test_generated_policies_look_back_over_the_level_below_and_are_stagger
         assert minutes == sorted(minutes) and len(set(minutes)) >= min(len(r.sets), 5), (r.table, minutes)
 
 
-async def test_generated_history_copy_keeps_each_levels_sets_from_the_old_aggregates(db_pool: asyncpg.Pool) -> None:
+async def test_generated_history_copy_keeps_each_levels_sets_from_the_old_aggregates(
+        db_pool: asyncpg.Pool) -> None:
     cutoff = datetime(2026, 11, 20, tzinfo=UTC)
     async with db_pool.acquire() as conn:
         await _install_timescale_functions(conn)
@@ -332,7 +343,8 @@ async def test_generated_history_copy_keeps_each_levels_sets_from_the_old_aggreg
         q = direct.selectStmt
         assert [f.relname for f in q.fromClause] == [f"{r.table}_arrays"], r.table
         where = _sql(q.whereClause)
-        copied = re.fullmatch(r"dims_mask = ANY\(CAST\('\{([\d,]+)\}' AS smallint\[\]\)\) AND bucket < .+", where)
+        copied = re.fullmatch(
+            r"dims_mask = ANY\(CAST\('\{([\d,]+)\}' AS smallint\[\]\)\) AND bucket < .+", where)
         assert copied, where
         assert [int(m) for m in copied.group(1).split(",")] == [m for m in (mask_of(g) for g in r.sets)
                                                                   if m in OLD_MASKS], r.table
@@ -532,8 +544,8 @@ async def test_timescale_retention_drops_each_level_at_its_horizon(db_pool: asyn
                                                         ("1 day", "15 days", "400 days")):
             await conn.execute("TRUNCATE dropped")
             names = await conn.fetch(
-                "SELECT * FROM llmmeter_apply_retention('14 days', '7 days', $1::text::interval, '400 days') AS n ORDER BY 1",
-                minute_keep)
+                "SELECT * FROM llmmeter_apply_retention('14 days', '7 days', $1::text::interval, '400 days') "
+                "AS n ORDER BY 1", minute_keep)
             dropped = [tuple(r) for r in await conn.fetch(
                 "SELECT relation, older_than::text FROM dropped ORDER BY 1")]
             keep = {"usage_1m": expect_minute, "usage_1h": expect_hour, "usage_1d": "400 days"}
@@ -569,7 +581,8 @@ def _terms(row: asyncpg.Record) -> dict[str, Any]:
         **{c: row[c] for c in ("retries", "input_tokens", "output_tokens", "cache_read_tokens",
                                "cache_write_tokens", "reasoning_tokens", "images", "audio_seconds",
                                "video_seconds", "characters", "cost")},
-        "latency_us_sum": row["latency_us"], "ttft_us_sum": row["ttft_us"] or 0, "ttft_count": flag(row["ttft_us"]),
+        "latency_us_sum": row["latency_us"],
+        "ttft_us_sum": row["ttft_us"] or 0, "ttft_count": flag(row["ttft_us"]),
         "itl_us_sum": row["itl_us"] or 0.0, "itl_count": flag(row["itl_us"]),
         "tpot_us_sum": row["tpot_us"] or 0.0, "tpot_count": flag(row["tpot_us"]),
     }
@@ -590,7 +603,8 @@ def _expected(raw: list[asyncpg.Record], r: Rollup) -> dict[tuple, dict[str, Any
             for p, col in HISTOGRAMS:
                 if row[col] is not None:
                     g[f"{p}_hist"][sketch.key_of(row[col])] += 1
-    return {k: {**v, "lat_hist": dict(v["lat_hist"]), "ttft_hist": dict(v["ttft_hist"])} for k, v in out.items()}
+    return {k: {**v, "lat_hist": dict(v["lat_hist"]), "ttft_hist": dict(v["ttft_hist"])}
+            for k, v in out.items()}
 
 
 def _keyed(rows: list[asyncpg.Record]) -> dict[tuple, dict[str, Any]]:
@@ -620,29 +634,34 @@ async def _materialized_rows(conn: asyncpg.Connection, cagg: str) -> int:
 
 
 @pytest.mark.usefixtures("timescale_flavor_only")
-async def test_timescaledb_schema_has_each_levels_aggregates_policies_and_views(db_pool: asyncpg.Pool) -> None:
+async def test_timescaledb_schema_has_each_levels_aggregates_policies_and_views(
+        db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         aggs = {r["view_name"]: r for r in await conn.fetch(
-            "SELECT view_name, materialized_only, view_definition FROM timescaledb_information.continuous_aggregates")}
+            "SELECT view_name, materialized_only, view_definition "
+            "FROM timescaledb_information.continuous_aggregates")}
         assert set(aggs) == {_aggregate(r, g) for r in ROLLUPS for g in r.sets}
         # a new database: nothing carried over, so no cutoff in any definition, empty history tables
-        assert not [n for n, a in aggs.items() if a["materialized_only"] or "WHERE" in a["view_definition"].upper()]
+        assert not [n for n, a in aggs.items()
+                    if a["materialized_only"] or "WHERE" in a["view_definition"].upper()]
         for r in ROLLUPS:
             assert await _columns(conn, r.table) == list(_pg_types().items()), r.table
             assert await _columns(conn, f"{r.table}_history") == list(_pg_types().items()), r.table
             assert await conn.fetchval(f"SELECT count(*) FROM {r.table}_history") == 0
-        hypertables = {r[0] for r in await conn.fetch("SELECT hypertable_name FROM timescaledb_information.hypertables")}
+        hypertables = {r[0] for r in await conn.fetch(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables")}
         assert {f"{r.table}_history" for r in ROLLUPS} <= hypertables
         jobs = await conn.fetch(
             """SELECT j.hypertable_name, j.schedule_interval, j.fixed_schedule, j.config, s.next_start
                FROM timescaledb_information.jobs j JOIN timescaledb_information.job_stats s USING (job_id)
                WHERE j.proc_name = 'policy_refresh_continuous_aggregate'""")
         mats = {a["materialization_hypertable_name"]: a["view_name"] for a in await conn.fetch(
-            "SELECT view_name, materialization_hypertable_name FROM timescaledb_information.continuous_aggregates")}
+            "SELECT view_name, materialization_hypertable_name "
+            "FROM timescaledb_information.continuous_aggregates")}
         by_agg = {mats[j["hypertable_name"]]: j for j in jobs}
         assert set(by_agg) == set(aggs)
         for r in ROLLUPS:
-            start, end, every = REFRESH[r.table]
+            start, end, _ = REFRESH[r.table]
             for g in r.sets:
                 job = by_agg[_aggregate(r, g)]
                 assert job["fixed_schedule"], "staggered by initial_start"
@@ -650,13 +669,15 @@ async def test_timescaledb_schema_has_each_levels_aggregates_policies_and_views(
                 assert (config["start_offset"], config["end_offset"]) == (
                     start, {"1 minute": "00:01:00", "1 hour": "01:00:00", "1 day": "1 day"}[end]), config
         # the old objects are gone
-        for gone in ("usage_1m_arrays", "usage_1h_arrays", "usage_1d_arrays", "usage_1h_s511", "usage_1m_s128"):
+        for gone in ("usage_1m_arrays", "usage_1h_arrays", "usage_1d_arrays", "usage_1h_s511",
+                     "usage_1m_s128"):
             assert await conn.fetchval("SELECT to_regclass($1)", gone) is None, gone
         old = await conn.fetch(
             """SELECT proname FROM pg_proc WHERE proname IN ('llmmeter_hist_pairs', 'llmmeter_hist_keys_agg',
                'llmmeter_hist_counts_agg', 'llmmeter_hist_merge_keys_agg', 'llmmeter_hist_merge_counts_agg',
-               'llmmeter_rollup_masks', 'llmmeter_rollup_dims', 'llmmeter_rollup_ddl', 'llmmeter_hist_from_arrays',
-               'llmmeter_hist_state_keys', 'llmmeter_hist_state_counts', 'llmmeter_hist_state_add_pairs')""")
+               'llmmeter_rollup_masks', 'llmmeter_rollup_dims', 'llmmeter_rollup_ddl',
+               'llmmeter_hist_from_arrays', 'llmmeter_hist_state_keys', 'llmmeter_hist_state_counts',
+               'llmmeter_hist_state_add_pairs')""")
         assert old == []
         assert await conn.fetchval(
             "SELECT array_agg(pg_get_function_identity_arguments(oid)) FROM pg_proc "
@@ -698,7 +719,8 @@ async def test_timescaledb_constant_dims_mask_reads_one_aggregate(db_pool: async
         await conn.fetchval(_RAW, 1, 200, start)
         await _refresh_all(conn, [_aggregate(r, g) for r in ROLLUPS for g in r.sets])
         mats = {a["materialization_hypertable_name"]: a["view_name"] for a in await conn.fetch(
-            "SELECT view_name, materialization_hypertable_name FROM timescaledb_information.continuous_aggregates")}
+            "SELECT view_name, materialization_hypertable_name "
+            "FROM timescaledb_information.continuous_aggregates")}
         chunks = {c["chunk_name"]: c["hypertable_name"] for c in await conn.fetch(
             "SELECT chunk_name, hypertable_name FROM timescaledb_information.chunks")}
 
@@ -717,8 +739,8 @@ async def test_timescaledb_constant_dims_mask_reads_one_aggregate(db_pool: async
             for g in r.sets:
                 mask = mask_of(g)
                 # the aggregate, and (real-time part) the same set below it
-                assert {n.rsplit("_s", 1)[1] for n in await read(f"WHERE dims_mask = {mask}")} == {str(mask)}, (
-                    r.table, mask)
+                read_masks = {n.rsplit("_s", 1)[1] for n in await read(f"WHERE dims_mask = {mask}")}
+                assert read_masks == {str(mask)}, (r.table, mask)
 
 
 @pytest.mark.usefixtures("timescale_flavor_only")
@@ -826,7 +848,8 @@ async def test_timescaledb_migration_carries_the_old_rollups_over(pg_server_url:
             history = await conn.fetch(f"SELECT bucket FROM {r.table}_history")
             assert history and max(h["bucket"] for h in history) < cutoff, r.table
             defs = [a["view_definition"] for a in await conn.fetch(
-                "SELECT view_definition FROM timescaledb_information.continuous_aggregates WHERE view_name LIKE $1",
+                "SELECT view_definition FROM timescaledb_information.continuous_aggregates "
+                "WHERE view_name LIKE $1",
                 f"{r.table}_s%")]
             assert all(("FROM usage_records" in d) == ("start_time >=" in d) for d in defs), defs
             assert any("start_time >=" in d for d in defs), defs
