@@ -159,12 +159,15 @@ def hist_sql(key: str, count: str) -> str:
 EMPTY_HIST_SQL = "''::bytea"
 
 
-def _grouped_dims() -> str:
-    """Select list of the dimensions under GROUPING SETS: absent ones as '' or 0, plus dims_mask."""
-    cols = [f"{ALL_DIMS} - GROUPING({', '.join(DIMENSIONS)}) AS dims_mask"]
+def _grouped_dims(r: Rollup) -> str:
+    """Select list of dims_mask and the dimensions under the level's GROUPING SETS: a dimension a
+    row's set does not keep is '' or 0 (always, for one no set of the level keeps)."""
+    used = {d for g in r.sets for d in g}
+    bits = [f"(CASE WHEN GROUPING({d}) = 0 THEN {mask_of([d])} ELSE 0 END)" for d in DIMENSIONS if d in used]
+    cols = [f"({' + '.join(bits) or '0'})::smallint AS dims_mask"]
     for d in DIMENSIONS:
         empty = "0" if d == "status_code" else "''"
-        cols.append(f"coalesce({d}, {empty}) AS {d}")
+        cols.append(f"coalesce({d}, {empty}) AS {d}" if d in used else f"{empty} AS {d}")
     return ", ".join(cols)
 
 
@@ -218,13 +221,13 @@ def _upsert_cte(r: Rollup, finer: Rollup | None) -> str:
                   for p, _ in HISTOGRAMS]
     sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
     parts.append(f"""{t}_agg AS (
-    SELECT bucket, {_grouped_dims()}, {sums} FROM full_{t} GROUP BY bucket, {_grouping_sets(r)})""")
+    SELECT bucket, {_grouped_dims(r)}, {sums} FROM full_{t} GROUP BY bucket, {_grouping_sets(r)})""")
     joins = []
     hist_cols = []
     for prefix, _ in HISTOGRAMS:
         parts.append(f"""{t}_{prefix} AS (
     SELECT {key}, string_agg({hist_sql('k', 'c')}, ''::bytea) AS h FROM (
-        SELECT bucket, {_grouped_dims()}, k, sum(c)::bigint AS c
+        SELECT bucket, {_grouped_dims(r)}, k, sum(c)::bigint AS c
         FROM keys_{t}_{prefix} GROUP BY bucket, k, {_grouping_sets(r)}) AS s
     GROUP BY {key})""")
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
