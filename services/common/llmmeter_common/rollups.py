@@ -140,8 +140,8 @@ def covering_mask(dims: Iterable[str], table: str) -> int | None:
     """The narrowest set of rollup `table` keeping every dimension in `dims`; None when it keeps
     no such set (that level cannot answer)."""
     wanted = set(dims)
-    fits = [g for g in rollup(table).sets if wanted <= set(g)]
-    return mask_of(min(fits, key=len)) if fits else None
+    fits = sorted((len(g), mask_of(g)) for g in rollup(table).sets if wanted <= set(g))
+    return fits[0][1] if fits else None
 
 
 def rollup_columns() -> list[str]:
