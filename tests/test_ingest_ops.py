@@ -25,20 +25,22 @@ async def test_retention_drops_whole_partitions_past_their_horizon(db_pool) -> N
     now = datetime.now(UTC)
     await db_pool.execute("SELECT llmmeter_ensure_partitions($1, $2)", now - timedelta(days=40), now)
     store = Store(db_pool, queue_for_rollups=True)
-    dropped = await store.apply_retention(raw_days=14, payload_days=7, rollup_days=400)
+    dropped = await store.apply_retention(raw_days=14, payload_days=7, minute_days=16, rollup_days=400)
     days = {name[-8:] for name in dropped if name.startswith("usage_records_p")}
     payload_days = {name[-8:] for name in dropped if name.startswith("usage_payloads_p")}
     oldest_kept = (now - timedelta(days=14)).strftime("%Y%m%d")
     assert days and max(days) < oldest_kept
     assert max(payload_days) >= max(days)  # payloads have the shorter horizon
-    assert not [n for n in dropped if n.startswith("usage_1")]  # rollups are kept 400 days
+    minute_days = {name[-8:] for name in dropped if name.startswith("usage_1m_p")}
+    assert minute_days and max(minute_days) < (now - timedelta(days=16)).strftime("%Y%m%d")
+    assert not [n for n in dropped if n.startswith(("usage_1h", "usage_1d"))]  # kept 400 days
     remaining = {r[0] for r in await db_pool.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'usage_records'")}
     assert f"usage_records_p{now.strftime('%Y%m%d')}" in remaining
     assert f"usage_records_p{oldest_kept}" in remaining
     assert not remaining & set(dropped)
-    assert await store.apply_retention(14, 7, 400) == []  # nothing left to drop
+    assert await store.apply_retention(14, 7, 16, 400) == []  # nothing left to drop
 
 
 async def test_client_ip_kept_whole_when_redaction_is_off(db_url, db_pool) -> None:
@@ -99,6 +101,6 @@ async def test_the_service_loop_is_the_only_retention_and_honours_longer_horizon
     finally:
         await server.stop()
     # the same loop with a 14-day horizon drops it
-    dropped = await Store(db_pool, queue_for_rollups=False).apply_retention(14, 14, 400)
+    dropped = await Store(db_pool, queue_for_rollups=False).apply_retention(14, 14, 400, 400)
     assert dropped
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 1

@@ -190,7 +190,7 @@ async def test_raw_only_answers_say_where_retention_cut_them(ingest_stub, query_
     fresh = await summary(query_stub, start, now, 'metadata.tenant = "acme"')
     assert fresh.summary.request_count == 2 and not fresh.HasField("counted_from")
     # raw rows kept 5 days (the rollups far longer): the 12-day-old day partition goes
-    await db_pool.fetch("SELECT llmmeter_apply_retention('5 days', '5 days', '400 days')")
+    await db_pool.fetch("SELECT llmmeter_apply_retention('5 days', '5 days', '400 days', '400 days')")
     cut = await summary(query_stub, start, now, 'metadata.tenant = "acme"')
     assert cut.summary.request_count == 1
     assert cut.counted_from.ToDatetime(tzinfo=UTC) == recent  # the oldest raw row left

@@ -114,10 +114,11 @@ async def test_breakdown_top_n_reads_only_shown_groups_yet_matches_the_full_tabl
 
 
 @pytest.mark.parametrize("dense_cells", [4_000_000, 0], ids=["dense", "sorted"])
-async def test_array_send_codec_and_merge_against_postgres(db_pool, monkeypatch, dense_cells) -> None:
+async def test_stored_format_codec_and_merge_against_postgres(db_pool, monkeypatch, dense_cells) -> None:
     monkeypatch.setattr(histograms, "DENSE_CELLS", dense_cells)
     rows = await db_pool.fetch(
-        "SELECT g, array_send(llmmeter_hist_pairs(k::integer[], c::bigint[])) AS h FROM (VALUES "
+        "SELECT g, (SELECT coalesce(string_agg(llmmeter_hist_elems(x.k, x.c), ''::bytea), ''::bytea) "
+        "FROM unnest(k::integer[], c::bigint[]) AS x(k, c)) AS h FROM (VALUES "
         "('a', '{10,20,30}', '{1,1,8}'), ('a', '{10}', '{1}'), ('b', '{}', '{}'), ('b', '{3}', '{4}'), "
         "('c', '{40,7}', '{9000000000,1}'), ('d', '{5}', '{2}')) AS v(g, k, c)")
     coll = Collector()
@@ -134,10 +135,10 @@ async def test_array_send_codec_and_merge_against_postgres(db_pool, monkeypatch,
     assert got[("e",)] == [v(20)] * 3
 
 
-async def test_packs_read_alone_in_key_order_give_the_merged_answer(db_pool, monkeypatch) -> None:
-    """A compacted pack read alone (keys ascending, one key each) is taken as its group's histogram
+async def test_histograms_read_alone_in_key_order_give_the_merged_answer(db_pool, monkeypatch) -> None:
+    """A compacted histogram read alone (keys ascending) is taken as its group's histogram
     without the merge; pieces that are not (several for one group, unordered, subtracted) are
-    merged. Both give what merging every piece in Python gives, pack for pack."""
+    merged. Both give what merging every piece in Python gives, piece for piece."""
     rng = random.Random(4)
     groups = [f"g{i}" for i in range(60)]
     pieces: list[tuple[str, dict[int, int], int]] = []
@@ -166,9 +167,8 @@ async def test_packs_read_alone_in_key_order_give_the_merged_answer(db_pool, mon
             items = sorted(hist.items(), reverse=not ordered)
             keys, counts = [k for k, _ in items], [c for _, c in items]
             blobs.append(await db_pool.fetchval(
-                "SELECT $3::bytea || string_agg(int8send(v), ''::bytea ORDER BY o) FROM "
-                "unnest(llmmeter_hist_pairs($1::integer[], $2::bigint[])) WITH ORDINALITY AS u(v, o)",
-                keys, counts, sketch.PACK_TAG))
+                "SELECT string_agg(llmmeter_hist_elems(k, c), ''::bytea ORDER BY o) FROM "
+                "unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS u(k, c, o)", keys, counts))
         coll = Collector()
         for sign in (1, -1):
             chosen = [i for i, p in enumerate(pieces) if p[2] == sign]

@@ -14,7 +14,7 @@ import pytest
 
 from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
-from llmmeter_common.rollups import DIMENSIONS, GROUPING_SETS, ROLLUPS, mask_of
+from llmmeter_common.rollups import DIMENSIONS, ROLLUPS, Rollup, mask_of
 from llmmeter_ingest.rollup_worker import CLOSE_GRACE, RollupWorker, compact
 from llmmeter_query.aggregate import Aggregator, parse_group
 from llmmeter_query.filters import parse_filter
@@ -56,14 +56,22 @@ def _traffic(rng: random.Random, n: int) -> list:
     return recs
 
 
-def _expected(raw: list, width: timedelta) -> dict[tuple, dict]:
-    """Aggregate raw rows in Python, independently of the SQL that maintains the rollups."""
+def _keys(hist: bytes) -> list[int]:
+    """The key of every stored element, repeats included (`sketch`'s format)."""
+    n = sketch.ELEM_BYTES
+    return [int.from_bytes(hist[i:i + n], "big") >> sketch.COUNT_BITS for i in range(0, len(hist), n)]
+
+
+def _expected(raw: list, rollup: Rollup) -> dict[tuple, dict]:
+    """Aggregate raw rows in Python into the rollup's grouping sets, independently of the SQL
+    that maintains the rollups."""
+    width = _WIDTH[rollup.width]
     groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(int))
     hists: dict[tuple, dict] = defaultdict(lambda: {"lat": defaultdict(int), "ttft": defaultdict(int)})
     keyed = []
     for r in raw:
         bucket = _ORIGIN + ((r["start_time"] - _ORIGIN) // width) * width
-        for gset in GROUPING_SETS:
+        for gset in rollup.sets:
             dims = (r[d] if d in gset else (0 if d == "status_code" else "") for d in DIMENSIONS)
             keyed.append(((bucket, mask_of(gset), *dims), r))
     for key, r in keyed:
@@ -109,7 +117,7 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool, db_url) -> No
     raw = await db_pool.fetch("SELECT * FROM usage_records")
     assert len(raw) == 1500
     for rollup in ROLLUPS:
-        expected = _expected(raw, _WIDTH[rollup.width])
+        expected = _expected(raw, rollup)
         rows = await db_pool.fetch(f"SELECT * FROM {rollup.table}")
         assert len(rows) == len(expected), rollup.table
         for row in rows:
@@ -118,8 +126,8 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool, db_url) -> No
                         "latency_us_sum", "ttft_count", "retries", "cache_hit_count"):
                 assert row[col] == exp[col], (rollup.table, col)
             # a key may repeat until compaction (upserts append); counts add up by key
-            assert sketch.merge([sketch.split(row["lat_hist"])]) == exp["lat"]
-            assert sketch.merge([sketch.split(row["ttft_hist"])]) == exp["ttft"]
+            assert sketch.decode(row["lat_hist"]) == exp["lat"]
+            assert sketch.decode(row["ttft_hist"]) == exp["ttft"]
     total_cost = await db_pool.fetchval("SELECT sum(cost) FROM usage_1d WHERE dims_mask = 0")
     assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
 
@@ -132,8 +140,8 @@ async def test_percentiles_from_rollups_are_within_half_a_percent(ingest_stub, d
     await drain_rollups(db_url)
     rows = await db_pool.fetch(
         "SELECT lat_hist, ttft_hist FROM usage_1d WHERE dims_mask = 511")
-    lat = sketch.merge(sketch.split(r["lat_hist"]) for r in rows)
-    ttft = sketch.merge(sketch.split(r["ttft_hist"]) for r in rows)
+    lat = sketch.decode(b"".join(r["lat_hist"] for r in rows))  # concatenated: the sum
+    ttft = sketch.decode(b"".join(r["ttft_hist"] for r in rows))
     for q in (0.5, 0.75, 0.9, 0.95, 0.99):
         exact_lat = await db_pool.fetchval(
             "SELECT percentile_disc($1::float8) WITHIN GROUP (ORDER BY latency_us) FROM usage_records", q)
@@ -159,7 +167,7 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
     select = "SELECT * FROM usage_1m WHERE dims_mask = 0 ORDER BY bucket"
     before = await db_pool.fetch(select)
     assert len(before) == 1 and before[0]["request_count"] == 600
-    keys, _ = sketch.split(before[0]["lat_hist"])
+    keys = _keys(before[0]["lat_hist"])
     assert len(keys) > len(set(keys))  # appended, not merged
     end = minute + timedelta(seconds=59)
     async with db_pool.acquire() as conn, conn.transaction():
@@ -168,16 +176,15 @@ async def test_compaction_folds_repeated_keys_and_keeps_every_count(ingest_stub,
     assert rewritten >= 3  # at least the minute's, hour's and day's totals
     after = await db_pool.fetch(select)
     for b, a in zip(before, after, strict=True):
-        after_keys, _ = sketch.split(a["lat_hist"])
-        assert len(set(after_keys)) == len(after_keys)
-        merged = sketch.merge([sketch.split(b["lat_hist"])])
-        assert sketch.merge([sketch.split(a["lat_hist"])]) == merged
-        assert a["ttft_hist"] == []
+        after_keys = _keys(a["lat_hist"])
+        assert after_keys == sorted(set(after_keys))  # each key once, in key order
+        assert sketch.decode(a["lat_hist"]) == sketch.decode(b["lat_hist"])
+        assert a["ttft_hist"] == b""
         assert a["request_count"] == b["request_count"] and a["latency_us_sum"] == b["latency_us_sum"]
     for table in ("usage_1m", "usage_1h", "usage_1d"):
         assert await db_pool.fetchval(
-            f"SELECT count(*) FROM {table} WHERE cardinality(lat_hist) <> "
-            f"(SELECT count(DISTINCT v >> {sketch.PAIR_SHIFT}) FROM unnest(lat_hist) AS v)") == 0, table
+            f"SELECT count(*) FROM {table} WHERE length(lat_hist) / {sketch.ELEM_BYTES} <> "
+            f"(SELECT count(DISTINCT k) FROM llmmeter_hist_unnest(lat_hist))") == 0, table
 
 
 @pytest.mark.usefixtures("postgres_flavor_only")
@@ -195,8 +202,8 @@ async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold
         await drain_rollups(db_url)
 
     def repeated(table: str) -> str:
-        return (f"SELECT count(*) FROM {table} WHERE dims_mask = 0 AND cardinality(lat_hist) > "
-                f"(SELECT count(DISTINCT v >> {sketch.PAIR_SHIFT}) FROM unnest(lat_hist) AS v)")
+        return (f"SELECT count(*) FROM {table} WHERE dims_mask = 0 AND length(lat_hist) / "
+                f"{sketch.ELEM_BYTES} > (SELECT count(DISTINCT k) FROM llmmeter_hist_unnest(lat_hist))")
 
     assert await db_pool.fetchval(repeated("usage_1h")) == 1
     assert await db_pool.fetchval(repeated("usage_1d")) == 1
@@ -216,14 +223,8 @@ async def test_closed_hours_are_compacted_once_open_days_only_past_the_threshold
     assert await db_pool.fetchval("SELECT sum(request_count) FROM usage_1h WHERE dims_mask = 0") == 800
 
 
-def _unpack(pack: bytes) -> list[int]:
-    assert pack[:len(sketch.PACK_TAG)] == sketch.PACK_TAG
-    body = pack[len(sketch.PACK_TAG):]
-    return [int.from_bytes(body[i:i + 8], "big", signed=True) for i in range(0, len(body), 8)]
-
-
 @pytest.mark.usefixtures("postgres_flavor_only")
-async def test_compaction_packs_the_pairs_and_an_append_unpacks_them(ingest_stub, db_pool, db_url) -> None:
+async def test_compaction_orders_the_keys_and_an_append_reads_the_same(ingest_stub, db_pool, db_url) -> None:
     rng = random.Random(9)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=20)
     recs = [record(minute + timedelta(seconds=rng.uniform(0, 59)), latency_ms=rng.lognormvariate(6, 0.5),
@@ -240,31 +241,43 @@ async def test_compaction_packs_the_pairs_and_an_append_unpacks_them(ingest_stub
         return {k: (s.get("request_count"), s.quantiles) for k, s in got.groups.items()}
 
     before = await percentiles()
-    assert await db_pool.fetchval("SELECT count(*) FROM usage_1m WHERE lat_pack IS NOT NULL") == 0
     end = minute + timedelta(seconds=59)
     async with db_pool.acquire() as conn, conn.transaction():
         rewritten = await compact(conn, minute, end, 0)
         assert rewritten > 0
-        assert await compact(conn, minute, end, 0) == 0  # packed rows have nothing to fold
     rows = await db_pool.fetch("SELECT * FROM usage_1m UNION ALL SELECT * FROM usage_1h "
                                "UNION ALL SELECT * FROM usage_1d")
-    minute_rows = await db_pool.fetchval("SELECT count(*) FROM usage_1m")
-    # every minute row now; hour and day rows too, unless their bucket had closed (and they were
-    # packed) while the worker drained, depending on the time of day
-    assert minute_rows <= rewritten <= len(rows)
-    assert all(r["lat_pack"] is not None for r in rows)
-    for r in rows:  # the same pairs, one per key, in key order
-        assert _unpack(r["lat_pack"]) == r["lat_hist"] == sorted(r["lat_hist"])
-        assert len({v >> sketch.PAIR_SHIFT for v in r["lat_hist"]}) == len(r["lat_hist"])
-        assert r["ttft_pack"] == sketch.PACK_TAG and r["ttft_hist"] == []
-    assert await percentiles() == before  # read from the packs now
+    for r in rows:  # one element per key, in key order
+        assert _keys(r["lat_hist"]) == sorted(set(_keys(r["lat_hist"])))
+        assert r["ttft_hist"] == b""
+    assert await percentiles() == before  # read without merging now
 
+    select = "SELECT dims_mask, model, lat_hist FROM usage_1m WHERE bucket = $1"
+    folded = {(r["dims_mask"], r["model"]): len(r["lat_hist"]) for r in await db_pool.fetch(select, minute)}
     late = record(minute + timedelta(seconds=30), model="a", ttft_ms=None, request_id="p-late")
     await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[late]))
     await drain_rollups(db_url)
-    stale = await db_pool.fetch(
-        "SELECT dims_mask, model FROM usage_1m WHERE lat_pack IS NULL ORDER BY dims_mask")
-    assert {(r["dims_mask"], r["model"]) for r in stale} >= {(0, ""), (mask_of(["model"]), "a")}
-    assert all(r["model"] in ("", "a") for r in stale)
+    grown = {(r["dims_mask"], r["model"]) for r in await db_pool.fetch(select, minute)
+             if len(r["lat_hist"]) > folded[(r["dims_mask"], r["model"])]}
+    # one element appended to the late record's rows only: the minute's, its model's, its error type's
+    assert grown == {(0, ""), (mask_of(["model"]), "a"), (mask_of(["error_type"]), "")}
     after = await percentiles()
     assert sum(n for n, _ in after.values()) == 401
+
+
+def test_the_stored_format_splits_large_counts_and_adds_up_when_concatenated() -> None:
+    big = {3: 1, 4400: sketch.COUNT_MAX + 5, 17: 2}
+    blob = sketch.encode(big)
+    assert len(blob) == 4 * sketch.ELEM_BYTES and _keys(blob) == [3, 17, 4400, 4400]
+    assert sketch.decode(blob) == big
+    assert sketch.decode(blob + sketch.encode({3: 2})) == {**big, 3: 3}
+
+
+async def test_sql_writes_and_folds_the_format_python_reads(db_pool) -> None:
+    blob = await db_pool.fetchval(
+        "SELECT llmmeter_hist_elems(4400, $1) || llmmeter_hist_elems(3, 1) || llmmeter_hist_elems(3, 2)",
+        sketch.COUNT_MAX + 5)
+    assert sketch.decode(blob) == {4400: sketch.COUNT_MAX + 5, 3: 3}
+    folded = await db_pool.fetchval("SELECT llmmeter_hist_fold($1)", blob)
+    assert folded == sketch.encode({3: 3, 4400: sketch.COUNT_MAX + 5})
+    assert await db_pool.fetchval("SELECT llmmeter_hist_fold(''::bytea)") == b""

@@ -152,7 +152,7 @@ def test_shared_functions_have_the_same_signature_in_both_flavors(func: str) -> 
     assert [p.name for p in ts.parameters] == [p.name for p in pg.parameters]
     assert _setof_type(ts.returnType) == _setof_type(pg.returnType)
     expected = {"llmmeter_ensure_partitions": (["timestamptz", "timestamptz"], "void"),
-                "llmmeter_apply_retention": (["interval", "interval", "interval"], "setof text")}
+                "llmmeter_apply_retention": (["interval", "interval", "interval", "interval"], "setof text")}
     assert (_inputs(pg), _setof_type(pg.returnType)) == expected[func]
 
 

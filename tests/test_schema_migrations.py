@@ -1,11 +1,12 @@
-"""Migrations 0006 and 0007 in both flavours, and the PostgreSQL flavour's tables once migrated.
+"""Migrations 0006, 0007 and 0014 in both flavours, and the PostgreSQL flavour's tables once migrated.
 
-0006 stores each histogram as one pairs array and 0007 adds packed copies of
-the histograms: their PostgreSQL files alter the rollup tables, their
-TimescaleDB files redefine the rollup views, and both must end with the
-columns `llmmeter_common.rollups` reads and writes. The migrated database of
-each test (conftest.py) must then have the columns 0002 declares as 0006 and
-0007 changed them, and the histograms stored uncompressed in every partition.
+0006 stored each histogram as one pairs array, 0007 added packed copies of
+the histograms, and 0014 drops the packs and stores the histograms in
+0013's one format (bytea): their PostgreSQL files alter the rollup tables,
+their TimescaleDB files redefine the rollup views. The migrated database of
+each test (conftest.py) must then have the columns 0002 declares as those
+migrations changed them, `llmmeter_common.rollups.rollup_columns()`, and the
+histograms stored uncompressed in every partition.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncpg
 import pytest
 from pglast import ast, parse_sql
 
-from llmmeter_common.rollups import HISTOGRAMS, PACK_COLUMNS, ROLLUPS, rollup_columns, table_columns
+from llmmeter_common.rollups import HISTOGRAMS, ROLLUPS, rollup_columns
 
 from migration_sql import (
     PACKS,
@@ -28,6 +29,11 @@ from migration_sql import (
     _output_names,
     _text,
 )
+
+#: The packed copies 0007 added and 0014 dropped.
+PACK_COLUMNS = [f"{p}_pack" for p, _ in HISTOGRAMS]
+#: Migration 0014: the rollup sets per level, the one histogram format, no packs.
+SETS = "0014_rollup_sets"
 
 # --- 0006 and 0007: both flavours ------------------------------------------------
 
@@ -62,19 +68,21 @@ def test_pairs_migration_swaps_the_histogram_columns_in_both_flavors() -> None:
         assert _output_names(view) == rollup_columns(), r.table
 
 
-def test_packs_migration_adds_the_pack_columns_in_both_flavors() -> None:
-    """0007 leaves every rollup with table_columns(): PostgreSQL adds the packs to the tables,
-    TimescaleDB's views gain them as NULL, keeping 0006's columns and source."""
+def test_packs_migration_adds_the_pack_columns_and_0014_drops_them() -> None:
+    """0007 added the packs after rollup_columns(): PostgreSQL to the tables, TimescaleDB's views
+    as NULL, keeping 0006's columns and source; 0014 drops them again from the tables."""
     added, dropped = _altered_columns(PACKS)
     assert not dropped
+    assert not _altered_columns(SETS)[0]
+    assert all(_altered_columns(SETS)[1][r.table] == set(PACK_COLUMNS) for r in ROLLUPS)
     views = {raw.stmt.view.relname: raw.stmt for raw in parse_sql(_text("timescale", PACKS))
              if isinstance(raw.stmt, ast.ViewStmt)}
     before = {raw.stmt.view.relname: raw.stmt.query for raw in parse_sql(_text("timescale", PAIRS))
               if isinstance(raw.stmt, ast.ViewStmt)}
     for r in ROLLUPS:
-        assert rollup_columns() + added[r.table] == table_columns(), r.table
+        assert added[r.table] == PACK_COLUMNS, r.table
         view = views[r.table]
-        assert view.replace and _output_names(view.query) == table_columns(), r.table
+        assert view.replace and _output_names(view.query) == rollup_columns() + PACK_COLUMNS, r.table
         assert view.query.targetList[: len(rollup_columns())] == before[r.table].targetList, r.table
         assert view.query.fromClause == before[r.table].fromClause, r.table
 
@@ -94,11 +102,10 @@ async def test_postgres_flavor_live_tables_have_the_declared_columns(db_pool: as
             elif table == QUEUE:  # as declared, plus 0012's queued_at
                 assert _declared("postgres", table) == _declared("timescale", table)
                 assert live == [*_declared("postgres", table), ("queued_at", "timestamptz")]
-            else:  # as declared, with 0006's pairs arrays in place of keys and counts, 0007's packs
+            else:  # as declared, with 0014's histograms in place of 0002's keys and counts
                 declared = dict(_declared("postgres", table))
-                declared.update((f"{p}_hist", "_int8") for p, _ in HISTOGRAMS)
-                declared.update((c, "bytea") for c in PACK_COLUMNS)
-                assert [(n, declared[n]) for n in table_columns()] == live, table
+                declared.update((f"{p}_hist", "bytea") for p, _ in HISTOGRAMS)
+                assert [(n, declared[n]) for n in rollup_columns()] == live, table
 
 
 @pytest.mark.usefixtures("postgres_flavor_only")
@@ -112,8 +119,8 @@ async def test_postgres_histograms_are_stored_uncompressed_in_every_partition(db
         rows = await conn.fetch(
             """SELECT c.relname, a.attstorage FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                WHERE a.attname = ANY($1) AND c.relname ~ '^usage_1[mhd]'""",
-            [*(f"{p}_hist" for p, _ in HISTOGRAMS), *PACK_COLUMNS])
+            [f"{p}_hist" for p, _ in HISTOGRAMS])
     tables = {r["relname"] for r in rows}
     assert len(tables) >= 3 * len(ROLLUPS)  # the parents and two or more partitions of each
-    assert len(rows) == len(tables) * (len(HISTOGRAMS) + len(PACK_COLUMNS))
+    assert len(rows) == len(tables) * len(HISTOGRAMS)
     assert {r["attstorage"] for r in rows} == {b"e"}  # "char" comes back as bytes

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             iaddr = box.start_service("ingest", dsn, note="live tail: ", env={
                 # the month must survive the service's retention run at start (default 14 days)
                 "LLMMETER_INGEST_RAW_RETENTION_DAYS": "400", "LLMMETER_INGEST_PAYLOAD_RETENTION_DAYS": "400",
+                "LLMMETER_INGEST_MINUTE_RETENTION_DAYS": "400",
             })
             tail_res = asyncio.run(measure_tail(qaddr, iaddr, args.tail_reps))
         result: dict[str, Any] = {

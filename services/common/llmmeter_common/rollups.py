@@ -108,8 +108,6 @@ class Rollup:
     table: str
     width: str
     sets: tuple[tuple[str, ...], ...]
-    keep: str
-    """The ingest setting whose horizon drops this level's old buckets: `minute` or `rollup`."""
 
     @property
     def masks(self) -> tuple[int, ...]:
@@ -120,11 +118,11 @@ class Rollup:
 ROLLUPS: tuple[Rollup, ...] = (
     # Per-minute charts of the last day or two: overall, by model, failures by error type. Kept
     # about as long as raw rows (LLMMETER_INGEST_MINUTE_RETENTION_DAYS), which answer the rest.
-    Rollup("usage_1m", "1 minute", ((), ("model",), ("error_type",)), "minute"),
-    # Every dimension alone, and every combination but the user: per-user questions combined
-    # with other dimensions come from days, or raw rows.
-    Rollup("usage_1h", "1 hour", ((), *_SINGLES, _ALL_BUT_USER), "rollup"),
-    Rollup("usage_1d", "1 day", ((), *_SINGLES, DIMENSIONS), "rollup"),
+    Rollup("usage_1m", "1 minute", ((), ("model",), ("error_type",))),
+    # Kept LLMMETER_INGEST_ROLLUP_RETENTION_DAYS: every dimension alone, and every combination
+    # but the user; per-user questions combined with other dimensions come from days, or raw rows.
+    Rollup("usage_1h", "1 hour", ((), *_SINGLES, _ALL_BUT_USER)),
+    Rollup("usage_1d", "1 day", ((), *_SINGLES, DIMENSIONS)),
 )
 
 #: Origin of the buckets: UTC midnight, so buckets never depend on a session time zone.
@@ -140,8 +138,8 @@ def covering_mask(dims: Iterable[str], table: str) -> int | None:
     """The narrowest set of rollup `table` keeping every dimension in `dims`; None when it keeps
     no such set (that level cannot answer)."""
     wanted = set(dims)
-    fits = [g for g in rollup(table).sets if wanted <= set(g)]
-    return mask_of(min(fits, key=len)) if fits else None
+    fits = sorted((len(g), mask_of(g)) for g in rollup(table).sets if wanted <= set(g))
+    return fits[0][1] if fits else None
 
 
 def rollup_columns() -> list[str]:
@@ -159,12 +157,15 @@ def hist_sql(key: str, count: str) -> str:
 EMPTY_HIST_SQL = "''::bytea"
 
 
-def _grouped_dims() -> str:
-    """Select list of the dimensions under GROUPING SETS: absent ones as '' or 0, plus dims_mask."""
-    cols = [f"{ALL_DIMS} - GROUPING({', '.join(DIMENSIONS)}) AS dims_mask"]
+def _grouped_dims(r: Rollup) -> str:
+    """Select list of dims_mask and the dimensions under the level's GROUPING SETS: a dimension a
+    row's set does not keep is '' or 0 (always, for one no set of the level keeps)."""
+    used = {d for g in r.sets for d in g}
+    bits = [f"(CASE WHEN GROUPING({d}) = 0 THEN {mask_of([d])} ELSE 0 END)" for d in DIMENSIONS if d in used]
+    cols = [f"({' + '.join(bits) or '0'})::smallint AS dims_mask"]
     for d in DIMENSIONS:
         empty = "0" if d == "status_code" else "''"
-        cols.append(f"coalesce({d}, {empty}) AS {d}")
+        cols.append(f"coalesce({d}, {empty}) AS {d}" if d in used else f"{empty} AS {d}")
     return ", ".join(cols)
 
 
@@ -218,13 +219,13 @@ def _upsert_cte(r: Rollup, finer: Rollup | None) -> str:
                   for p, _ in HISTOGRAMS]
     sums = ", ".join(f"{m.summed(m.column)} AS {m.column}" for m in MEASURES)
     parts.append(f"""{t}_agg AS (
-    SELECT bucket, {_grouped_dims()}, {sums} FROM full_{t} GROUP BY bucket, {_grouping_sets(r)})""")
+    SELECT bucket, {_grouped_dims(r)}, {sums} FROM full_{t} GROUP BY bucket, {_grouping_sets(r)})""")
     joins = []
     hist_cols = []
     for prefix, _ in HISTOGRAMS:
         parts.append(f"""{t}_{prefix} AS (
     SELECT {key}, string_agg({hist_sql('k', 'c')}, ''::bytea) AS h FROM (
-        SELECT bucket, {_grouped_dims()}, k, sum(c)::bigint AS c
+        SELECT bucket, {_grouped_dims(r)}, k, sum(c)::bigint AS c
         FROM keys_{t}_{prefix} GROUP BY bucket, k, {_grouping_sets(r)}) AS s
     GROUP BY {key})""")
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")

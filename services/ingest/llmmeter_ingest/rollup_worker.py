@@ -133,13 +133,13 @@ class RollupWorker:
         return sum(p[0] for p in parts), min(times, default=None), max(times, default=None)
 
     async def _close_buckets(self, conn: asyncpg.pool.PoolConnectionProxy, now: datetime) -> None:
-        """Compact and pack the hour and day buckets that closed since the last call, once each.
+        """Compact the hour and day buckets that closed since the last call, once each.
 
         A live bucket's rows are appended to by every chunk and compacted only when their
-        arrays pass `compact_over`, so they hold repeated keys; once the bucket is over, one
-        pass leaves the rows that month-long queries read as small as they can be, with their
-        packs (migration 0007) for fast reading. (After a restart the last closed bucket is
-        passed over again; its packed rows are skipped.)
+        histograms pass `compact_over` elements, so they hold repeated keys; once the bucket is
+        over, one pass leaves the rows that month-long queries read as small as they can be, in
+        key order (read without merging). After a restart the last closed bucket is passed over
+        again, which rewrites its rows once more and changes nothing.
         """
         for table, (sql, width) in _CLOSING.items():
             closed = floor_to(now - CLOSE_GRACE, width)

@@ -162,9 +162,8 @@ class IngestServer:
         s = self.settings
         while True:
             try:
-                await store.apply_retention(
-                    s.raw_retention_days, s.payload_retention_days, s.rollup_retention_days
-                )
+                await store.apply_retention(s.raw_retention_days, s.payload_retention_days,
+                                            s.minute_retention_days, s.rollup_retention_days)
             except Exception:
                 log.exception("retention run failed; will retry")
             await asyncio.sleep(s.retention_interval_seconds)

@@ -71,8 +71,13 @@ class IngestSettings(BaseSettings, SecuritySettings):
     payload_retention_days: int = 14
     """Request and response bodies are kept this long."""
 
+    minute_retention_days: int = 16
+    """The minute rollup is kept this long: about as long as raw rows, which answer what it does
+    not keep (rollups.ROLLUPS). Two days past raw, so that on TimescaleDB the hour level's
+    refresh window (15 days) still finds the minutes it re-reads."""
+
     rollup_retention_days: int = 400
-    """Minute, hour and day rollups are kept this long."""
+    """Hour and day rollups are kept this long."""
 
     retention_interval_seconds: float = 3600.0
     """How often expired partitions are dropped."""

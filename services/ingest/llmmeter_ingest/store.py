@@ -111,11 +111,13 @@ class Store:
                 await conn.execute(_NOTIFY_SQL, hours)
         return keys
 
-    async def apply_retention(self, raw_days: int, payload_days: int, rollup_days: int) -> list[str]:
+    async def apply_retention(self, raw_days: int, payload_days: int, minute_days: int,
+                              rollup_days: int) -> list[str]:
         """Drop partitions past their retention; returns their names."""
         dropped = await self._pool.fetch(
-            "SELECT * FROM llmmeter_apply_retention($1, $2, $3)",
-            timedelta(days=raw_days), timedelta(days=payload_days), timedelta(days=rollup_days),
+            "SELECT * FROM llmmeter_apply_retention($1, $2, $3, $4)",
+            timedelta(days=raw_days), timedelta(days=payload_days), timedelta(days=minute_days),
+            timedelta(days=rollup_days),
         )
         if dropped:
             self.forget_partitions()

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.rollups import HISTOGRAMS, MEASURES, covering_mask, pair_sql
-from llmmeter_common.timeutil import floor_to
+from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, hist_sql
+from llmmeter_query import horizons
 from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
@@ -125,20 +125,8 @@ class Aggregates:
     exact: bool
     shown: list[Any] = field(default_factory=list)
     counted_from: datetime | None = None
-    """Set when only raw rows could answer and retention had dropped those before it (see
-    `_COUNTED_FROM`): the answer counts the window from here on."""
-
-
-#: When an answer can only come from raw rows: the oldest raw row, if the window starts before it
-#: and the rollups (kept far longer) hold traffic in whole hours before it, i.e. retention dropped
-#: raw rows the window asks for (it drops whole days). A fresh install whose window starts before
-#: its first record is not flagged.
-_COUNTED_FROM = """
-SELECT r.first FROM (SELECT min(start_time) AS first FROM usage_records) AS r
-WHERE r.first > $1
-  AND EXISTS (SELECT 1 FROM usage_1h WHERE dims_mask = 0 AND bucket >= $2
-              AND bucket + interval '1 hour' <= r.first)
-"""
+    """Set when retention had dropped rows the window's start needed (`horizons`): the answer
+    counts the window from here on."""
 
 
 class Aggregator:
@@ -165,8 +153,12 @@ class Aggregator:
         small = window.end - window.start <= self._exact_window
         days = Calendar.of(bucket, days).days if bucket is not None else None
         nesting = days.levels(window) if days is not None else usable_levels(bucket)
-        levels = nesting if rollups_ok and not small else ()
-        return _Query(filt, group, bucket, plan(window.start, window.end, levels), covering_mask(dims), days)
+        # a level that keeps no set with these dimensions is skipped: finer levels or raw rows
+        # answer its stretches
+        levels = tuple(lv for lv in nesting if covering_mask(dims, lv.table) is not None)
+        if not rollups_ok or small:
+            levels = ()
+        return _Query(filt, group, bucket, plan(window.start, window.end, levels), frozenset(dims), days)
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
                   *, top: Top | None = None,
@@ -184,10 +176,7 @@ class Aggregator:
         query = self._query(window, filt, group, bucket, days)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
-            counted_from = None
-            if not _rollups_can_answer(filt, group) and window.end - window.start > self._exact_window:
-                hour = floor_to(window.start, timedelta(hours=1))
-                counted_from = await conn.fetchval(_COUNTED_FROM, window.start, hour)
+            counted_from = await horizons.counted_from(conn, query.stretches, datetime.now(UTC))
             groups: dict[Key, Stats] = {}
             columns = _MEASURE_COLUMNS if measures is None else _measure_subset(measures)
             sql, params = query.measures(columns)
@@ -305,13 +294,13 @@ class _Query:
     """Builds the UNION ALL over stretches for one aggregation."""
 
     def __init__(self, filt: Filter, group: Grouping | None, bucket: timedelta | None,
-                 stretches: list[Stretch], mask: int, days: LocalDays | None = None) -> None:
+                 stretches: list[Stretch], dims: frozenset[str], days: LocalDays | None = None) -> None:
         self.filt, self.group, self.bucket, self.days = filt, group, bucket, days
-        self.stretches, self.mask = stretches, mask
+        self.stretches, self.dims = stretches, dims
 
     def over(self, stretches: list[Stretch]) -> _Query:
         """The same query over other stretches (a part of this one's)."""
-        return _Query(self.filt, self.group, self.bucket, stretches, self.mask, self.days)
+        return _Query(self.filt, self.group, self.bucket, stretches, self.dims, self.days)
 
     def _keys(self, time_col: str) -> str:
         g = self.group.expr if self.group else "''"
@@ -327,9 +316,10 @@ class _Query:
         params += [s.start, s.end]
         a, b = len(params) - 1, len(params)
         cond = self.filt.sql(params)
-        if not rollup:
+        if not rollup or s.level is None:
             return f"start_time >= ${a} AND start_time < ${b} AND {cond}"
-        return f"dims_mask = {self.mask} AND bucket >= ${a} AND bucket < ${b} AND {cond}"
+        mask = covering_mask(self.dims, s.level.table)  # not None: `plan` had only such levels
+        return f"dims_mask = {mask} AND bucket >= ${a} AND bucket < ${b} AND {cond}"
 
     def _sources(self) -> list[tuple[Stretch, str | None]]:
         """(stretch, rollup table) or (stretch, None) for rows read raw-style: the raw rows of raw
@@ -360,9 +350,9 @@ class _Query:
         return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
 
     def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:
-        """Histogram pieces (g, tb, then per prefix the pairs as bytes): rollup rows as stored (their
-        pack when compacted, else `array_send` of the array), raw rows one pair (key, 1) each per
-        (g, tb). With `only`, just the rows of those group values."""
+        """Histogram pieces (g, tb, then per prefix a histogram in `sketch`'s format): rollup rows
+        as stored, raw rows one element (key, 1) each per (g, tb). With `only`, just the rows of
+        those group values."""
         params: list[Any] = []
         parts = []
         cols = dict(HISTOGRAMS)
@@ -373,12 +363,12 @@ class _Query:
                 params.append(only)
                 cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
             if rollup:
-                arrays = ", ".join(f"coalesce({p}_pack, array_send({p}_hist))" for p in prefixes)
+                arrays = ", ".join(f"{p}_hist" for p in prefixes)
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
                 arrays = ", ".join(
-                    f"array_send(coalesce(array_agg({pair_sql(f'llmmeter_hist_key({cols[p]})', '1')}) "
-                    f"FILTER (WHERE {cols[p]} IS NOT NULL), '{{}}'::bigint[]))"
+                    f"coalesce(string_agg({hist_sql(f'llmmeter_hist_key({cols[p]})', '1')}, ''::bytea) "
+                    f"FILTER (WHERE {cols[p]} IS NOT NULL), {EMPTY_HIST_SQL})"
                     for p in prefixes)
                 parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "
                              f"WHERE {cond} GROUP BY 1, 2")

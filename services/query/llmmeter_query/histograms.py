@@ -2,8 +2,8 @@
 
 A 7-day hourly series by model merges and reads back ~1,700 histograms of a
 few hundred keys each; doing that key by key in Python (or shipping one row
-per key) took seconds. Here the histograms arrive as PostgreSQL's binary
-array format (`array_send`) of their (key, count) pairs, all blobs of a
+per key) took seconds. Here the histograms arrive as stored (`sketch`: a
+bytea of 4-byte (key, count) elements, sent as it is), all blobs of a
 statement are parsed in one vectorised pass into a few flat arrays, and every
 quantile of every group is read from one cumulative sum over all groups'
 counts, each group laid out over its own key span (or, past DENSE_CELLS
@@ -15,7 +15,6 @@ exact because the histograms are plain counts per key.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,21 +25,8 @@ from llmmeter_common import sketch
 Ints = npt.NDArray[np.int64]
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """How a histogram blob is laid out: a header, then one fixed-size element per pair."""
-
-    header: int
-    element: np.dtype[Any]
-
-
-#: `array_send` of a one-dimensional bigint array: ndim, has-nulls, element type, length and lower
-#: bound (4 bytes each), then each element as its byte length and big-endian value. An empty array
-#: is 12 bytes (ndim 0); the arrays never hold NULLs.
-_SENT = _Layout(20, np.dtype([("length", ">i4"), ("value", ">i8")]))
-#: A pack (migration 0007): the tag, then each pair as a big-endian bigint.
-_PACKED = _Layout(len(sketch.PACK_TAG), np.dtype(">i8"))
-_TAG = len(sketch.PACK_TAG)
+#: The stored histogram format (`sketch`): 4-byte big-endian elements `key << COUNT_BITS | count`.
+_ELEMENT = np.dtype(">u4")
 
 
 class Collector:
@@ -74,33 +60,16 @@ class Collector:
         self._counts.append(counts if sign > 0 else -counts.astype(np.int64))
 
     def add_sent(self, groups: Sequence[Hashable], blobs: Sequence[bytes | None], sign: int = 1) -> None:
-        """Many histograms at once, each as bytes of its bigint pairs (`sketch.PAIR_SHIFT`): a pack
-        (`sketch.PACK_TAG`, then 8 bytes a pair) or `array_send` output. All blobs of a kind are
+        """Many histograms at once, each in the stored format (`sketch.ELEM_BYTES` a (key, count)),
         parsed in one pass: parsing them one by one cost more than merging them."""
-        packed = [b is not None and b[:_TAG] == sketch.PACK_TAG for b in blobs]
-        if any(packed):
-            self._add_blobs([g for g, k in zip(groups, packed, strict=True) if k],
-                            [b for b, k in zip(blobs, packed, strict=True) if k], _PACKED, sign)
-        if not all(packed):
-            self._add_blobs([g for g, k in zip(groups, packed, strict=True) if not k],
-                            [b for b, k in zip(blobs, packed, strict=True) if not k], _SENT, sign)
-
-    def _add_blobs(self, groups: Sequence[Hashable], blobs: Sequence[bytes | None], layout: _Layout,
-                   sign: int) -> None:
-        """Blobs of one layout: past a fixed header, fixed-size elements, so the bodies laid end to
-        end read as one array of the element type."""
-        head, size = layout.header, layout.element.itemsize
-        n = np.fromiter(((len(b) - head) // size if b and len(b) > head else 0 for b in blobs),
-                        dtype=np.int64, count=len(blobs))
+        size = sketch.ELEM_BYTES
+        n = np.fromiter((len(b) // size if b else 0 for b in blobs), dtype=np.int64, count=len(blobs))
         if not n.any():
             return
-        body = b"".join([memoryview(b)[head:] for b in blobs if b and len(b) > head])
-        pairs = np.frombuffer(body, dtype=layout.element)
-        if pairs.dtype.names:
-            pairs = pairs["value"]
-        pairs = pairs.astype(np.int64)
-        keys = pairs >> sketch.PAIR_SHIFT
-        counts = pairs & sketch.COUNT_MASK
+        body = b"".join([b for b in blobs if b])
+        elems = np.frombuffer(body, dtype=_ELEMENT).astype(np.int64)
+        keys = elems >> sketch.COUNT_BITS
+        counts = elems & sketch.COUNT_MAX
         gids = np.fromiter((self.gid(g) for g in groups), dtype=np.int64, count=len(groups))
         self._gids.extend(gids[n > 0].tolist())
         self._lens.extend(n[n > 0].tolist())
@@ -160,14 +129,15 @@ DENSE_CELLS = 16_000_000
 
 
 def _alone_and_ordered(gids: Ints, lens: Ints, keys: Ints, counts: Ints, n: int) -> npt.NDArray[np.bool_]:
-    """Per piece: whether it is its group's only piece, with keys strictly ascending and no
-    negative count. Such a piece is already its group's merged histogram in key order (a compacted
-    rollup row read alone, the common case of a series point), so its quantiles need no merge."""
+    """Per piece: whether it is its group's only piece, with keys ascending (a key split over
+    several elements repeats) and no negative count. Such a piece is already its group's merged
+    histogram in key order (a compacted rollup row read alone, the common case of a series
+    point), so its quantiles need no merge."""
     alone = np.bincount(gids, minlength=n)[gids] == 1
     starts = np.cumsum(lens) - lens
     step = np.empty(len(keys), dtype=bool)
     step[0] = True
-    np.greater(keys[1:], keys[:-1], out=step[1:])
+    np.greater_equal(keys[1:], keys[:-1], out=step[1:])
     step[starts] = True  # a piece's first pair has nothing before it in the piece
     step &= counts >= 0
     walk: npt.NDArray[np.bool_] = alone & np.logical_and.reduceat(step, starts)
