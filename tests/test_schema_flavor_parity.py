@@ -146,13 +146,13 @@ def test_histogram_aggregates_are_declared_parallel_safe_with_shared_state() -> 
 
 @pytest.mark.parametrize("func", SHARED_FUNCTIONS)
 def test_shared_functions_have_the_same_signature_in_both_flavors(func: str) -> None:
-    """As 0002 created them."""
+    """As 0002 created them (0014 gives retention a fourth horizon: the next test)."""
     pg, ts = _functions("postgres")[func], _functions("timescale")[func]
     assert _inputs(ts) == _inputs(pg)
     assert [p.name for p in ts.parameters] == [p.name for p in pg.parameters]
     assert _setof_type(ts.returnType) == _setof_type(pg.returnType)
     expected = {"llmmeter_ensure_partitions": (["timestamptz", "timestamptz"], "void"),
-                "llmmeter_apply_retention": (["interval", "interval", "interval", "interval"], "setof text")}
+                "llmmeter_apply_retention": (["interval", "interval", "interval"], "setof text")}
     assert (_inputs(pg), _setof_type(pg.returnType)) == expected[func]
 
 
