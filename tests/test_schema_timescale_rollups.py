@@ -19,6 +19,7 @@ a history table, and a UNION ALL view per level. Three kinds of checks:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -162,7 +163,8 @@ async def test_generated_ddl_creates_each_levels_sets_then_its_view(db_pool: asy
     async with db_pool.acquire() as conn:
         await _install_timescale_functions(conn)
         history = [s for _, s in await _generated(conn, "history")]
-        stmts = [s for _, s in await _generated(conn, "rollups")]
+        generated = await _generated(conn, "rollups")
+    stmts = [s for _, s in generated]
     created = [s.into.rel.relname if isinstance(s, ast.CreateTableAsStmt) else s.view.relname
                for s in stmts if isinstance(s, ast.CreateTableAsStmt | ast.ViewStmt)]
     # level by level, each level's aggregates (its sets, in rollups order) before its view and the level above
@@ -178,6 +180,13 @@ async def test_generated_ddl_creates_each_levels_sets_then_its_view(db_pool: asy
         f"create_hypertable('{r.table}_history', by_range('bucket', CAST('{chunk}' AS interval)))"
         for r, chunk in zip(ROLLUPS, chunks, strict=True)]
     assert not [s for s in history if isinstance(s, ast.InsertStmt)]
+    # each aggregate's chunks span a level's retention step, as the PostgreSQL flavour's partitions
+    step = {r.table: chunk for r, chunk in zip(ROLLUPS, chunks, strict=True)}
+    for (_, stmt), (nxt, _next) in itertools.pairwise(generated):
+        if isinstance(stmt, ast.CreateTableAsStmt):
+            name = stmt.into.rel.relname
+            assert nxt.startswith("SELECT set_chunk_time_interval(") and f"view_name = '{name}'" in nxt, nxt
+            assert nxt.endswith(f"INTERVAL '{step[name[:8]]}')"), nxt
 
 
 async def test_history_tables_have_the_postgres_rollup_columns(db_pool: asyncpg.Pool) -> None:
@@ -428,6 +437,8 @@ async def _build_timescale_rollups(conn: asyncpg.Connection) -> None:
     for sql, stmt in [*await _generated(conn, "history"), *await _generated(conn, "rollups")]:
         if isinstance(stmt, ast.CreateTableAsStmt):
             sql = f"CREATE VIEW {stmt.into.rel.relname} AS {_sql(stmt.query)}"
+        elif "set_chunk_time_interval" in sql:
+            continue  # how TimescaleDB stores the aggregate: nothing for a plain view
         await conn.execute(sql)
 
 
@@ -554,12 +565,17 @@ async def test_timescale_retention_drops_each_level_at_its_horizon(db_pool: asyn
                         *((f"{r.table}_history", keep[r.table]) for r in ROLLUPS)]
             assert dropped == sorted(expected)
             assert [r[0] for r in names] == sorted(f"{n}_chunk" for n, _ in expected)
-        # a short rollup horizon still keeps the hour level long enough for the day level above it
-        await conn.execute("TRUNCATE dropped")
-        await conn.fetch("SELECT * FROM llmmeter_apply_retention('14 days', '7 days', '1 day', '3 days')")
-        horizons = dict(await conn.fetch("SELECT DISTINCT left(relation, 8), older_than::text FROM dropped"))
-        assert {k: v for k, v in horizons.items() if k.startswith("usage_1")} == {
-            "usage_1m": "15 days", "usage_1h": "16 days", "usage_1d": "3 days"}
+        # short horizons still keep the minute and hour levels as long as the level above is refreshed
+        # from them: raw rows arriving up to 14 days late refresh minutes, 15 days hours
+        for raw_keep, minute, hour in (("14 days", "15 days", "16 days"), ("400 days", "15 days", "17 days"),
+                                       ("3 days", "4 days", "5 days")):
+            await conn.execute("TRUNCATE dropped")
+            await conn.fetch("SELECT * FROM llmmeter_apply_retention($1::text::interval, '7 days', '1 day', "
+                             "'3 days')", raw_keep)
+            horizons = dict(await conn.fetch(
+                "SELECT DISTINCT left(relation, 8), older_than::text FROM dropped"))
+            assert {k: v for k, v in horizons.items() if k.startswith("usage_1")} == {
+                "usage_1m": minute, "usage_1h": hour, "usage_1d": "3 days"}, raw_keep
 
 
 # --- a real TimescaleDB -------------------------------------------------------------------
@@ -651,6 +667,15 @@ async def test_timescaledb_schema_has_each_levels_aggregates_policies_and_views(
         hypertables = {r[0] for r in await conn.fetch(
             "SELECT hypertable_name FROM timescaledb_information.hypertables")}
         assert {f"{r.table}_history" for r in ROLLUPS} <= hypertables
+        # chunks of a day for minutes, 30 days for hours and days (history tables included)
+        steps = dict(await conn.fetch(
+            """SELECT coalesce(a.view_name, d.hypertable_name), d.time_interval
+               FROM timescaledb_information.dimensions d
+               LEFT JOIN timescaledb_information.continuous_aggregates a
+                 ON a.materialization_hypertable_name = d.hypertable_name
+               WHERE coalesce(a.view_name, d.hypertable_name) LIKE 'usage\\_1%'"""))
+        assert steps == {n: timedelta(days=1 if n.startswith("usage_1m") else 30)
+                         for n in [*aggs, *(f"{r.table}_history" for r in ROLLUPS)]}
         jobs = await conn.fetch(
             """SELECT j.hypertable_name, j.schedule_interval, j.fixed_schedule, j.config, s.next_start
                FROM timescaledb_information.jobs j JOIN timescaledb_information.job_stats s USING (job_id)
@@ -747,7 +772,7 @@ async def test_timescaledb_constant_dims_mask_reads_one_aggregate(db_pool: async
 async def test_timescaledb_retention_drops_chunks_per_level(db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         now = datetime.now(UTC)
-        for i, age in enumerate((timedelta(days=60), timedelta(days=12), timedelta(days=3))):
+        for i, age in enumerate((timedelta(days=90), timedelta(days=12), timedelta(days=3))):
             await conn.fetchval(_RAW, 100 * i + 1, 100 * i + 30, now - age)
         await _refresh_all(conn, [_aggregate(r, g) for r in ROLLUPS for g in r.sets])
         dropped = [r[0] for r in await conn.fetch(
@@ -755,8 +780,8 @@ async def test_timescaledb_retention_drops_chunks_per_level(db_pool: asyncpg.Poo
         assert dropped and all(d.startswith("_timescaledb_internal.") for d in dropped), dropped
         assert await conn.fetchval("SELECT min(start_time) FROM usage_records") > now - timedelta(days=15)
         for r in ROLLUPS:
-            # the 60-day-old buckets are gone (10-day chunks); the 12-day-old ones stay, in the minute
-            # level too though minute_keep is 1 day: the hour level is refreshed from the minute level
+            # the 90-day-old buckets are gone (30-day chunks at most); the 12-day-old ones stay, in the
+            # minute level too though minute_keep is 1 day: the hour level is refreshed from it
             oldest = await conn.fetchval(f"SELECT min(bucket) FROM {r.table} WHERE dims_mask = 0")
             assert now - timedelta(days=15) < oldest < now - timedelta(days=11), (r.table, oldest)
         horizon = {"usage_1m": timedelta(days=15), "usage_1h": timedelta(days=30)}

@@ -53,13 +53,18 @@
 -- retention empties them in time in any case.
 --
 -- Retention and the hierarchy. A late raw record makes its minute bucket
--- refresh, which makes the hour bucket above it refresh from ALL its
--- minutes, then the day bucket from all its hours. So the minute level must
--- be kept as long as raw rows can arrive plus an hour, and the hour level
--- plus a day: llmmeter_apply_retention keeps the minute level at least
--- raw_keep + 1 day and the hour level at least raw_keep + 2 days, whatever
--- minute_keep and rollup_keep ask for (on this flavour only).
---
+-- refresh (within the minute policies' 14 days), which makes the hour
+-- bucket above it refresh from ALL its minutes, then the day bucket from all
+-- its hours (within the hour policies' 15 days for the hour aggregates that
+-- read raw rows). Were a minute or hour chunk gone by then, the hour or day
+-- would be rewritten without it. So llmmeter_apply_retention keeps the
+-- minute level at least least(raw_keep, 14 days) + 1 day and the hour level
+-- at least least(raw_keep, 15 days) + 2 days, whatever minute_keep and
+-- rollup_keep ask for (on this flavour only; the defaults, 16 and 400 days,
+-- ask for more). Each level's chunks span what the PostgreSQL flavour's
+-- partitions span (a day for minutes, 30 days for hours and days; TimescaleDB
+-- would make them 10 days), so retention drops them as closely.
+
 -- Background jobs run with search_path = pg_catalog (0011): every function a
 -- refresh reaches here calls only pg_catalog functions and operators.
 
@@ -199,7 +204,7 @@ BEGIN
     cols := 'bucket, dims_mask, ' || array_to_string(dims, ', ') || names;
 
     -- levels: n, rollup, bucket width, the level below, the grouping sets kept (dims_mask, in
-    -- rollups.ROLLUPS order), refresh window start and end offsets, refresh interval, history chunks
+    -- rollups.ROLLUPS order), refresh window start and end offsets, refresh interval, chunk interval
     FOR lv IN SELECT * FROM (VALUES
         (1, 'usage_1m', '1 minute', NULL, ARRAY[0, 256, 2],
          '14 days', '1 minute', '1 minute', '1 day'),
@@ -207,14 +212,14 @@ BEGIN
          '15 days', '1 hour', '5 minutes', '30 days'),
         (3, 'usage_1d', '1 day', 'usage_1h', ARRAY[0, 256, 128, 64, 32, 16, 8, 4, 2, 1, 511],
          '16 days', '1 day', '1 hour', '30 days')
-    ) AS l(n, rollup, width, below, masks, refresh_start, refresh_end, refresh_every, history_chunk)
+    ) AS l(n, rollup, width, below, masks, refresh_start, refresh_end, refresh_every, chunk)
     ORDER BY n
     LOOP
         IF phase = 'history' THEN
             RETURN NEXT format('CREATE TABLE %I (%s, PRIMARY KEY (dims_mask, bucket, %s))',
                                lv.rollup || '_history', defs, array_to_string(dims, ', '));
             RETURN NEXT format('SELECT create_hypertable(%L, by_range(%L, INTERVAL %L))',
-                               lv.rollup || '_history', 'bucket', lv.history_chunk);
+                               lv.rollup || '_history', 'bucket', lv.chunk);
             CONTINUE WHEN cutoff IS NULL;
             -- the sets 0002 kept as they are
             RETURN NEXT format(
@@ -292,6 +297,10 @@ BEGIN
                                'timescaledb.materialized_only = false) AS SELECT %s AS bucket%s%s '
                                'FROM %s GROUP BY %s%s WITH NO DATA',
                                agg, bucket, kept, outs, src, bucket, kept);
+            RETURN NEXT format('SELECT set_chunk_time_interval((SELECT format(%L, materialization_hypertable_schema, '
+                               'materialization_hypertable_name) FROM timescaledb_information.continuous_aggregates '
+                               'WHERE view_schema = current_schema AND view_name = %L)::regclass, INTERVAL %L)',
+                               '%I.%I', agg, lv.chunk);
             -- Staggered fixed schedules: the minute jobs spread over the minute, the others over
             -- their interval (whole minutes), each at a second of its own.
             first_run := date_bin(lv.refresh_every::interval, now(), origin) + lv.refresh_every::interval;
@@ -394,8 +403,9 @@ BEGIN
         'usage_1d_s0', 'usage_1d_s256', 'usage_1d_s128', 'usage_1d_s64', 'usage_1d_s32', 'usage_1d_s16',
         'usage_1d_s8', 'usage_1d_s4', 'usage_1d_s2', 'usage_1d_s1', 'usage_1d_s511', 'usage_1d_history']
     LOOP
-        keep := CASE left(rel, 8) WHEN 'usage_1m' THEN greatest(minute_keep, raw_keep + INTERVAL '1 day')
-                                  WHEN 'usage_1h' THEN greatest(rollup_keep, raw_keep + INTERVAL '2 days')
+        keep := CASE left(rel, 8)
+                    WHEN 'usage_1m' THEN greatest(minute_keep, least(raw_keep, INTERVAL '14 days') + INTERVAL '1 day')
+                    WHEN 'usage_1h' THEN greatest(rollup_keep, least(raw_keep, INTERVAL '15 days') + INTERVAL '2 days')
                                   ELSE rollup_keep END;
         RETURN QUERY SELECT drop_chunks(rel::regclass, older_than => keep);
     END LOOP;
