@@ -400,13 +400,27 @@ async def test_histogram_aggregates(db_pool: asyncpg.Pool) -> None:
 
 
 def test_functions_a_refresh_reaches_call_only_pg_catalog() -> None:
-    """Background jobs run with search_path = pg_catalog (0011): the aggregates' support functions
-    must not call llmmeter functions by name."""
-    sqls = _timescale_sql(SETS, lambda s: _is_function(s, "llmmeter_hist_state_"))
-    assert len(sqls) == 2
-    for sql in sqls:
-        body = sql.split("$$")[1]
-        assert "llmmeter_" not in body, sql
+    """Background jobs run with search_path = pg_catalog (0011): the functions behind 0014's
+    aggregates (as the migrations leave them) must not call llmmeter functions by name."""
+    latest: dict[str, str] = {}
+    for mig in load_migrations("timescale"):
+        for raw in parse_sql(mig.sql):
+            if isinstance(raw.stmt, ast.CreateFunctionStmt):
+                text = mig.sql[raw.stmt_location: raw.stmt_location + raw.stmt_len]
+                latest[raw.stmt.funcname[-1].sval] = text
+    support = set()
+    for raw in parse_sql(_text("timescale", SETS)):
+        if isinstance(raw.stmt, ast.DefineStmt) and raw.stmt.kind.name == "OBJECT_AGGREGATE":
+            for d in raw.stmt.definition:
+                if d.defname.lower() in ("sfunc", "combinefunc", "finalfunc"):
+                    support.add(_sql(d.arg))
+    ours = {f for f in support if f.startswith("llmmeter_")}
+    assert ours == {"llmmeter_hist_state_add_value", "llmmeter_hist_state_combine",
+                    "llmmeter_hist_state_elems", "llmmeter_hist_fold"}
+    assert support - ours == {"byteacat"}
+    for name in ours:
+        body = latest[name].split("$$")[1]
+        assert "llmmeter_" not in body, latest[name]
 
 
 # --- plain PostgreSQL: the union views against the PostgreSQL flavour's rollup tables ---------------
@@ -919,8 +933,11 @@ def test_migration_drops_what_only_the_old_aggregates_used() -> None:
         "llmmeter_hist_pairs", "llmmeter_rollup_ddl", "llmmeter_hist_from_arrays", "llmmeter_apply_retention"}
     aggs = {s.defnames[-1].sval: {d.defname.lower(): _sql(d.arg) for d in s.definition}
             for s in stmts if isinstance(s, ast.DefineStmt) and s.kind.name == "OBJECT_AGGREGATE"}
-    assert set(aggs) == {"llmmeter_hist_agg", "llmmeter_hist_merge_agg"}
-    for name, opts in aggs.items():
-        assert opts["parallel"].lower() == "safe" and opts["initcond"] == "'{}'", name
-        assert (opts["stype"], opts["combinefunc"], opts["finalfunc"]) == (
-            "bigint[]", "llmmeter_hist_state_combine", "llmmeter_hist_state_elems"), name
+    assert {name: {k: v for k, v in opts.items() if k != "parallel"} for name, opts in aggs.items()} == {
+        "llmmeter_hist_agg": {"sfunc": "llmmeter_hist_state_add_value", "stype": "bigint[]",
+                              "initcond": "'{}'", "combinefunc": "llmmeter_hist_state_combine",
+                              "finalfunc": "llmmeter_hist_state_elems"},
+        # concatenated histograms are their sum (0013): fold once per group
+        "llmmeter_hist_merge_agg": {"sfunc": "byteacat", "stype": "bytea", "initcond": "''",
+                                    "combinefunc": "byteacat", "finalfunc": "llmmeter_hist_fold"}}
+    assert all(opts["parallel"].lower() == "safe" for opts in aggs.values())

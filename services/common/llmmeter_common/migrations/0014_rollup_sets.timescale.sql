@@ -70,37 +70,32 @@
 
 -- Histogram aggregates -----------------------------------------------------
 --
--- The transition state is 0002's: a dense bigint[] subscripted by the key
--- (0..~4400), element = count, NULL = empty bucket, so adding a value is
--- O(1) (llmmeter_hist_state_add_value, as 0011 left it, and
+-- From raw values: the transition state is 0002's, a dense bigint[]
+-- subscripted by the key (0..~4400), element = count, NULL = empty bucket
+-- (llmmeter_hist_state_add_value, as 0011 left it, and
 -- llmmeter_hist_state_combine stay). The final function writes each
 -- non-empty key once, in key order, a count above 524287 over several
--- elements (the expression of llmmeter_hist_elems, 0013, spelt out: it runs
--- under the background jobs' search_path); no input gives ''.
-
--- Adds a stored histogram (0013's format, keys in any order, repeated or not).
-CREATE FUNCTION llmmeter_hist_state_add_hist(state bigint[], h bytea)
-RETURNS bigint[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
-DECLARE
-    v bigint;
-    k integer;
-BEGIN
-    FOR o IN 0 .. length(h) - 4 BY 4 LOOP
-        v := (get_byte(h, o)::bigint << 24) | (get_byte(h, o + 1) << 16)
-             | (get_byte(h, o + 2) << 8) | get_byte(h, o + 3);
-        k := (v >> 19)::integer;
-        state[k] := coalesce(state[k], 0) + (v & 524287);
-    END LOOP;
-    RETURN state;
-END
-$$;
+-- elements (llmmeter_hist_elems of 0013, spelt out: it runs under the
+-- background jobs' search_path), walking the array once; no input gives ''.
+-- (PostgreSQL copies a PL/pgSQL aggregate's array state on every row, so a
+-- row costs in proportion to the span of keys in its group: about 7 us for
+-- latencies spread over 1 us to 1 s, 1 us for a narrow spread. This is what
+-- the aggregates before 0014 cost per row too.)
+--
+-- From stored histograms: concatenation is their sum (0013), so the state is
+-- the histograms concatenated (byteacat, in C) and the final function is
+-- llmmeter_hist_fold (0013, pg_catalog only): about three times faster than
+-- adding element by element in PL/pgSQL. A hierarchical aggregate's group is
+-- the 60 minutes of an hour or the 24 hours of a day of one set value.
 
 CREATE FUNCTION llmmeter_hist_state_elems(state bigint[]) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT coalesce(string_agg(substring(int8send((k::bigint << 19) | least(state[k] - i * 524287, 524287))
-                                         FROM 5 FOR 4), ''::bytea ORDER BY k, i), ''::bytea)
-    FROM generate_subscripts(state, 1) AS k, generate_series(0::bigint, (state[k] - 1) / 524287) AS i
-    WHERE state[k] > 0
+    SELECT coalesce(string_agg(substring(int8send(((l.lo + u.o - 1) << 19) | least(u.c - i * 524287, 524287))
+                                         FROM 5 FOR 4), ''::bytea ORDER BY u.o, i), ''::bytea)
+    FROM (SELECT array_lower(state, 1)::bigint AS lo) AS l,
+         unnest(state) WITH ORDINALITY AS u(c, o),
+         generate_series(0::bigint, (u.c - 1) / 524287) AS i
+    WHERE u.c > 0
 $$;
 
 -- From raw values (microseconds; NULLs ignored).
@@ -110,10 +105,10 @@ CREATE AGGREGATE llmmeter_hist_agg(bigint) (
     PARALLEL = SAFE
 );
 
--- From stored histograms: their sum.
+-- From stored histograms: their sum (NULLs ignored).
 CREATE AGGREGATE llmmeter_hist_merge_agg(bytea) (
-    SFUNC = llmmeter_hist_state_add_hist, STYPE = bigint[], INITCOND = '{}',
-    COMBINEFUNC = llmmeter_hist_state_combine, FINALFUNC = llmmeter_hist_state_elems,
+    SFUNC = byteacat, STYPE = bytea, INITCOND = '',
+    COMBINEFUNC = byteacat, FINALFUNC = llmmeter_hist_fold,
     PARALLEL = SAFE
 );
 
