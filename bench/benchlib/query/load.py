@@ -112,14 +112,8 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         rolled = {t: int(await gen.fetchval(
             f"SELECT coalesce(sum(request_count), 0) FROM {t} WHERE dims_mask = 0"))
             for t in ("usage_1m", "usage_1h", "usage_1d")}
-        sizes = {r[0]: int(r[1]) for r in await gen.fetch(
-            "SELECT t, pg_total_relation_size(c.oid) "
-            "+ coalesce((SELECT sum(pg_total_relation_size(i.inhrelid)) "
-            "FROM pg_inherits i WHERE i.inhparent = c.oid), 0) "
-            "FROM unnest(ARRAY['usage_records', 'usage_1m', 'usage_1h', 'usage_1d']) AS t "
-            "JOIN pg_class c ON c.relname = t")}
-        rollup_rows = {t: int(await gen.fetchval(f"SELECT count(*) FROM {t}"))
-                       for t in ("usage_1m", "usage_1h", "usage_1d")}
+        stored = await storage(gen)
+        sizes, rollup_rows = stored["bytes"], stored["rollup_rows"]
     finally:
         await gen.close()
         for conn in mats:
@@ -135,6 +129,20 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         "records_per_s": round(n / total), "rollup_rows": rollup_rows,
         "bytes": sizes, "chunk": chunk, "workers": workers, "slices": len(slices),
     }
+
+
+async def storage(conn: Any) -> dict[str, dict[str, int]]:
+    """Bytes on disk of the raw table and each rollup (partitions, indexes and TOAST included) and
+    the rollups' row counts: what the storage table of bench/README.md reports."""
+    sizes = {r[0]: int(r[1]) for r in await conn.fetch(
+        "SELECT t, pg_total_relation_size(c.oid) "
+        "+ coalesce((SELECT sum(pg_total_relation_size(i.inhrelid)) "
+        "FROM pg_inherits i WHERE i.inhparent = c.oid), 0) "
+        "FROM unnest(ARRAY['usage_records', 'usage_1m', 'usage_1h', 'usage_1d']) AS t "
+        "JOIN pg_class c ON c.relname = t")}
+    rows = {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
+            for t in ("usage_1m", "usage_1h", "usage_1d")}
+    return {"bytes": sizes, "rollup_rows": rows}
 
 
 async def compact_closed(dsn: str, lo: datetime, hi: datetime, minutes: bool = False,
