@@ -22,7 +22,7 @@ from typing import Any, cast
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, hist_sql
+from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, one_elem_sql
 from llmmeter_query import horizons
 from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
 from llmmeter_query.histograms import Collector
@@ -367,7 +367,7 @@ class _Query:
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
                 arrays = ", ".join(
-                    f"coalesce(string_agg({hist_sql(f'llmmeter_hist_key({cols[p]})', '1')}, ''::bytea) "
+                    f"coalesce(string_agg({one_elem_sql(f'llmmeter_hist_key({cols[p]})')}, ''::bytea) "
                     f"FILTER (WHERE {cols[p]} IS NOT NULL), {EMPTY_HIST_SQL})"
                     for p in prefixes)
                 parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "
