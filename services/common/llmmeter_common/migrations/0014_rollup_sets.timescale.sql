@@ -16,9 +16,9 @@
 --   aggregates: llmmeter_hist_agg(bigint) from raw microsecond values,
 --   llmmeter_hist_merge_agg(bytea) from stored histograms.
 -- * An aggregate is hierarchical where the level below keeps the same set
---   (usage_1h_s256 reads usage_1m_s256, usage_1d_s479 does not exist,
---   usage_1d_s256 reads usage_1h_s256); otherwise it reads usage_records
---   (usage_1h_s128, usage_1h_s479, usage_1d_s511, ...).
+--   (usage_1h_s256 reads usage_1m_s256, usage_1d_s256 reads usage_1h_s256);
+--   otherwise it reads usage_records (usage_1h_s128, usage_1h_s479,
+--   usage_1d_s511, ...: the level below has no such set).
 -- * usage_1m / usage_1h / usage_1d: UNION ALL views of their level's
 --   aggregates (dims_mask and the dimensions a set drops as constants, so a
 --   `WHERE dims_mask = <constant>` reads one aggregate only) and of the
