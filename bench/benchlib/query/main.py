@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 "LLMMETER_INGEST_RAW_RETENTION_DAYS": "400", "LLMMETER_INGEST_PAYLOAD_RETENTION_DAYS": "400",
                 "LLMMETER_INGEST_MINUTE_RETENTION_DAYS": "400",
             })
-            tail_res = asyncio.run(measure_tail(qaddr, iaddr, args.tail_reps))
+            tail_res = asyncio.run(measure_tail(qaddr, iaddr, args.tail_reps, end - timedelta(seconds=1)))
         result: dict[str, Any] = {
             "bench": "query",
             "when": datetime.now().astimezone().isoformat(timespec="seconds"),
