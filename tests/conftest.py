@@ -123,6 +123,13 @@ def postgres_flavor_only(storage_flavor: Flavor) -> None:
         pytest.skip("tests the PostgreSQL flavour's own mechanism (partitions, rollup worker, compaction)")
 
 
+@pytest.fixture
+def timescale_flavor_only(storage_flavor: Flavor) -> None:
+    """For tests of what only a real TimescaleDB runs (continuous aggregates, jobs, chunks)."""
+    if storage_flavor != "timescale":
+        pytest.skip("needs a real TimescaleDB (continuous aggregates, background jobs)")
+
+
 @pytest.fixture(scope="session")
 async def template_url(pg_server_url: str, storage_flavor: Flavor) -> str:
     """A database with the schema applied once, cloned for each test."""
