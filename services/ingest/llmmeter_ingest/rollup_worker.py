@@ -6,7 +6,9 @@ rollup and deletes them, all in one transaction, so a row is always counted
 exactly once: in the rollups or in the queue, which queries read beside the
 rollups. Large chunks are what makes it fast: live traffic shares minutes and
 dimension combinations, so a chunk collapses into far fewer rollup rows than
-it has records. An advisory lock lets one replica at a time do the work.
+it has records. An advisory lock lets one replica at a time do the work. The
+aggregation itself is `rollup_agg`'s: one grouping pass in SQL, the rollup levels
+and grouping sets in numpy.
 """
 
 from __future__ import annotations
@@ -22,26 +24,30 @@ import asyncpg
 
 from llmmeter_common.rollups import PENDING_COLUMNS, ROLLUPS, compact_sql, rollup_ctes
 from llmmeter_common.timeutil import floor_to
+from llmmeter_ingest.rollup_agg import add_groups, group_sql
 
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x6C6C6D72  # "llmr"
 
-MATERIALIZE_SQL = f"""
-WITH batch AS (
+_TAKE_CHUNK = """batch AS (
     DELETE FROM usage_rollup_pending
     WHERE ctid = ANY(ARRAY(SELECT ctid FROM usage_rollup_pending LIMIT $1))
     RETURNING *
-),
-{rollup_ctes("batch")}
-SELECT count(*), min(start_time), max(start_time) FROM batch
-"""
-
+)"""
+#: Takes up to $1 queued rows off the queue, grouped by minute and dimensions for `rollup_agg`.
+TAKE_SQL = f"WITH {_TAKE_CHUNK}\n{group_sql('batch')}"
 #: The same for an explicit list of queued rows (isolating a chunk that failed).
-MATERIALIZE_ROWS_SQL = f"""
-WITH batch AS (
+TAKE_ROWS_SQL = f"""WITH batch AS (
     DELETE FROM usage_rollup_pending WHERE ctid = ANY($1::tid[]) RETURNING *
-),
+)
+{group_sql('batch')}"""
+
+#: The same move as one SQL statement (the rollups' SQL definition, `rollups.rollup_ctes`): what
+#: the worker did before `rollup_agg`, kept as the reference the tests compare the numpy path
+#: with, and for the query benchmark's loader.
+MATERIALIZE_SQL = f"""
+WITH {_TAKE_CHUNK},
 {rollup_ctes("batch")}
 SELECT count(*), min(start_time), max(start_time) FROM batch
 """
@@ -99,9 +105,7 @@ class RollupWorker:
                 return 0
             try:
                 async with conn.transaction():  # a savepoint: a refused chunk is taken apart below
-                    row = await conn.fetchrow(MATERIALIZE_SQL, self._chunk)
-                    assert row is not None  # an aggregate always returns a row
-                    moved, lo, hi = row
+                    moved, lo, hi = await add_groups(conn, await conn.fetch(TAKE_SQL, self._chunk))
             except _REFUSED as exc:
                 log.warning("rollup worker: a chunk was refused (%s); isolating its rows", exc)
                 ctids = [r[0] for r in await conn.fetch(
@@ -117,9 +121,7 @@ class RollupWorker:
         be added are found; those go to `usage_rollup_quarantine` (logged and counted)."""
         try:
             async with conn.transaction():
-                row = await conn.fetchrow(MATERIALIZE_ROWS_SQL, ctids)
-                assert row is not None  # an aggregate always returns a row
-                return int(row[0]), row[1], row[2]
+                return await add_groups(conn, await conn.fetch(TAKE_ROWS_SQL, ctids))
         except _REFUSED as exc:
             if len(ctids) == 1:
                 await conn.execute(QUARANTINE_SQL, ctids[0], f"{exc.sqlstate}: {exc}")
