@@ -108,8 +108,6 @@ class Rollup:
     table: str
     width: str
     sets: tuple[tuple[str, ...], ...]
-    keep: str
-    """The ingest setting whose horizon drops this level's old buckets: `minute` or `rollup`."""
 
     @property
     def masks(self) -> tuple[int, ...]:
@@ -120,11 +118,11 @@ class Rollup:
 ROLLUPS: tuple[Rollup, ...] = (
     # Per-minute charts of the last day or two: overall, by model, failures by error type. Kept
     # about as long as raw rows (LLMMETER_INGEST_MINUTE_RETENTION_DAYS), which answer the rest.
-    Rollup("usage_1m", "1 minute", ((), ("model",), ("error_type",)), "minute"),
-    # Every dimension alone, and every combination but the user: per-user questions combined
-    # with other dimensions come from days, or raw rows.
-    Rollup("usage_1h", "1 hour", ((), *_SINGLES, _ALL_BUT_USER), "rollup"),
-    Rollup("usage_1d", "1 day", ((), *_SINGLES, DIMENSIONS), "rollup"),
+    Rollup("usage_1m", "1 minute", ((), ("model",), ("error_type",))),
+    # Kept LLMMETER_INGEST_ROLLUP_RETENTION_DAYS: every dimension alone, and every combination
+    # but the user; per-user questions combined with other dimensions come from days, or raw rows.
+    Rollup("usage_1h", "1 hour", ((), *_SINGLES, _ALL_BUT_USER)),
+    Rollup("usage_1d", "1 day", ((), *_SINGLES, DIMENSIONS)),
 )
 
 #: Origin of the buckets: UTC midnight, so buckets never depend on a session time zone.
@@ -140,8 +138,8 @@ def covering_mask(dims: Iterable[str], table: str) -> int | None:
     """The narrowest set of rollup `table` keeping every dimension in `dims`; None when it keeps
     no such set (that level cannot answer)."""
     wanted = set(dims)
-    fits = [g for g in rollup(table).sets if wanted <= set(g)]
-    return mask_of(min(fits, key=len)) if fits else None
+    fits = sorted((len(g), mask_of(g)) for g in rollup(table).sets if wanted <= set(g))
+    return fits[0][1] if fits else None
 
 
 def rollup_columns() -> list[str]:

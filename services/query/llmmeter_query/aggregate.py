@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, hist_sql
-from llmmeter_common.timeutil import floor_to
+from llmmeter_query import horizons
 from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
@@ -125,20 +125,8 @@ class Aggregates:
     exact: bool
     shown: list[Any] = field(default_factory=list)
     counted_from: datetime | None = None
-    """Set when only raw rows could answer and retention had dropped those before it (see
-    `_COUNTED_FROM`): the answer counts the window from here on."""
-
-
-#: When an answer can only come from raw rows: the oldest raw row, if the window starts before it
-#: and the rollups (kept far longer) hold traffic in whole hours before it, i.e. retention dropped
-#: raw rows the window asks for (it drops whole days). A fresh install whose window starts before
-#: its first record is not flagged.
-_COUNTED_FROM = """
-SELECT r.first FROM (SELECT min(start_time) AS first FROM usage_records) AS r
-WHERE r.first > $1
-  AND EXISTS (SELECT 1 FROM usage_1h WHERE dims_mask = 0 AND bucket >= $2
-              AND bucket + interval '1 hour' <= r.first)
-"""
+    """Set when retention had dropped rows the window's start needed (`horizons`): the answer
+    counts the window from here on."""
 
 
 class Aggregator:
@@ -188,10 +176,7 @@ class Aggregator:
         query = self._query(window, filt, group, bucket, days)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
-            counted_from = None
-            if not _rollups_can_answer(filt, group) and window.end - window.start > self._exact_window:
-                hour = floor_to(window.start, timedelta(hours=1))
-                counted_from = await conn.fetchval(_COUNTED_FROM, window.start, hour)
+            counted_from = await horizons.counted_from(conn, query.stretches, datetime.now(UTC))
             groups: dict[Key, Stats] = {}
             columns = _MEASURE_COLUMNS if measures is None else _measure_subset(measures)
             sql, params = query.measures(columns)

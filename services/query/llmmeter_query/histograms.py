@@ -130,8 +130,9 @@ DENSE_CELLS = 16_000_000
 
 def _alone_and_ordered(gids: Ints, lens: Ints, keys: Ints, counts: Ints, n: int) -> npt.NDArray[np.bool_]:
     """Per piece: whether it is its group's only piece, with keys ascending (a key split over
-    several elements repeats) and no negative count. Such a piece is already its group's merged histogram in key order (a compacted
-    rollup row read alone, the common case of a series point), so its quantiles need no merge."""
+    several elements repeats) and no negative count. Such a piece is already its group's merged
+    histogram in key order (a compacted rollup row read alone, the common case of a series
+    point), so its quantiles need no merge."""
     alone = np.bincount(gids, minlength=n)[gids] == 1
     starts = np.cumsum(lens) - lens
     step = np.empty(len(keys), dtype=bool)

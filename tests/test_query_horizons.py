@@ -1,0 +1,51 @@
+"""A window starting before the minute rollup's horizon says from when it counts.
+
+The minute rollup is kept about as long as raw rows (rollups.ROLLUPS), hours and days far
+longer; a month-long window's first partial hour is answered from minutes. Once retention has
+dropped those minutes, the answer must not silently lose that hour's records: it counts from
+the next hour and says so (`counted_from`), while a window whose start the retained data still
+covers says nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from llmmeter.v1 import query_pb2
+
+from conftest import drain_rollups
+from records import ingest, record, ts
+
+
+async def _summary(stub, start: datetime, end: datetime, by: str = "") -> query_pb2.GetSummaryResponse:
+    return await stub.GetSummary(query_pb2.GetSummaryRequest(start_time=ts(start), end_time=ts(end),
+                                                             filter=by))
+
+
+async def test_a_start_before_the_minute_horizon_counts_from_the_next_hour(ingest_stub, query_stub,
+                                                                           db_pool, db_url) -> None:
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=10)).replace(minute=5, second=0, microsecond=0)
+    hour = start.replace(minute=0) + timedelta(hours=1)
+    await ingest(ingest_stub, [record(start + timedelta(minutes=10), request_id="edge"),
+                               record(start + timedelta(hours=3), request_id="middle"),
+                               record(now - timedelta(minutes=5), request_id="now")])
+    await drain_rollups(db_url)
+    whole = await _summary(query_stub, start, now)
+    assert whole.summary.request_count == 3 and not whole.HasField("counted_from")
+    # raw rows and hours kept, minutes kept 5 days: the edge minute's rows are gone
+    dropped = await db_pool.fetch(
+        "SELECT * FROM llmmeter_apply_retention('400 days', '400 days', '5 days', '400 days')")
+    assert any(r[0].startswith("usage_1m") for r in dropped)
+    cut = await _summary(query_stub, start, now)
+    assert cut.summary.request_count == 2
+    assert cut.counted_from.ToDatetime(tzinfo=UTC) == hour
+    by_model = await _summary(query_stub, start, now, 'model = "gpt-4o"')
+    assert by_model.counted_from == cut.counted_from
+    # a window starting on the hour needs no minutes there: whole again
+    on_hour = await _summary(query_stub, hour - timedelta(hours=1), now)
+    assert on_hour.summary.request_count == 3 and not on_hour.HasField("counted_from")
+    # grouped by the user, minutes are never read (raw rows answer the edge): whole
+    by_user = await query_stub.GetBreakdown(query_pb2.GetBreakdownRequest(
+        start_time=ts(start), end_time=ts(now), group_by="user"))
+    assert sum(r.request_count for r in by_user.rows) == 3 and not by_user.HasField("counted_from")
