@@ -200,9 +200,15 @@ def _histograms(keys: np.ndarray, owner: np.ndarray, gid: np.ndarray, ngroups: i
     else:
         cells, counts = np.unique(cell, return_counts=True)
     group, key = np.divmod(cells, span)
-    key += kmin
-    if int(counts.max()) > sketch.COUNT_MAX:  # the format holds 19-bit counts: split the rest
-        parts = -(-counts // sketch.COUNT_MAX)
+    return encode(group, key + kmin, counts, ngroups)
+
+
+def encode(group: np.ndarray, key: np.ndarray, counts: np.ndarray, ngroups: int) -> list[bytes]:
+    """Histograms 0..ngroups-1 in `sketch`'s format from (group, key, count) triples sorted by
+    group: one element per key, a count above COUNT_MAX split as `llmmeter_hist_elems` splits it
+    (full elements first), a zero count kept as one element."""
+    if len(counts) and int(counts.max()) > sketch.COUNT_MAX:
+        parts = np.maximum(-(-counts // sketch.COUNT_MAX), 1)
         first = np.repeat(np.cumsum(parts) - parts, parts)
         nth = np.arange(int(parts.sum())) - first
         counts = np.minimum(np.repeat(counts, parts) - nth * sketch.COUNT_MAX, sketch.COUNT_MAX)

@@ -25,6 +25,7 @@ import asyncpg
 from llmmeter_common.rollups import PENDING_COLUMNS, ROLLUPS, compact_sql, rollup_ctes
 from llmmeter_common.timeutil import floor_to
 from llmmeter_ingest.rollup_agg import add_groups, group_sql
+from llmmeter_ingest.rollup_compact import compact_level
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +64,23 @@ Moved = tuple[int, datetime | None, datetime | None]
 #: What the rollups refuse because of a row's values (not the database being away).
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
+#: Compaction as SQL (`rollups.compact_sql`): the reference `rollup_compact` is tested against.
 COMPACT_SQL: tuple[str, ...] = tuple(compact_sql(r) for r in ROLLUPS)
 
 #: Hour and day buckets get a final compaction this long after they end (stragglers are in).
 CLOSE_GRACE = timedelta(minutes=5)
 #: At that final compaction, arrays this short are left alone (rewriting them gains nothing).
 CLOSE_COMPACT_OVER = 64
-_CLOSING = {r.table: (sql, timedelta(hours=1) if r.width == "1 hour" else timedelta(days=1))
-            for r, sql in zip(ROLLUPS, COMPACT_SQL, strict=True) if r.width in ("1 hour", "1 day")}
+_CLOSING = {r.table: (r, timedelta(hours=1) if r.width == "1 hour" else timedelta(days=1))
+            for r in ROLLUPS if r.width in ("1 hour", "1 day")}
 
 
 async def compact(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, lo: datetime, hi: datetime,
                   longer_than: int) -> int:
     """Fold repeated histogram keys in the rollup rows of start times [lo, hi] whose arrays grew
-    past `longer_than`; the caller holds the worker's lock. Returns rows rewritten."""
-    return sum([int(await conn.fetchval(sql, lo, hi, longer_than)) for sql in COMPACT_SQL])
+    past `longer_than` (`rollup_compact`); the caller holds the worker's lock. Returns rows
+    rewritten."""
+    return sum([await compact_level(conn, r, lo, hi, longer_than) for r in ROLLUPS])
 
 
 class RollupWorker:
@@ -143,11 +146,11 @@ class RollupWorker:
         key order (read without merging). After a restart the last closed bucket is passed over
         again, which rewrites its rows once more and changes nothing.
         """
-        for table, (sql, width) in _CLOSING.items():
+        for table, (r, width) in _CLOSING.items():
             closed = floor_to(now - CLOSE_GRACE, width)
             since = self._closed.get(table, closed - width)
             if closed > since:
-                await conn.fetchval(sql, since, closed - timedelta(microseconds=1), CLOSE_COMPACT_OVER)
+                await compact_level(conn, r, since, closed - timedelta(microseconds=1), CLOSE_COMPACT_OVER)
                 self._closed[table] = closed
 
     async def drain(self) -> None:
