@@ -18,7 +18,7 @@ from llmmeter_ingest.pricing import BUILTIN_ONLY, Pricer
 from llmmeter_ingest.rows import Row, to_rows
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.validation import Limits, Rejected, validate
-from llmmeter_ingest.writer import BatchWriter, Job
+from llmmeter_ingest.writer import AllKeys, BatchWriter, Job
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,9 @@ class Ingestor:
             prepared.outcome.accepted += len(keys)
             prepared.outcome.duplicates += len(prepared.rows) - len(keys)
             if self._on_stored is not None and keys:
-                self._on_stored([r for r in prepared.rows if (r[1], r[0]) in keys])
+                stored = prepared.rows if isinstance(keys, AllKeys) else [
+                    r for r in prepared.rows if (r[1], r[0]) in keys]
+                self._on_stored(stored)
         if self._on_outcome is not None:
             self._on_outcome(prepared.outcome)
         return prepared.outcome

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,7 +21,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument, ResourceExhausted, Unavailable
 from llmmeter_ingest.rows import Row
-from llmmeter_ingest.store import Store
+from llmmeter_ingest.store import Store, Written
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,29 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
+class AllKeys(Collection[Key]):
+    """The keys of all of a job's rows, every one newly stored (the usual outcome): the set is
+    built only if someone looks a key up."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self._rows = rows
+        self._keys: set[Key] | None = None
+
+    def _set(self) -> set[Key]:
+        if self._keys is None:
+            self._keys = {(r[1], r[0]) for r in self._rows}
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self._rows)  # keys are unique within a job
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set()
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._set())
+
+
 @dataclass
 class Job:
     """Rows of one call waiting for their commit (keys unique within the job).
@@ -48,7 +71,8 @@ class Job:
 
     rows: Sequence[Row]
     payloads: Sequence[Row]
-    done: asyncio.Future[set[Key]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[Collection[Key]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class BatchWriter:
@@ -106,7 +130,7 @@ class BatchWriter:
             total += len(nxt.rows)
         return jobs
 
-    async def _write_group(self, jobs: list[Job]) -> set[Key]:
+    async def _write_group(self, jobs: list[Job]) -> Written:
         rows = [r for j in jobs for r in j.rows]
         payloads = [p for j in jobs for p in j.payloads]
         for attempt in range(3):
@@ -158,10 +182,13 @@ class BatchWriter:
             else:
                 jobs[0].done.set_exception(exc)  # INTERNAL, with an error id, for its caller only
         else:
-            claimed: set[Key] = set()
+            if inserted.count == sum(len(j.rows) for j in jobs):  # every row was new
+                for j in jobs:
+                    j.done.set_result(AllKeys(j.rows))
+                return
+            claimed: set[Key] = set(inserted.skipped)
             for j in jobs:  # a key sent by two calls of one group is accepted for the first
-                mine = {(r[1], r[0]) for r in j.rows} & inserted
-                mine -= claimed
+                mine = {(r[1], r[0]) for r in j.rows} - claimed
                 claimed |= mine
                 j.done.set_result(mine)
 
