@@ -45,7 +45,6 @@ from llmmeter_common.rollups import (
 #: Decimal sums never round (PostgreSQL's numeric does not): additions are exact at this precision.
 _EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 _BIGINT = 1 << 63
-_ZERO = decimal.Decimal(0)
 _SECONDS = {"1 minute": 60, "1 hour": 3600, "1 day": 86400}
 #: A histogram is counted with bincount when its (group, key) cells are at most this many plus
 #: four per element (the scan of the counts stays cheap), else with a sort.
@@ -55,9 +54,11 @@ _DIMS = ", ".join(DIMENSIONS)
 
 def group_sql(source: str) -> str:
     """The one pass over the rows of CTE `source`: per minute and dimension combination, the
-    measures summed, the histogram keys (NULL values left out; array_agg costs the database less
+    measures summed (numeric ones as text: asyncpg's Decimal codec is the slow one), the
+    histogram keys (NULL values left out; array_agg costs the database less
     than packing bytes), and the first and last start time."""
-    sums = ", ".join(f"{m.summed(m.raw_expr)}" for m in MEASURES)
+    sums = ", ".join(f"{m.summed(m.raw_expr)}" + ("::text" if m.sql_type == "numeric" else "")
+                     for m in MEASURES)
     keys = ", ".join(f"array_agg(llmmeter_hist_key({col})::smallint) FILTER (WHERE {col} IS NOT NULL)"
                      for _, col in HISTOGRAMS)
     return f"""SELECT date_bin('1 minute', start_time, {ORIGIN}), {_DIMS}, {sums}, {keys},
@@ -78,13 +79,15 @@ def _sql_type(column: str) -> str:
 
 
 def upsert_sql(r: Rollup) -> str:
-    """Add the rows given as one array per column (`rollup_columns` order) to rollup `r`, in key
-    order (cheaper index insertion, and the lock order the SQL path used)."""
+    """Add the rows given as one array per column (`rollup_columns` order; numeric ones as text)
+    to rollup `r`, in key order (cheaper index insertion, and the lock order the SQL path used)."""
     cols = rollup_columns()
-    arrays = ", ".join(f"${i}::{_sql_type(c)}[]" for i, c in enumerate(cols, 1))
+    types = [_sql_type(c) for c in cols]
+    arrays = ", ".join(f"${i}::{'text' if t == 'numeric' else t}[]" for i, t in enumerate(types, 1))
+    selected = ", ".join(f"{c}::numeric" if t == "numeric" else c for c, t in zip(cols, types, strict=True))
     key = ", ".join(("dims_mask", "bucket", *DIMENSIONS))
     return f"""INSERT INTO {r.table} ({", ".join(cols)})
-SELECT * FROM unnest({arrays}) AS u({", ".join(cols)}) ORDER BY {key}
+SELECT {selected} FROM unnest({arrays}) AS u({", ".join(cols)}) ORDER BY {key}
 ON CONFLICT ({key}) DO UPDATE SET {conflict_sql(r.table)}"""
 
 
@@ -127,7 +130,7 @@ class Groups:
     dims: list[tuple[np.ndarray, list[Any]]]  # per dimension: codes, distinct values
     measures: dict[str, np.ndarray]  # per kind (_KINDS), one column per measure of the kind
     hist: list[tuple[np.ndarray, np.ndarray]]  # per histogram: keys, owning group
-    zero_numerics: list[bool]  # per numeric measure: only Decimal('0')?
+    zero_numerics: list[bool]  # per numeric measure: only '0'?
     records: int
     lo: datetime | None
     hi: datetime | None
@@ -154,8 +157,8 @@ def parse(rows: Sequence[Any]) -> Groups:
         keys = np.fromiter(chain.from_iterable(lists), np.int64, int(lengths.sum()))
         hist.append((keys, np.repeat(np.arange(n), lengths)))
     records = sum(cols[base + MEASURES.index(next(m for m in MEASURES if m.column == "request_count"))])
-    return Groups(n, minute, dims, measures, hist, _zero_columns(measures["numeric"]), records,
-                  min(cols[-2]), max(cols[-1]))
+    measures["numeric"], zeros = _numerics(measures["numeric"])
+    return Groups(n, minute, dims, measures, hist, zeros, records, min(cols[-2]), max(cols[-1]))
 
 
 def _int64(cols: np.ndarray) -> np.ndarray:
@@ -170,7 +173,7 @@ def _sums(kind: str, cols: np.ndarray, order: np.ndarray, starts: np.ndarray,
     `starts`); a numeric column of plain zeros (`zeros`: media seconds, mostly) sums to zeros
     without adding Decimals."""
     if kind == "numeric":
-        return [[_ZERO] * len(starts) if zero else _sums("", col[:, None], order, starts)[0]
+        return [["0"] * len(starts) if zero else list(map(str, _sums("", col[:, None], order, starts)[0]))
                 for col, zero in zip(cols.T, zeros, strict=True)]
     with decimal.localcontext(_EXACT):
         sums = np.add.reduceat(cols[order], starts, axis=0)
@@ -181,9 +184,15 @@ def _sums(kind: str, cols: np.ndarray, order: np.ndarray, starts: np.ndarray,
     return sums.T.tolist()  # type: ignore[no-any-return]
 
 
-def _zero_columns(cols: np.ndarray) -> list[bool]:
-    """Which numeric columns hold only Decimal('0') (scale 0, what a plain zero sums to)."""
-    return [all(v == 0 and v.as_tuple().exponent == 0 for v in col) for col in cols.T]
+def _numerics(cols: np.ndarray) -> tuple[np.ndarray, list[bool]]:
+    """The numeric columns (as text) as Decimals, and which hold only '0' (scale 0, what a plain
+    zero sums to, left as it is: media seconds, mostly)."""
+    zeros = [all(v == "0" for v in col) for col in cols.T]
+    out = cols.copy()
+    for i, zero in enumerate(zeros):
+        if not zero:
+            out[:, i] = list(map(decimal.Decimal, cols[:, i]))
+    return out, zeros
 
 
 def _histograms(keys: np.ndarray, owner: np.ndarray, gid: np.ndarray, ngroups: int) -> list[bytes]:
