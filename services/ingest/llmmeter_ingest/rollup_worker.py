@@ -30,6 +30,8 @@ from llmmeter_ingest.rollup_compact import compact_level
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x6C6C6D72  # "llmr"
+#: How often a resting worker looks whether ingest went quiet.
+_POLL_SECONDS = 0.05
 
 _TAKE_CHUNK = """batch AS (
     DELETE FROM usage_rollup_pending
@@ -87,9 +89,13 @@ class RollupWorker:
     """Background task draining the pending queue into the rollups."""
 
     def __init__(self, pool: asyncpg.Pool, chunk_records: int, idle_seconds: float,
-                 compact_over: int = 4096, on_quarantine: Callable[[int], None] | None = None) -> None:
-        """`on_quarantine(n)` hears of rows set aside because the rollups refused them."""
+                 compact_over: int = 4096, on_quarantine: Callable[[int], None] | None = None,
+                 activity: Callable[[], tuple[int, bool]] | None = None) -> None:
+        """`on_quarantine(n)` hears of rows set aside because the rollups refused them;
+        `activity()` (the writer's) says how many rows ingest stored so far and whether it is quiet."""
         self._pool = pool
+        self._activity = activity
+        self._taken_after = 0
         self._on_quarantine = on_quarantine
         self._chunk = chunk_records
         self._idle = idle_seconds
@@ -103,6 +109,8 @@ class RollupWorker:
 
     async def run_once(self) -> int:
         """Materialise one chunk; returns rows moved (0 if idle or another replica holds the lock)."""
+        if self._activity is not None:
+            self._taken_after = self._activity()[0]
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
                 return 0
@@ -171,7 +179,21 @@ class RollupWorker:
                 log.warning("rollup worker: %s", exc)
                 moved = 0
             if moved < self._chunk:  # caught up: let rows gather into a bigger chunk
-                await asyncio.sleep(self._idle)
+                await self._rest()
+
+    async def _rest(self) -> None:
+        """Wait `idle` seconds for queued rows to gather into a bigger chunk (a chunk's cost is
+        mostly per rollup row, and rollup rows grow much slower than the records behind them),
+        but only while ingest goes on: once it is quiet with rows stored since this chunk was
+        taken, they are taken at once, so a burst is in the rollups right after it ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._idle
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(_POLL_SECONDS, left))
+            if self._activity is not None:
+                stored, quiet = self._activity()
+                if quiet and stored > self._taken_after:
+                    return
 
     async def stop(self) -> None:
         """Stop; queued rows stay queued for the next start."""

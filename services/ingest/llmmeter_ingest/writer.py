@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +37,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.CannotConnectNowError,
 )
+#: Ingest counts as paused once no call has queued records for this long.
+QUIET_SECONDS = 0.25
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
@@ -85,6 +88,8 @@ class BatchWriter:
         self._group = group_commit_records
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._queued = 0
+        self._stored = 0
+        self._last_submit = 0.0
         self._space = asyncio.Condition()
         self._tasks = [asyncio.create_task(self._run(), name=f"writer-{i}") for i in range(writers)]
 
@@ -93,6 +98,12 @@ class BatchWriter:
         """Records accepted by handlers and not yet committed or failed."""
         return self._queued
 
+    def activity(self) -> tuple[int, bool]:
+        """(rows stored so far, whether ingest is quiet: nothing queued and no call for
+        QUIET_SECONDS), for the rollup worker to take what a burst stored as soon as it ends."""
+        quiet = not self._queued and time.monotonic() - self._last_submit >= QUIET_SECONDS
+        return self._stored, quiet
+
     def submit_nowait(self, rows: Sequence[Row], payloads: Sequence[Row]) -> Job:
         """Queue rows or refuse at once when the queue is full."""
         if self._queued and self._queued + len(rows) > self._max:
@@ -100,6 +111,7 @@ class BatchWriter:
                 f"ingest queue is full ({self._queued} records waiting); retry with backoff"
             )
         job = Job(rows, payloads)
+        self._last_submit = time.monotonic()
         self._queued += len(rows)
         self._queue.put_nowait(job)
         return job
@@ -163,6 +175,7 @@ class BatchWriter:
         written alone, so one caller's bad row fails that caller only."""
         try:
             inserted = await self._write_group(jobs)
+            self._stored += inserted.count
         except CONNECTION_ERRORS as exc:
             log.warning("database unavailable, %d calls failed: %s", len(jobs), exc)
             for j in jobs:
