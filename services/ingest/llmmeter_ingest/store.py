@@ -24,17 +24,31 @@ from llmmeter_ingest.rows import PAYLOAD_COLUMNS, RECORD_COLUMNS, Row
 
 log = logging.getLogger(__name__)
 
-_STAGING = "llmmeter_staging"
+_STAGING = "llmmeter_staged_rows"
 _STAGING_PAYLOADS = "llmmeter_staging_payloads"
+#: Numeric columns travel as text: asyncpg's binary numeric encoder costs ~1.8 µs a Decimal, str()
+#: and PostgreSQL's numeric_in of the same digits give the same value and scale for far less.
+_AS_TEXT = ("audio_seconds", "video_seconds", "cost")
+_TEXT_AT = tuple(RECORD_COLUMNS.index(c) for c in _AS_TEXT)
 
 _CREATE_STAGING = f"""
-CREATE TEMP TABLE IF NOT EXISTS {_STAGING}
-    (LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS
+    SELECT {", ".join(f"{c}::text AS {c}" if c in _AS_TEXT else c for c in RECORD_COLUMNS)}
+    FROM usage_records WITH NO DATA;
 CREATE TEMP TABLE IF NOT EXISTS {_STAGING_PAYLOADS}
     (LIKE usage_payloads INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 """
 
 _COLS = ", ".join(RECORD_COLUMNS)
+_STAGED = ", ".join(f"{c}::numeric" if c in _AS_TEXT else c for c in RECORD_COLUMNS)
+
+
+def _staged(row: Row) -> list[object]:
+    """A row as COPY sends it to the staging table (numerics as text)."""
+    out = list(row)
+    for i in _TEXT_AT:
+        out[i] = str(out[i])
+    return out
 
 #: Channel on which every commit that stored records is announced: {"xid": 32-bit id of the
 #: writing transaction (the rows' xmin), "hours": [hours since the epoch of their start_time]}.
@@ -58,7 +72,7 @@ pend AS (INSERT INTO usage_rollup_pending ({pending}) SELECT {pending} FROM ins)
     return f"""
 WITH ins AS (
     INSERT INTO usage_records ({_COLS})
-    SELECT {_COLS} FROM {_STAGING} ORDER BY start_time, request_id
+    SELECT {_STAGED} FROM {_STAGING} ORDER BY start_time, request_id
     ON CONFLICT (start_time, request_id) DO NOTHING
     RETURNING {returned}
 ),
@@ -133,7 +147,7 @@ class Store:
         await self.ensure_partitions([r[0] for r in rows])
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_CREATE_STAGING)
-            await conn.copy_records_to_table(_STAGING, records=rows, columns=RECORD_COLUMNS)
+            await conn.copy_records_to_table(_STAGING, records=map(_staged, rows), columns=RECORD_COLUMNS)
             if payloads:
                 await conn.copy_records_to_table(
                     _STAGING_PAYLOADS, records=payloads, columns=PAYLOAD_COLUMNS
