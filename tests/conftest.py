@@ -123,6 +123,13 @@ def postgres_flavor_only(storage_flavor: Flavor) -> None:
         pytest.skip("tests the PostgreSQL flavour's own mechanism (partitions, rollup worker, compaction)")
 
 
+@pytest.fixture
+def timescale_flavor_only(storage_flavor: Flavor) -> None:
+    """For tests of what only a real TimescaleDB runs (continuous aggregates, jobs, chunks)."""
+    if storage_flavor != "timescale":
+        pytest.skip("needs a real TimescaleDB (continuous aggregates, background jobs)")
+
+
 @pytest.fixture(scope="session")
 async def template_url(pg_server_url: str, storage_flavor: Flavor) -> str:
     """A database with the schema applied once, cloned for each test."""
@@ -272,12 +279,26 @@ async def query_stub(query_server: QueryServer) -> AsyncIterator[query_pb2_grpc.
 
 
 async def drain_rollups(db_url: str) -> None:
-    """Move every queued row into the rollups now, as the ingest service's worker would."""
+    """Move every queued row into the rollups now, as the ingest service's worker would; on
+    TimescaleDB (no queue), materialise the continuous aggregates now, as their policies would."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
     try:
         await RollupWorker(pool, 1_000_000, 0.1).drain()
+        await refresh_continuous_aggregates(pool)
     finally:
         await pool.close()
+
+
+async def refresh_continuous_aggregates(conn: asyncpg.Pool | asyncpg.Connection) -> None:
+    """Refresh every continuous aggregate over all time, each level before the one that reads it;
+    nothing to do without TimescaleDB."""
+    if await conn.fetchval("SELECT to_regclass('timescaledb_information.continuous_aggregates')") is None:
+        return
+    names = await conn.fetch(
+        """SELECT format('%I.%I', view_schema, view_name) FROM timescaledb_information.continuous_aggregates
+           ORDER BY position(left(view_name, 8) IN 'usage_1m usage_1h usage_1d'), view_name""")
+    for (name,) in names:
+        await conn.execute(f"CALL refresh_continuous_aggregate('{name}', NULL, NULL)")
 
 
 # --- the CLI tests (test_cli_logs_*.py, test_cli_usage_*.py): the query address, usage records ---------

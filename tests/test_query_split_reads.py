@@ -97,9 +97,16 @@ async def test_split_reads_give_the_single_reads_answer(ingest_server, ingest_st
             for i in range(1500)]
     await ingest(ingest_stub, recs[:1000])
     await drain_rollups(db_url)
-    await ingest_server.rollups.stop()  # the rest stays queued: both kinds of source in every part
+    # On PostgreSQL the rest stays queued: both kinds of source in every part. TimescaleDB has no
+    # queue: the rest is materialised as its refresh policies would (rows below the aggregates'
+    # watermark are not read in real time).
+    if ingest_server.rollups is not None:
+        await ingest_server.rollups.stop()
     await ingest(ingest_stub, recs[1000:])
-    assert await db_pool.fetchval("SELECT count(*) FROM usage_rollup_pending") == 500
+    if ingest_server.rollups is not None:
+        assert await db_pool.fetchval("SELECT count(*) FROM usage_rollup_pending") == 500
+    else:
+        await drain_rollups(db_url)
     window = Window(now - timedelta(days=4, minutes=7), now + timedelta(seconds=1))
     single = Aggregator(db_pool, timedelta(hours=1), lanes=1)
     split_ = Aggregator(db_pool, timedelta(hours=1), lanes=2, split_min_rows=1)

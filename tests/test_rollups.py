@@ -281,3 +281,13 @@ async def test_sql_writes_and_folds_the_format_python_reads(db_pool) -> None:
     folded = await db_pool.fetchval("SELECT llmmeter_hist_fold($1)", blob)
     assert folded == sketch.encode({3: 3, 4400: sketch.COUNT_MAX + 5})
     assert await db_pool.fetchval("SELECT llmmeter_hist_fold(''::bytea)") == b""
+
+
+async def test_one_record_element_inline_equals_the_function(db_pool) -> None:
+    from llmmeter_common.rollups import one_elem_sql
+
+    for us in (0, 1, 2, 999, 10**6, 2**62):
+        inline, called = await db_pool.fetchrow(
+            f"SELECT {one_elem_sql('llmmeter_hist_key($1::bigint)')}, "
+            "llmmeter_hist_elems(llmmeter_hist_key($1::bigint), 1)", us)
+        assert inline == called == sketch.encode({sketch.key_of(us): 1}), us

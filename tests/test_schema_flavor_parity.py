@@ -1,19 +1,23 @@
-"""The two flavours of migration 0002 declare the same relations, columns, indexes and functions.
+"""The two flavours declare the same relations, columns, indexes and functions.
 
-TimescaleDB is not available to the tests, so its flavour is checked
-syntactically: both files are parsed with pglast (the PostgreSQL parser, see
-migration_sql.py) and compared statement by statement with each other and
-with `llmmeter_common.rollups`. The TimescaleDB flavour creates its rollups
-with the statements `llmmeter_rollup_ddl()` generates, not statically; those
-are run and checked in test_schema_timescale_rollups.py.
+Both flavours' migration files are parsed with pglast (the PostgreSQL parser,
+see migration_sql.py) and compared statement by statement with each other and
+with `llmmeter_common.rollups`: migration 0002 as it created the schema, and
+the functions both flavours share as the latest migrations leave them. The
+TimescaleDB flavour creates its rollups with the statements its generators
+(`llmmeter_rollup_ddl`, 0002 and 0014) write, not statically; those are run
+and checked in test_schema_timescale_rollups.py. Whichever flavour the test
+database has, its rollup relations must have the same columns as the other's.
 """
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
-from pglast import ast
+from pglast import ast, parse_sql
 
-from llmmeter_common.rollups import DIMENSIONS, PENDING_COLUMNS, ROLLUPS, rollup_columns
+from llmmeter_common.migrate import load_migrations
+from llmmeter_common.rollups import DIMENSIONS, HISTOGRAMS, PENDING_COLUMNS, ROLLUPS, rollup_columns
 
 from migration_sql import (
     QUEUE,
@@ -22,6 +26,7 @@ from migration_sql import (
     _array_columns,
     _calls,
     _column_defs,
+    _columns,
     _declared,
     _sql,
     _stmts,
@@ -38,6 +43,21 @@ def _setof_type(tn: ast.TypeName) -> str:
 
 def _functions(flavor: str) -> dict[str, ast.CreateFunctionStmt]:
     return {s.funcname[-1].sval: s for s in _stmts(flavor) if isinstance(s, ast.CreateFunctionStmt)}
+
+
+def _current_functions(flavor: str) -> dict[str, ast.CreateFunctionStmt]:
+    """Every function as the migrations of a flavour leave it: the latest CREATE of each name that
+    no later DROP removed (overloads aside, which these functions do not have)."""
+    out: dict[str, ast.CreateFunctionStmt] = {}
+    for mig in load_migrations("postgres" if flavor == "postgres" else "timescale"):
+        for raw in parse_sql(mig.sql):
+            s = raw.stmt
+            if isinstance(s, ast.CreateFunctionStmt):
+                out[s.funcname[-1].sval] = s
+            elif isinstance(s, ast.DropStmt) and s.removeType.name == "OBJECT_FUNCTION":
+                for o in s.objects:
+                    out.pop(o.objname[-1].sval, None)
+    return out
 
 
 def _inputs(fn: ast.CreateFunctionStmt) -> list[str]:
@@ -126,13 +146,51 @@ def test_histogram_aggregates_are_declared_parallel_safe_with_shared_state() -> 
 
 @pytest.mark.parametrize("func", SHARED_FUNCTIONS)
 def test_shared_functions_have_the_same_signature_in_both_flavors(func: str) -> None:
+    """As 0002 created them (0014 gives retention a fourth horizon: the next test)."""
     pg, ts = _functions("postgres")[func], _functions("timescale")[func]
     assert _inputs(ts) == _inputs(pg)
     assert [p.name for p in ts.parameters] == [p.name for p in pg.parameters]
     assert _setof_type(ts.returnType) == _setof_type(pg.returnType)
     expected = {"llmmeter_ensure_partitions": (["timestamptz", "timestamptz"], "void"),
-                "llmmeter_apply_retention": (["interval", "interval", "interval", "interval"], "setof text")}
+                "llmmeter_apply_retention": (["interval", "interval", "interval"], "setof text")}
     assert (_inputs(pg), _setof_type(pg.returnType)) == expected[func]
+
+
+@pytest.mark.parametrize("func", SHARED_FUNCTIONS)
+def test_shared_functions_keep_the_same_signature_in_both_flavors(func: str) -> None:
+    """As the latest migrations leave them (0014: a retention horizon per rollup level)."""
+    pg, ts = _current_functions("postgres")[func], _current_functions("timescale")[func]
+    assert _inputs(ts) == _inputs(pg)
+    assert [p.name for p in ts.parameters] == [p.name for p in pg.parameters]
+    assert _setof_type(ts.returnType) == _setof_type(pg.returnType)
+    expected = {"llmmeter_ensure_partitions": (["timestamptz", "timestamptz"], "void"),
+                "llmmeter_apply_retention": (["interval"] * 4, "setof text")}
+    assert (_inputs(pg), _setof_type(pg.returnType)) == expected[func]
+    if func == "llmmeter_apply_retention":
+        assert [p.name for p in pg.parameters] == ["raw_keep", "payload_keep", "minute_keep", "rollup_keep"]
+
+
+def test_shared_functions_exist_in_both_flavors_alike() -> None:
+    """What both flavours' migrations leave of the functions queries and writers call."""
+    pg, ts = _current_functions("postgres"), _current_functions("timescale")
+    shared = {"llmmeter_hist_key", "llmmeter_is_error", "llmmeter_hist_elems", "llmmeter_hist_unnest",
+              "llmmeter_hist_fold", *SHARED_FUNCTIONS}
+    assert shared <= set(pg) & set(ts)
+    for name in shared - set(SHARED_FUNCTIONS):
+        assert _sql(pg[name]) == _sql(ts[name]), name
+    gone = {"llmmeter_hist_pairs", "llmmeter_hist_merge"}
+    assert not gone & (set(pg) | set(ts))
+
+
+async def test_live_rollup_relations_have_the_rollup_columns(db_pool: asyncpg.Pool) -> None:
+    """Tables on PostgreSQL, views over continuous aggregates on TimescaleDB: the same columns, in
+    rollups.rollup_columns() order, typed as the PostgreSQL flavour declares them (histograms as
+    0013's bytea)."""
+    types = dict(_declared("postgres", "usage_1m"))
+    types.update((f"{p}_hist", "bytea") for p, _ in HISTOGRAMS)
+    async with db_pool.acquire() as conn:
+        for r in ROLLUPS:
+            assert await _columns(conn, r.table) == [(c, types[c]) for c in rollup_columns()], r.table
 
 
 def test_timescale_static_policies() -> None:

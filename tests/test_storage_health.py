@@ -81,7 +81,8 @@ async def test_a_failed_timescaledb_job_is_reported(db_pool, storage_flavor) -> 
     if storage_flavor != "timescale":
         pytest.skip("background jobs are the TimescaleDB flavour's mechanism")
     async with db_pool.acquire() as conn:
-        assert (await check(conn, "timescale", 3600, 600)).failed_jobs == 0
+        # the database's own jobs may have failed already (TimescaleDB 2.17.2 on PostgreSQL 15.20
+        # fails every run with "cannot drop portal", README): this job's report is what is tested
         await conn.execute("""
             CREATE PROCEDURE llmmeter_test_failing_job(job_id int, config jsonb) LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'boom'; END $$""")

@@ -20,6 +20,7 @@ async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[s
     in-process Aggregator.run, and EXPLAIN (ANALYZE, BUFFERS) of each statement (returned as text)."""
     import asyncpg
 
+    from llmmeter_common.rollups import covering_mask
     from llmmeter_query.aggregate import ALL_PERCENTILES, Aggregator, Top, parse_group
     from llmmeter_query.filters import parse_filter
     from llmmeter_query.settings import QuerySettings
@@ -39,7 +40,7 @@ async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[s
         for name, (window, group_name, bucket) in cases.items():
             group = parse_group(group_name or "")
             q = agg._query(window, filt, group, bucket)
-            stretches, mask = q.stretches, q.mask
+            stretches = q.stretches
             # the series asks for p95 latency only; summary and breakdown read both histograms
             percentiles = {"lat": (0.95,)} if name == "series" else ALL_PERCENTILES
             top = (None if group is None else
@@ -47,9 +48,10 @@ async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[s
                        fold=name == "series"))
             stmts = {"measures": q.measures(),
                      "histograms (all groups)": q.histograms(list(percentiles), None)}
-            info: dict[str, Any] = {"stretches": [f"{st.level.table if st.level else 'raw'} "
-                                                  f"{st.start:%m-%d %H:%M:%S}..{st.end:%m-%d %H:%M:%S}"
-                                                  for st in stretches], "mask": mask}
+            info: dict[str, Any] = {"stretches": [
+                f"{st.level.table if st.level else 'raw'} (dims_mask "
+                f"{covering_mask(q.dims, st.level.table) if st.level else '-'}) "
+                f"{st.start:%m-%d %H:%M:%S}..{st.end:%m-%d %H:%M:%S}" for st in stretches]}
             async with pool.acquire() as conn:
                 for label, (sql, params) in stmts.items():
                     timing, rows = await time_sql(conn, sql, params, 1, 5)

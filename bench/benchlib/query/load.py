@@ -103,7 +103,7 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         if left:
             raise BenchFailure(f"{left} rows left in usage_rollup_pending")
         # what the worker does as buckets close, here once for the month
-        await pack_closed(dsn, end - timedelta(days=days + 1), end, minutes=True, vacuum=False)
+        await compact_closed(dsn, end - timedelta(days=days + 1), end, minutes=True, vacuum=False)
         rows_done = time.perf_counter()
         log("  VACUUM ANALYZE")
         await gen.execute("VACUUM ANALYZE")
@@ -112,14 +112,8 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         rolled = {t: int(await gen.fetchval(
             f"SELECT coalesce(sum(request_count), 0) FROM {t} WHERE dims_mask = 0"))
             for t in ("usage_1m", "usage_1h", "usage_1d")}
-        sizes = {r[0]: int(r[1]) for r in await gen.fetch(
-            "SELECT t, pg_total_relation_size(c.oid) "
-            "+ coalesce((SELECT sum(pg_total_relation_size(i.inhrelid)) "
-            "FROM pg_inherits i WHERE i.inhparent = c.oid), 0) "
-            "FROM unnest(ARRAY['usage_records', 'usage_1m', 'usage_1h', 'usage_1d']) AS t "
-            "JOIN pg_class c ON c.relname = t")}
-        rollup_rows = {t: int(await gen.fetchval(f"SELECT count(*) FROM {t}"))
-                       for t in ("usage_1m", "usage_1h", "usage_1d")}
+        stored = await storage(gen)
+        sizes, rollup_rows = stored["bytes"], stored["rollup_rows"]
     finally:
         await gen.close()
         for conn in mats:
@@ -137,14 +131,26 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
     }
 
 
-async def pack_closed(dsn: str, lo: datetime, hi: datetime, minutes: bool = False,
+async def storage(conn: Any) -> dict[str, dict[str, int]]:
+    """Bytes on disk of the raw table and each rollup (partitions, indexes and TOAST included) and
+    the rollups' row counts: what the storage table of bench/README.md reports."""
+    sizes = {r[0]: int(r[1]) for r in await conn.fetch(
+        "SELECT t, pg_total_relation_size(c.oid) "
+        "+ coalesce((SELECT sum(pg_total_relation_size(i.inhrelid)) "
+        "FROM pg_inherits i WHERE i.inhparent = c.oid), 0) "
+        "FROM unnest(ARRAY['usage_records', 'usage_1m', 'usage_1h', 'usage_1d']) AS t "
+        "JOIN pg_class c ON c.relname = t")}
+    rows = {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
+            for t in ("usage_1m", "usage_1h", "usage_1d")}
+    return {"bytes": sizes, "rollup_rows": rows}
+
+
+async def compact_closed(dsn: str, lo: datetime, hi: datetime, minutes: bool = False,
                       vacuum: bool = True) -> int:
-    """Compact and pack the closed hour and day rows (and minute rows with `minutes`), as the
-    rollup worker does when a bucket closes, one day at a time (one statement over a month spilled
-    its sort to disk). Also brings a reused load stored before migration 0007 up to date: rows
-    already packed are skipped, so this is quick after the first time. With `vacuum`, each
-    rewritten table is vacuumed after (the fresh load vacuums everything itself). Returns rows
-    rewritten."""
+    """Compact the closed hour and day rows (and minute rows with `minutes`), as the rollup
+    worker does when a bucket closes, one day at a time (one statement over a month spilled its
+    sort to disk). With `vacuum`, each rewritten table is vacuumed after (the fresh load vacuums
+    everything itself). Returns rows rewritten."""
     from llmmeter_common.rollups import ROLLUPS, compact_sql
     from llmmeter_ingest.rollup_worker import CLOSE_COMPACT_OVER
 
@@ -162,7 +168,7 @@ async def pack_closed(dsn: str, lo: datetime, hi: datetime, minutes: bool = Fals
                 day += timedelta(days=1)
             total += n
             if n:
-                log(f"  {rollup.table}: {n:,} closed rows compacted and packed "
+                log(f"  {rollup.table}: {n:,} closed rows compacted "
                     f"in {time.perf_counter() - t:.1f}s")
             if n and vacuum:
                 await conn.execute(f"VACUUM ANALYZE {rollup.table}")

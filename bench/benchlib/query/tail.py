@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..harness import BenchFailure, api_key
 from ..timing import summarize
 
 
-async def measure_tail(query_addr: str, ingest_addr: str, reps: int) -> dict[str, Any]:
-    """`reps` round trips (after one warm-up) of one record, WriteRecords -> TailRequests message."""
+async def measure_tail(query_addr: str, ingest_addr: str, reps: int, at: datetime) -> dict[str, Any]:
+    """`reps` round trips (after one warm-up) of one record, WriteRecords -> TailRequests message.
+
+    The records start just before `at`, the loaded data's end: a later run's windows (which end
+    there) then hold them, and no record lies past those windows' end, as in a live "up to now"
+    window (the query service reads such a window's last bucket whole)."""
     from google.protobuf import timestamp_pb2
 
     from llmmeter.channels import open_channel
@@ -30,10 +34,9 @@ async def measure_tail(query_addr: str, ingest_addr: str, reps: int) -> dict[str
         call = qstub.TailRequests(query_pb2.TailRequestsRequest(filter='model = "bench-tail"'))
         await asyncio.wait_for(call.initial_metadata(), 30)
         for k in range(reps + 1):
-            now = datetime.now(UTC)
             st, en = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
-            st.FromDatetime(now - timedelta(milliseconds=300))
-            en.FromDatetime(now - timedelta(milliseconds=10))
+            st.FromDatetime(at - timedelta(milliseconds=300))
+            en.FromDatetime(at - timedelta(milliseconds=10))
             rec = usage_pb2.UsageRecord(request_id=f"bench-tail-{os.getpid()}-{k}", start_time=st,
                                         end_time=en, status_code=200, model="bench-tail", provider="bench",
                                         user="bench", input_tokens=10, output_tokens=5)

@@ -22,13 +22,13 @@ from typing import Any, cast
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, hist_sql
+from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, one_elem_sql
 from llmmeter_query import horizons
 from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
-from llmmeter_query.window import Stretch, Window, plan, rollup_buckets, split, usable_levels
+from llmmeter_query.window import Stretch, Window, ceil_to, plan, rollup_buckets, split, usable_levels
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 #: Every percentile of both histograms (`lat`, `ttft`): what a summary or breakdown shows.
@@ -145,7 +145,9 @@ class Aggregator:
         return self._pool
 
     def _query(self, window: Window, filt: Filter, group: Grouping | None,
-               bucket: timedelta | None, days: LocalDays | None = None) -> _Query:
+               bucket: timedelta | None, days: LocalDays | None = None, open_end: bool = False) -> _Query:
+        """The query's plan; with `open_end` (no stored record starts at or after the window's
+        end), the window's last rollup bucket is read whole: it holds nothing past the end."""
         dims = set(filt.columns())
         rollups_ok = _rollups_can_answer(filt, group)
         if group is not None and group.dims is not None:
@@ -158,7 +160,8 @@ class Aggregator:
         levels = tuple(lv for lv in nesting if covering_mask(dims, lv.table) is not None)
         if not rollups_ok or small:
             levels = ()
-        return _Query(filt, group, bucket, plan(window.start, window.end, levels), frozenset(dims), days)
+        end = ceil_to(window.end, levels[0].width) if open_end and levels else window.end
+        return _Query(filt, group, bucket, plan(window.start, end, levels), frozenset(dims), days)
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
                   *, top: Top | None = None,
@@ -176,6 +179,12 @@ class Aggregator:
         query = self._query(window, filt, group, bucket, days)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
+            # "Up to now" windows end inside a bucket the rollups hold up to now: read it whole
+            # rather than its minutes and seconds from finer levels and raw rows
+            open_end = bool(query.stretches) and _ends_finer(query) and await horizons.nothing_after(
+                conn, window.end)
+            if open_end:
+                query = self._query(window, filt, group, bucket, days, open_end)
             counted_from = await horizons.counted_from(conn, query.stretches, datetime.now(UTC))
             groups: dict[Key, Stats] = {}
             columns = _MEASURE_COLUMNS if measures is None else _measure_subset(measures)
@@ -198,7 +207,7 @@ class Aggregator:
                 reads = self._parts(query, len({g for g, _ in groups}) if only is None else len(only))
                 statements: list[Statement] = [q.histograms(prefixes, only) for q in reads]
                 if fold:  # "other" = the total minus the kept groups
-                    total = self._query(window, filt, None, bucket, days)
+                    total = self._query(window, filt, None, bucket, days, open_end)
                     statements += [q.histograms(prefixes, None) for q in self._parts(total, 1)]
                 results = await fetch_all(self._pool, conn, statements, self._lanes)
                 for rows in results[: len(reads)]:
@@ -213,6 +222,14 @@ class Aggregator:
         if self._lanes < 2 or groups * rollup_buckets(query.stretches) < self._split_min_rows:
             return [query]
         return [query.over(part) for part in split(query.stretches, self._lanes)]
+
+
+def _ends_finer(query: _Query) -> bool:
+    """Whether the plan's last stretch is finer than its coarsest rollup level (raw rows count as
+    finest): only then can reading the last bucket whole save anything."""
+    levels = [s.level for s in query.stretches if s.level is not None]
+    last = query.stretches[-1].level
+    return bool(levels) and (last is None or last.width < max(lv.width for lv in levels))
 
 
 def _rollups_can_answer(filt: Filter, group: Grouping | None) -> bool:
@@ -367,7 +384,7 @@ class _Query:
                 parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
             else:
                 arrays = ", ".join(
-                    f"coalesce(string_agg({hist_sql(f'llmmeter_hist_key({cols[p]})', '1')}, ''::bytea) "
+                    f"coalesce(string_agg({one_elem_sql(f'llmmeter_hist_key({cols[p]})')}, ''::bytea) "
                     f"FILTER (WHERE {cols[p]} IS NOT NULL), {EMPTY_HIST_SQL})"
                     for p in prefixes)
                 parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "

@@ -1,4 +1,10 @@
-"""Where retention has cut the rows a window's first stretches need.
+"""Where the stored data begins and ends, as far as a window's answer is concerned.
+
+At the end: a window that reaches up to now ends inside buckets the rollups hold up to now, so
+when no stored record starts at or after the window's end (`nothing_after`), the last bucket can
+be read whole instead of its minutes and seconds from finer levels and raw rows.
+
+At the start: retention may have cut the rows a window's first stretches need.
 
 Each source is kept for its own time: raw rows and the minute rollup about two
 weeks, the hour and day rollups about a year. A long window is answered from
@@ -32,6 +38,15 @@ _DROPPED = """SELECT EXISTS (SELECT 1 FROM usage_1h WHERE dims_mask = 0 AND buck
                                 AND bucket + interval '1 hour' <= $3)"""
 #: Windows starting later than this before now are never cut (retention keeps at least a day).
 _YOUNG = timedelta(days=1)
+
+
+#: Whether any stored record starts at or after $1 (queued rows are stored rows too).
+_LATER = "SELECT EXISTS (SELECT 1 FROM usage_records WHERE start_time >= $1)"
+
+
+async def nothing_after(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, end: datetime) -> bool:
+    """Whether no stored record starts at or after `end` (in the caller's snapshot)."""
+    return not await conn.fetchval(_LATER, end)
 
 
 async def counted_from(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
