@@ -61,8 +61,9 @@ def write_sql(queue_for_rollups: bool) -> str:
 
     It answers in one row whatever the batch's size (decoding a key per stored row cost the
     service more than the rest of the write): how many rows it stored, the keys of the staged
-    rows it did not store (already there: usually none), and it announces the commit on
-    NOTIFY_CHANNEL with the hours the new rows fall in.
+    rows it did not store (looked for only when fewer than the $1 staged rows were stored: the
+    usual batch has none), and it announces the commit on NOTIFY_CHANNEL with the hours the new
+    rows fall in.
     """
     pending = ", ".join(PENDING_COLUMNS)
     returned = ", ".join(dict.fromkeys(("start_time", "request_id", *PENDING_COLUMNS)))
@@ -89,13 +90,15 @@ stored AS (
     FROM ins
 ),
 skipped AS (
-    SELECT array_agg(s.request_id) AS ids, array_agg(s.start_time) AS times FROM {_STAGING} AS s
+    SELECT s.request_id, s.start_time FROM {_STAGING} AS s
     WHERE NOT EXISTS (SELECT FROM ins WHERE ins.start_time = s.start_time AND ins.request_id = s.request_id)
 )
-SELECT stored.n, skipped.ids, skipped.times,
+SELECT stored.n,
+       CASE WHEN stored.n < $1 THEN (SELECT array_agg(request_id) FROM skipped) END,
+       CASE WHEN stored.n < $1 THEN (SELECT array_agg(start_time) FROM skipped) END,
        CASE WHEN stored.n > 0 THEN pg_notify('{NOTIFY_CHANNEL}', json_build_object(
            'xid', pg_current_xact_id()::text::bigint % 4294967296, 'hours', stored.hours)::text) END
-FROM stored, skipped
+FROM stored
 """
 
 
@@ -152,7 +155,7 @@ class Store:
                 await conn.copy_records_to_table(
                     _STAGING_PAYLOADS, records=payloads, columns=PAYLOAD_COLUMNS
                 )
-            row = await conn.fetchrow(self._sql)
+            row = await conn.fetchrow(self._sql, len(rows))
         assert row is not None  # aggregates' one row
         return Written(int(row[0]), frozenset(zip(row[1] or (), row[2] or (), strict=True)))
 
