@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from decimal import Decimal
 from functools import partial
 from itertools import chain
 from operator import attrgetter, methodcaller
@@ -147,12 +148,20 @@ def _presence(records: Sequence[usage_pb2.UsageRecord], n: np.ndarray,
 
 def _where(values: list[Any], present: np.ndarray) -> list[Any]:
     """values, None where not present."""
+    if present.all():
+        return values
     return [x if p else None for x, p in zip(values, present.tolist(), strict=True)]
 
 
 def _decimals(values: np.ndarray) -> list[Any]:
-    """`rows.to_decimal` over a column."""
-    return list(map(to_decimal, values.tolist())) if values.any() else [to_decimal(0.0)] * len(values)
+    """`rows.to_decimal` over a column: the Decimal of each float's repr, a plain 0 for zero."""
+    zero = to_decimal(0.0)
+    if not values.any():
+        return [zero] * len(values)
+    out = list(map(Decimal, map(repr, values.tolist())))
+    for i in np.flatnonzero(values == 0).tolist():
+        out[i] = zero
+    return out
 
 
 def convert(records: Sequence[usage_pb2.UsageRecord], limits: Limits, redact_ip: bool,
@@ -219,7 +228,7 @@ def _rows(records: Sequence[usage_pb2.UsageRecord], texts: list[tuple[str, ...]]
     ends = list(map(EPOCH.__add__, map(_micros, end_us.tolist())))
     streaming, cache_hit, metadata, breakdowns = other
     costs: list[Any] = _decimals(f[:, 0])
-    cost_json = list(map(_json, breakdowns))
+    cost_json = _json(breakdowns)
     sources = [REPORTED] * len(ids)
     for i in np.flatnonzero(~has["cost"]).tolist():  # sent without a cost: priced here
         cost, parts, sources[i] = pricer.price(records[i], starts[i])
@@ -234,12 +243,12 @@ def _rows(records: Sequence[usage_pb2.UsageRecord], texts: list[tuple[str, ...]]
         col["cache_write_tokens"].tolist(), col["reasoning_tokens"].tolist(), col["media.images"].tolist(),
         _decimals(f[:, 1]), _decimals(f[:, 2]), col["media.characters"].tolist(), costs, cost_json,
         cache_hit, _where(gateway.tolist(), has["gateway_overhead"]), col["retries"].tolist(),
-        list(map(_json, metadata)), has["payload"].tolist(), sources, strict=True,
+        _json(metadata), has["payload"].tolist(), sources, strict=True,
     ))
     payloads = [payload_row(records[i], starts[i]) for i in np.flatnonzero(has["payload"]).tolist()]
     return rows, payloads
 
 
-def _json(d: dict[str, Any]) -> str:
-    """`rows.json_map` of a map already read into a dict."""
-    return orjson.dumps(d).decode() if d else "{}"
+def _json(maps: list[dict[str, Any]]) -> list[str]:
+    """`rows.json_map` of maps already read into dicts (an empty one is "{}" either way)."""
+    return list(map(bytes.decode, map(orjson.dumps, maps)))
