@@ -40,6 +40,7 @@ async def run_store_path(
     """(c): the service's Store.write on the pre-converted rows, in groups of the group-commit size."""
     import asyncpg
 
+    from llmmeter_ingest.rows import RECORD_COLUMNS
     from llmmeter_ingest.store import Store
 
     dsn = await create_migrated_db(server_dsn, "bench_store")
@@ -52,11 +53,12 @@ async def run_store_path(
         await store.ensure_partitions([r[0] for r in rows])
         await pool.execute("CHECKPOINT")
         by_key: dict[tuple[Any, str], tuple[Any, ...]] = {(p[0], p[1]): p for p in payloads}
+        has_payload = RECORD_COLUMNS.index("has_payload")  # (not the last column since cost_source)
         t0 = time.perf_counter()
         stored = 0
         for i in range(0, len(rows), group):
             part = rows[i:i + group]
-            pays = [by_key[(r[0], r[1])] for r in part if r[-1]]
+            pays = [by_key[(r[0], r[1])] for r in part if r[has_payload]]
             stored += len(await store.write(part, pays))
         elapsed = time.perf_counter() - t0
     finally:

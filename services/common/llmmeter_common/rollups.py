@@ -237,11 +237,6 @@ def _upsert_cte(r: Rollup, finer: Rollup | None) -> str:
         joins.append(f"LEFT JOIN {t}_{prefix} AS {prefix} USING ({key})")
         hist_cols.append(f"coalesce({prefix}.h, {EMPTY_HIST_SQL})")
     cols = rollup_columns()
-    additive = ",\n        ".join(f"{m.column} = {t}.{m.column} + EXCLUDED.{m.column}" for m in MEASURES)
-    # Appending is a byte concatenation; merging key by key here took half the rollup time.
-    # Readers add counts up by key anyway, and `compact_sql` folds repeated keys back together,
-    # set-based, once histograms grow long.
-    merges = ",\n        ".join(f"{p}_hist = {t}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS)
     agg_cols = ", ".join(f"a.{c}" for c in cols[: 2 + len(DIMENSIONS) + len(MEASURES)])
     parts.append(
         f"""{t}_up AS (
@@ -250,10 +245,22 @@ def _upsert_cte(r: Rollup, finer: Rollup | None) -> str:
     FROM {t}_agg AS a {" ".join(joins)}
     ORDER BY {", ".join("a." + c for c in key.split(", "))}
     ON CONFLICT ({key}) DO UPDATE SET
-        {additive},
-        {merges})"""
+        {conflict_sql(t)})"""
     )
     return ",\n".join(parts)
+
+
+def conflict_sql(table: str) -> str:
+    """The SET list of an upsert into rollup `table` meeting a row already there: measures added,
+    histogram elements appended (for the SQL path and the rollup worker's numpy path alike).
+
+    Appending is a byte concatenation; merging key by key here took half the rollup time.
+    Readers add counts up by key anyway, and `compact_sql` folds repeated keys back together,
+    set-based, once histograms grow long.
+    """
+    additive = [f"{m.column} = {table}.{m.column} + EXCLUDED.{m.column}" for m in MEASURES]
+    merges = [f"{p}_hist = {table}.{p}_hist || EXCLUDED.{p}_hist" for p, _ in HISTOGRAMS]
+    return ",\n        ".join(additive + merges)
 
 
 def rollup_ctes(source: str) -> str:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 from llmmeter.v1 import usage_pb2
 from llmmeter_common.auth.context import team_scope
+from llmmeter_ingest import bulk_rows
 from llmmeter_ingest.pricing import BUILTIN_ONLY, Pricer
 from llmmeter_ingest.rows import Row, to_rows
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.validation import Limits, Rejected, validate
-from llmmeter_ingest.writer import BatchWriter, Job
+from llmmeter_ingest.writer import AllKeys, BatchWriter, Job
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,19 @@ class Ingestor:
         )
 
     def prepare(self, records: Sequence[usage_pb2.UsageRecord], offset: int = 0) -> Prepared:
-        """Validate and convert; repeats of a key inside the batch count as duplicates."""
+        """Validate and convert; repeats of a key inside the batch count as duplicates.
+
+        A batch of valid records with unique keys, the usual case, is converted column by column
+        (`bulk_rows`); any other is taken record by record, which says what is wrong with each.
+        """
         limits = self._limits()
         redact = self._settings.redact_client_ip
+        team = team_scope()
+        whole = bulk_rows.convert(records, limits, redact, self._pricer, team)
+        if whole is not None:
+            return Prepared(whole[0], whole[1], Outcome())
         prepared = Prepared([], [], Outcome())
         seen: set[tuple[str, object]] = set()
-        team = team_scope()
         for i, rec in enumerate(records):
             try:
                 if team is not None:
@@ -130,7 +138,9 @@ class Ingestor:
             prepared.outcome.accepted += len(keys)
             prepared.outcome.duplicates += len(prepared.rows) - len(keys)
             if self._on_stored is not None and keys:
-                self._on_stored([r for r in prepared.rows if (r[1], r[0]) in keys])
+                stored = prepared.rows if isinstance(keys, AllKeys) else [
+                    r for r in prepared.rows if (r[1], r[0]) in keys]
+                self._on_stored(stored)
         if self._on_outcome is not None:
             self._on_outcome(prepared.outcome)
         return prepared.outcome

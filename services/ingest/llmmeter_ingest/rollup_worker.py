@@ -6,7 +6,9 @@ rollup and deletes them, all in one transaction, so a row is always counted
 exactly once: in the rollups or in the queue, which queries read beside the
 rollups. Large chunks are what makes it fast: live traffic shares minutes and
 dimension combinations, so a chunk collapses into far fewer rollup rows than
-it has records. An advisory lock lets one replica at a time do the work.
+it has records. An advisory lock lets one replica at a time do the work. The
+aggregation itself is `rollup_agg`'s: one grouping pass in SQL, the rollup levels
+and grouping sets in numpy.
 """
 
 from __future__ import annotations
@@ -22,26 +24,33 @@ import asyncpg
 
 from llmmeter_common.rollups import PENDING_COLUMNS, ROLLUPS, compact_sql, rollup_ctes
 from llmmeter_common.timeutil import floor_to
+from llmmeter_ingest.rollup_agg import add_groups, group_sql
+from llmmeter_ingest.rollup_compact import compact_level
 
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x6C6C6D72  # "llmr"
+#: How often a resting worker looks whether ingest went quiet.
+_POLL_SECONDS = 0.05
 
-MATERIALIZE_SQL = f"""
-WITH batch AS (
+_TAKE_CHUNK = """batch AS (
     DELETE FROM usage_rollup_pending
     WHERE ctid = ANY(ARRAY(SELECT ctid FROM usage_rollup_pending LIMIT $1))
     RETURNING *
-),
-{rollup_ctes("batch")}
-SELECT count(*), min(start_time), max(start_time) FROM batch
-"""
-
+)"""
+#: Takes up to $1 queued rows off the queue, grouped by minute and dimensions for `rollup_agg`.
+TAKE_SQL = f"WITH {_TAKE_CHUNK}\n{group_sql('batch')}"
 #: The same for an explicit list of queued rows (isolating a chunk that failed).
-MATERIALIZE_ROWS_SQL = f"""
-WITH batch AS (
+TAKE_ROWS_SQL = f"""WITH batch AS (
     DELETE FROM usage_rollup_pending WHERE ctid = ANY($1::tid[]) RETURNING *
-),
+)
+{group_sql('batch')}"""
+
+#: The same move as one SQL statement (the rollups' SQL definition, `rollups.rollup_ctes`): what
+#: the worker did before `rollup_agg`, kept as the reference the tests compare the numpy path
+#: with, and for the query benchmark's loader.
+MATERIALIZE_SQL = f"""
+WITH {_TAKE_CHUNK},
 {rollup_ctes("batch")}
 SELECT count(*), min(start_time), max(start_time) FROM batch
 """
@@ -57,30 +66,36 @@ Moved = tuple[int, datetime | None, datetime | None]
 #: What the rollups refuse because of a row's values (not the database being away).
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
+#: Compaction as SQL (`rollups.compact_sql`): the reference `rollup_compact` is tested against.
 COMPACT_SQL: tuple[str, ...] = tuple(compact_sql(r) for r in ROLLUPS)
 
 #: Hour and day buckets get a final compaction this long after they end (stragglers are in).
 CLOSE_GRACE = timedelta(minutes=5)
 #: At that final compaction, arrays this short are left alone (rewriting them gains nothing).
 CLOSE_COMPACT_OVER = 64
-_CLOSING = {r.table: (sql, timedelta(hours=1) if r.width == "1 hour" else timedelta(days=1))
-            for r, sql in zip(ROLLUPS, COMPACT_SQL, strict=True) if r.width in ("1 hour", "1 day")}
+_CLOSING = {r.table: (r, timedelta(hours=1) if r.width == "1 hour" else timedelta(days=1))
+            for r in ROLLUPS if r.width in ("1 hour", "1 day")}
 
 
 async def compact(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, lo: datetime, hi: datetime,
                   longer_than: int) -> int:
     """Fold repeated histogram keys in the rollup rows of start times [lo, hi] whose arrays grew
-    past `longer_than`; the caller holds the worker's lock. Returns rows rewritten."""
-    return sum([int(await conn.fetchval(sql, lo, hi, longer_than)) for sql in COMPACT_SQL])
+    past `longer_than` (`rollup_compact`); the caller holds the worker's lock. Returns rows
+    rewritten."""
+    return sum([await compact_level(conn, r, lo, hi, longer_than) for r in ROLLUPS])
 
 
 class RollupWorker:
     """Background task draining the pending queue into the rollups."""
 
     def __init__(self, pool: asyncpg.Pool, chunk_records: int, idle_seconds: float,
-                 compact_over: int = 4096, on_quarantine: Callable[[int], None] | None = None) -> None:
-        """`on_quarantine(n)` hears of rows set aside because the rollups refused them."""
+                 compact_over: int = 4096, on_quarantine: Callable[[int], None] | None = None,
+                 activity: Callable[[], tuple[int, bool]] | None = None) -> None:
+        """`on_quarantine(n)` hears of rows set aside because the rollups refused them;
+        `activity()` (the writer's) says how many rows ingest stored so far and whether it is quiet."""
         self._pool = pool
+        self._activity = activity
+        self._taken_after = 0
         self._on_quarantine = on_quarantine
         self._chunk = chunk_records
         self._idle = idle_seconds
@@ -94,14 +109,14 @@ class RollupWorker:
 
     async def run_once(self) -> int:
         """Materialise one chunk; returns rows moved (0 if idle or another replica holds the lock)."""
+        if self._activity is not None:
+            self._taken_after = self._activity()[0]
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
                 return 0
             try:
                 async with conn.transaction():  # a savepoint: a refused chunk is taken apart below
-                    row = await conn.fetchrow(MATERIALIZE_SQL, self._chunk)
-                    assert row is not None  # an aggregate always returns a row
-                    moved, lo, hi = row
+                    moved, lo, hi = await add_groups(conn, await conn.fetch(TAKE_SQL, self._chunk))
             except _REFUSED as exc:
                 log.warning("rollup worker: a chunk was refused (%s); isolating its rows", exc)
                 ctids = [r[0] for r in await conn.fetch(
@@ -117,9 +132,7 @@ class RollupWorker:
         be added are found; those go to `usage_rollup_quarantine` (logged and counted)."""
         try:
             async with conn.transaction():
-                row = await conn.fetchrow(MATERIALIZE_ROWS_SQL, ctids)
-                assert row is not None  # an aggregate always returns a row
-                return int(row[0]), row[1], row[2]
+                return await add_groups(conn, await conn.fetch(TAKE_ROWS_SQL, ctids))
         except _REFUSED as exc:
             if len(ctids) == 1:
                 await conn.execute(QUARANTINE_SQL, ctids[0], f"{exc.sqlstate}: {exc}")
@@ -141,11 +154,11 @@ class RollupWorker:
         key order (read without merging). After a restart the last closed bucket is passed over
         again, which rewrites its rows once more and changes nothing.
         """
-        for table, (sql, width) in _CLOSING.items():
+        for table, (r, width) in _CLOSING.items():
             closed = floor_to(now - CLOSE_GRACE, width)
             since = self._closed.get(table, closed - width)
             if closed > since:
-                await conn.fetchval(sql, since, closed - timedelta(microseconds=1), CLOSE_COMPACT_OVER)
+                await compact_level(conn, r, since, closed - timedelta(microseconds=1), CLOSE_COMPACT_OVER)
                 self._closed[table] = closed
 
     async def drain(self) -> None:
@@ -166,7 +179,21 @@ class RollupWorker:
                 log.warning("rollup worker: %s", exc)
                 moved = 0
             if moved < self._chunk:  # caught up: let rows gather into a bigger chunk
-                await asyncio.sleep(self._idle)
+                await self._rest()
+
+    async def _rest(self) -> None:
+        """Wait `idle` seconds for queued rows to gather into a bigger chunk (a chunk's cost is
+        mostly per rollup row, and rollup rows grow much slower than the records behind them),
+        but only while ingest goes on: once it is quiet with rows stored since this chunk was
+        taken, they are taken at once, so a burst is in the rollups right after it ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._idle
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(_POLL_SECONDS, left))
+            if self._activity is not None:
+                stored, quiet = self._activity()
+                if quiet and stored > self._taken_after:
+                    return
 
     async def stop(self) -> None:
         """Stop; queued rows stay queued for the next start."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -41,7 +42,9 @@ Row = tuple[Any, ...]
 
 
 @lru_cache(maxsize=65_536)
-def _client_ip(raw: str, redact: bool) -> str:
+def client_ip(raw: str, redact: bool) -> str:
+    """The stored form of a client address: validated, and cut to its /24 or /48 network when
+    `redact`."""
     try:
         addr = ipaddress.ip_address(raw.strip())
     except ValueError:
@@ -52,11 +55,13 @@ def _client_ip(raw: str, redact: bool) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 
-def _decimal(value: float) -> Decimal:
+def to_decimal(value: float) -> Decimal:
+    """The exact decimal of a float as sent (its shortest repr), a plain 0 for zero."""
     return Decimal(repr(value)) if value else _ZERO
 
 
-def _json_map(m: Any) -> str:
+def json_map(m: Any) -> str:
+    """A protobuf map (or dict) as a JSON object."""
     # a comprehension over the map is twice as fast as dict(m), which goes through the Mapping ABC
     return orjson.dumps({k: m[k] for k in m}).decode() if m else "{}"
 
@@ -117,28 +122,30 @@ def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool,
     media = rec.media
     has_payload = rec.HasField("payload")
     if rec.HasField("cost"):
-        cost, breakdown, source = _decimal(rec.cost), _json_map(rec.cost_breakdown), REPORTED
+        cost, breakdown, source = to_decimal(rec.cost), json_map(rec.cost_breakdown), REPORTED
     else:
         cost, parts, source = pricer.price(rec, start)
-        breakdown = _json_map(parts)
+        breakdown = json_map(parts)
     row = (
         start, rec.request_id, from_us(start_us + latency), latency, ttft, itl, tpot,
         rec.streaming, rec.output_chunks, rec.status_code, rec.error_type, rec.error_message,
         rec.model, rec.response_model, rec.model_alias, rec.provider, rec.call_type, rec.model_id,
         rec.api_base, rec.user, rec.team, rec.account,
-        _client_ip(rec.client_ip, redact_ip) if rec.client_ip else "",
+        client_ip(rec.client_ip, redact_ip) if rec.client_ip else "",
         rec.input_tokens, out, rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
-        media.images, _decimal(media.audio_seconds), _decimal(media.video_seconds), media.characters,
+        media.images, to_decimal(media.audio_seconds), to_decimal(media.video_seconds), media.characters,
         cost, breakdown, rec.cache_hit,
         duration_us(rec.gateway_overhead) if rec.HasField("gateway_overhead") else None,
-        rec.retries, _json_map(rec.metadata), has_payload, source,
+        rec.retries, json_map(rec.metadata), has_payload, source,
     )
-    if not has_payload:
-        return row, None
+    return row, payload_row(rec, start) if has_payload else None
+
+
+def payload_row(rec: usage_pb2.UsageRecord, start: datetime) -> Row:
+    """The `usage_payloads` row of a valid record that has a payload, starting at `start`."""
     p = rec.payload
-    payload = (
+    return (
         start, rec.request_id,
         _payload_json(p.request, p.HasField("request")),
         _payload_json(p.response, p.HasField("response")),
     )
-    return row, payload

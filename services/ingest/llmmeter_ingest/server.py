@@ -87,11 +87,12 @@ class IngestServer:
         )
         flavor = await self._pool.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1")
         store = Store(self._pool, queue_for_rollups=flavor != "timescale")
+        self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         if flavor != "timescale":
             self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds,
-                                        s.rollup_compact_over, on_quarantine=self._quarantined.inc)
+                                        s.rollup_compact_over, on_quarantine=self._quarantined.inc,
+                                        activity=self._writer.activity)
             self.rollups.start()
-        self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
         names = [SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])]
         keys = await key_store(s, self._pool)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -21,7 +22,7 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument, ResourceExhausted, Unavailable
 from llmmeter_ingest.rows import Row
-from llmmeter_ingest.store import Store
+from llmmeter_ingest.store import Store, Written
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,32 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.CannotConnectNowError,
 )
+#: Ingest counts as paused once no call has queued records for this long.
+QUIET_SECONDS = 0.25
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+class AllKeys(Collection[Key]):
+    """The keys of all of a job's rows, every one newly stored (the usual outcome): the set is
+    built only if someone looks a key up."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self._rows = rows
+        self._keys: set[Key] | None = None
+
+    def _set(self) -> set[Key]:
+        if self._keys is None:
+            self._keys = {(r[1], r[0]) for r in self._rows}
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self._rows)  # keys are unique within a job
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set()
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._set())
 
 
 @dataclass
@@ -48,7 +74,8 @@ class Job:
 
     rows: Sequence[Row]
     payloads: Sequence[Row]
-    done: asyncio.Future[set[Key]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[Collection[Key]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class BatchWriter:
@@ -61,6 +88,8 @@ class BatchWriter:
         self._group = group_commit_records
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._queued = 0
+        self._stored = 0
+        self._last_submit = 0.0
         self._space = asyncio.Condition()
         self._tasks = [asyncio.create_task(self._run(), name=f"writer-{i}") for i in range(writers)]
 
@@ -69,6 +98,12 @@ class BatchWriter:
         """Records accepted by handlers and not yet committed or failed."""
         return self._queued
 
+    def activity(self) -> tuple[int, bool]:
+        """(rows stored so far, whether ingest is quiet: nothing queued and no call for
+        QUIET_SECONDS), for the rollup worker to take what a burst stored as soon as it ends."""
+        quiet = not self._queued and time.monotonic() - self._last_submit >= QUIET_SECONDS
+        return self._stored, quiet
+
     def submit_nowait(self, rows: Sequence[Row], payloads: Sequence[Row]) -> Job:
         """Queue rows or refuse at once when the queue is full."""
         if self._queued and self._queued + len(rows) > self._max:
@@ -76,6 +111,7 @@ class BatchWriter:
                 f"ingest queue is full ({self._queued} records waiting); retry with backoff"
             )
         job = Job(rows, payloads)
+        self._last_submit = time.monotonic()
         self._queued += len(rows)
         self._queue.put_nowait(job)
         return job
@@ -106,7 +142,7 @@ class BatchWriter:
             total += len(nxt.rows)
         return jobs
 
-    async def _write_group(self, jobs: list[Job]) -> set[Key]:
+    async def _write_group(self, jobs: list[Job]) -> Written:
         rows = [r for j in jobs for r in j.rows]
         payloads = [p for j in jobs for p in j.payloads]
         for attempt in range(3):
@@ -139,6 +175,7 @@ class BatchWriter:
         written alone, so one caller's bad row fails that caller only."""
         try:
             inserted = await self._write_group(jobs)
+            self._stored += inserted.count
         except CONNECTION_ERRORS as exc:
             log.warning("database unavailable, %d calls failed: %s", len(jobs), exc)
             for j in jobs:
@@ -158,10 +195,13 @@ class BatchWriter:
             else:
                 jobs[0].done.set_exception(exc)  # INTERNAL, with an error id, for its caller only
         else:
-            claimed: set[Key] = set()
+            if inserted.count == sum(len(j.rows) for j in jobs):  # every row was new
+                for j in jobs:
+                    j.done.set_result(AllKeys(j.rows))
+                return
+            claimed: set[Key] = set(inserted.skipped)
             for j in jobs:  # a key sent by two calls of one group is accepted for the first
-                mine = {(r[1], r[0]) for r in j.rows} & inserted
-                mine -= claimed
+                mine = {(r[1], r[0]) for r in j.rows} - claimed
                 claimed |= mine
                 j.done.set_result(mine)
 
