@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -202,62 +201,3 @@ class RollupWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-class RollupThread:
-    """The rollup worker on an event loop of its own, in a thread of the ingest process.
-
-    On the service's event loop every step of a chunk (a statement's answer, the numpy pass)
-    waited behind whole batches being validated, ~0.1 s each, so under load a chunk took two to
-    three times its own work and the rollups lagged ingest by seconds. On a loop of its own it
-    waits only for the interpreter lock, which changes hands every few milliseconds. Its
-    connections are its own too: a pool belongs to the loop that made it.
-    """
-
-    def __init__(self, make_pool: Callable[[], Awaitable[asyncpg.Pool]], **worker: Any) -> None:
-        """`make_pool()` opens the worker's pool (on the worker's loop); `worker` are RollupWorker's
-        arguments but the pool."""
-        self._make_pool = make_pool
-        self._worker_args = worker
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: asyncio.Event | None = None
-        self._started = threading.Event()
-
-    def start(self) -> None:
-        """Run in the background until `stop`."""
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="rollup-worker",
-                                        daemon=True)
-        self._thread.start()
-
-    async def _main(self) -> None:
-        self._loop, self._done = asyncio.get_running_loop(), asyncio.Event()
-        self._started.set()
-        pool = None
-        while pool is None and not self._done.is_set():
-            try:
-                pool = await self._make_pool()
-            except Exception as exc:  # the database may be away; try again later
-                log.warning("rollup worker: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._done.wait(), self._worker_args.get("idle_seconds", 1.0))
-        if pool is None:
-            return
-        worker = RollupWorker(pool, **self._worker_args)
-        worker.start()
-        try:
-            await self._done.wait()
-        finally:
-            await worker.stop()
-            await pool.close()
-
-    async def stop(self) -> None:
-        """Stop; queued rows stay queued for the next start."""
-        if self._thread is None:
-            return
-        await asyncio.to_thread(self._started.wait, 30)
-        if self._loop is not None and self._done is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                self._loop.call_soon_threadsafe(self._done.set)
-        await asyncio.to_thread(self._thread.join, 60)
-        self._thread = None

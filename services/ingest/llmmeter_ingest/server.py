@@ -24,7 +24,7 @@ from llmmeter_ingest import otlp_http, otlp_servicer
 from llmmeter_ingest.ingestor import Ingestor, Outcome
 from llmmeter_ingest.otel_out import UsageExporter
 from llmmeter_ingest.pricing import Pricer
-from llmmeter_ingest.rollup_worker import RollupThread
+from llmmeter_ingest.rollup_worker import RollupWorker
 from llmmeter_ingest.servicer import IngestServicer
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.storage_health import StorageHealth
@@ -53,7 +53,7 @@ class IngestServer:
         self._otlp_http: otlp_http.OtlpHttpReceiver | None = None
         self.otlp_http_port = 0
         """The bound OTLP/HTTP port (0 when not served)."""
-        self.rollups: RollupThread | None = None
+        self.rollups: RollupWorker | None = None
         """The rollup worker (PostgreSQL flavour only)."""
         self.storage_health: StorageHealth | None = None
         """The checks of the storage's background work (health name `storage`)."""
@@ -89,12 +89,9 @@ class IngestServer:
         store = Store(self._pool, queue_for_rollups=flavor != "timescale")
         self._writer = BatchWriter(store, s.queue_max_records, s.group_commit_records, s.writers)
         if flavor != "timescale":
-            self.rollups = RollupThread(
-                lambda: asyncpg.create_pool(s.database_url, min_size=1, max_size=1,
-                                            command_timeout=s.db_command_timeout_seconds),
-                chunk_records=s.rollup_chunk_records, idle_seconds=s.rollup_idle_seconds,
-                compact_over=s.rollup_compact_over, on_quarantine=self._quarantined.inc,
-                activity=self._writer.activity)
+            self.rollups = RollupWorker(self._pool, s.rollup_chunk_records, s.rollup_idle_seconds,
+                                        s.rollup_compact_over, on_quarantine=self._quarantined.inc,
+                                        activity=self._writer.activity)
             self.rollups.start()
         self._tracing = telemetry.tracing(s.otlp_endpoint, "llmmeter-ingest")
         names = [SERVICE_NAME, *([otlp_servicer.SERVICE_NAME] if s.otlp_receiver else [])]
