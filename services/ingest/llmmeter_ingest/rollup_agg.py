@@ -146,10 +146,10 @@ def parse(rows: Sequence[Any]) -> Groups:
     minute = np.fromiter(map(epoch.__getitem__, cols[0]), np.int64, n)
     dims = [_codes(cols[1 + i]) for i in range(len(DIMENSIONS))]
     base = 1 + len(DIMENSIONS)
-    measures = {kind: np.array([cols[base + i] for i in idx], dtype=object).T.copy()
-                for kind, idx in _KINDS.items()}
-    measures["bigint"] = _int64(measures["bigint"])
-    measures["double precision"] = measures["double precision"].astype(np.float64)
+    measures = {"bigint": _int64(np.array([cols[base + i] for i in _KINDS["bigint"]], np.int64).T),
+                "numeric": np.array([cols[base + i] for i in _KINDS["numeric"]], dtype=object).T.copy(),
+                "double precision": np.array([cols[base + i] for i in _KINDS["double precision"]],
+                                             np.float64).T.copy()}
     hist = []
     for j in range(len(HISTOGRAMS)):
         lists = [k or () for k in cols[base + len(MEASURES) + j]]
@@ -162,9 +162,10 @@ def parse(rows: Sequence[Any]) -> Groups:
 
 
 def _int64(cols: np.ndarray) -> np.ndarray:
-    """int64 when no sum of the columns' values can overflow (the usual case), else Python ints."""
+    """The whole-count columns (each value a bigint) as they are when no sum of them can overflow
+    (the usual case), else as Python ints, whose sums `_sums` checks."""
     bound = max(abs(int(cols.max(initial=0))), abs(int(cols.min(initial=0))))
-    return cols.astype(np.int64) if bound * len(cols) < _BIGINT else cols
+    return cols.copy() if bound * len(cols) < _BIGINT else cols.astype(object)
 
 
 def _sums(kind: str, cols: np.ndarray, order: np.ndarray, starts: np.ndarray,
