@@ -192,9 +192,17 @@ async def create_database(server_url: str, template: str | None = _TEMPLATE) -> 
 
 
 @pytest.fixture
-async def db_url(pg_server_url: str, template_url: str) -> str:
-    """A migrated database of this test's own."""
-    return await create_database(pg_server_url)
+async def db_url(pg_server_url: str, template_url: str) -> AsyncIterator[str]:
+    """A migrated database of this test's own, dropped after it: on a long-lived server
+    (`LLMMETER_TEST_DATABASE_URL`) hundreds would pile up, and on TimescaleDB each keeps a job
+    scheduler, so the later tests' databases found no background worker left to run their jobs."""
+    url = await create_database(pg_server_url)
+    yield url
+    conn = await asyncpg.connect(pg_server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
