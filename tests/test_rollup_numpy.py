@@ -185,3 +185,20 @@ def test_a_sum_past_bigint_is_refused_as_postgresql_refuses_it() -> None:
     assert err.value.sqlstate == "22003"
     apart = rollup_agg._sums("bigint", rollup_agg._int64(cols), order, np.array([0, 1, 2]))
     assert apart == [[2**62, 2**62, 1]]
+
+
+async def test_numeric_sums_keep_sql_s_value_and_scale(db_pool: asyncpg.Pool) -> None:
+    rng = random.Random(9)
+    texts = ["0", "0.000", "12", "0.5", "1.25", "0.0000000001", "99999.999999999999999999",
+             "123456789012345678.12345678901234567890"]  # the last two overflow int64 once scaled
+    values = [rng.choice(texts) for _ in range(400)]
+    groups = np.array(sorted(rng.randrange(40) for _ in values))
+    starts = np.flatnonzero(np.r_[True, np.diff(groups) != 0])
+    got = rollup_agg._sums("numeric", [rollup_agg._numeric(values)], np.arange(len(values)), starts)[0]
+    want = await db_pool.fetch(
+        "SELECT g, sum(v::numeric)::text AS s FROM unnest($1::int[], $2::text[]) AS u(g, v) "
+        "GROUP BY g ORDER BY g",
+        groups.tolist(), values)
+    assert got == [r["s"] for r in want]
+    zeros = rollup_agg._numeric(["0"] * 5)
+    assert zeros is None and rollup_agg._numeric_sums(zeros, np.arange(5), np.array([0, 2])) == ["0", "0"]

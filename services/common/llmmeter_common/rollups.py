@@ -8,7 +8,9 @@ transaction. So at every moment each stored record is counted exactly once,
 either in the rollups or in the pending table, and queries read both. The
 grouping dimensions and the measures are listed here once; the SQL is
 generated from them, the query side reads the same names, and a test checks
-them against the migrations (both flavours).
+them against the migrations (both flavours). The PostgreSQL flavour's worker
+aggregates in numpy (`llmmeter_ingest.rollup_agg`) from the same definitions;
+the SQL here is what it is tested against.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ never both, and a refused chunk rolls back whole.
 
 Exactness: whole counts are summed in int64 after a bound shows they cannot overflow (else as
 Python ints, and a sum past bigint is refused as PostgreSQL would refuse it); numeric columns
-as Decimal in a context wide enough never to round; double precision as float64.
+as integers scaled to their largest scale, each sum written back with its terms' largest scale
+(value and scale as SQL's sum gives them); double precision as float64.
 """
 
 from __future__ import annotations
 
-import decimal
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,8 +43,6 @@ from llmmeter_common.rollups import (
     rollup_columns,
 )
 
-#: Decimal sums never round (PostgreSQL's numeric does not): additions are exact at this precision.
-_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 _BIGINT = 1 << 63
 _SECONDS = {"1 minute": 60, "1 hour": 3600, "1 day": 86400}
 #: A histogram is counted with bincount when its (group, key) cells are at most this many plus
@@ -78,20 +77,30 @@ def _sql_type(column: str) -> str:
     return next(m.sql_type for m in MEASURES if m.column == column)
 
 
-def upsert_sql(r: Rollup) -> str:
-    """Add the rows given as one array per column (`rollup_columns` order; numeric ones as text)
-    to rollup `r`, in key order (cheaper index insertion, and the lock order the SQL path used)."""
-    cols = rollup_columns()
-    types = [_sql_type(c) for c in cols]
-    arrays = ", ".join(f"${i}::{'text' if t == 'numeric' else t}[]" for i, t in enumerate(types, 1))
-    selected = ", ".join(f"{c}::numeric" if t == "numeric" else c for c, t in zip(cols, types, strict=True))
+#: Where a chunk's rollup rows are COPYed before the upserts (numeric columns as text, `level`
+#: the index in ROLLUPS): COPY encodes a value for a fraction of what an array parameter costs.
+#: Emptied before each chunk: isolating a refused chunk adds several in one transaction.
+_STAGING = "llmmeter_rollup_rows"
+_COLUMNS = rollup_columns()
+_CREATE_STAGING = f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS
+    SELECT 0::smallint AS level, {", ".join(
+        f"{c}::text AS {c}" if _sql_type(c) == "numeric" else c for c in _COLUMNS)}
+    FROM usage_1m WITH NO DATA;
+TRUNCATE {_STAGING}"""
+
+
+def upsert_sql(level: int) -> str:
+    """Add the staged rows of rollup level `level` to its table, in key order (cheaper index
+    insertion, and the lock order the SQL path used)."""
+    r = ROLLUPS[level]
+    selected = ", ".join(f"{c}::numeric" if _sql_type(c) == "numeric" else c for c in _COLUMNS)
     key = ", ".join(("dims_mask", "bucket", *DIMENSIONS))
-    return f"""INSERT INTO {r.table} ({", ".join(cols)})
-SELECT {selected} FROM unnest({arrays}) AS u({", ".join(cols)}) ORDER BY {key}
+    return f"""INSERT INTO {r.table} ({", ".join(_COLUMNS)})
+SELECT {selected} FROM {_STAGING} WHERE level = {level} ORDER BY {key}
 ON CONFLICT ({key}) DO UPDATE SET {conflict_sql(r.table)}"""
 
 
-UPSERT_SQL: dict[str, str] = {r.table: upsert_sql(r) for r in ROLLUPS}
+UPSERT_SQL: tuple[str, ...] = tuple(upsert_sql(i) for i in range(len(ROLLUPS)))
 
 
 class _Refused(asyncpg.exceptions.NumericValueOutOfRangeError):
@@ -128,9 +137,9 @@ class Groups:
     n: int
     minute: np.ndarray  # epoch seconds
     dims: list[tuple[np.ndarray, list[Any]]]  # per dimension: codes, distinct values
-    measures: dict[str, np.ndarray]  # per kind (_KINDS), one column per measure of the kind
+    measures: dict[str, Any]  # per kind (_KINDS): whole counts and doubles as 2-D arrays, numerics
+    # as one `_Numeric` per column
     hist: list[tuple[np.ndarray, np.ndarray]]  # per histogram: keys, owning group
-    zero_numerics: list[bool]  # per numeric measure: only '0'?
     records: int
     lo: datetime | None
     hi: datetime | None
@@ -140,16 +149,16 @@ def parse(rows: Sequence[Any]) -> Groups:
     """Column arrays of the group statement's rows."""
     n = len(rows)
     if not n:
-        return Groups(0, np.zeros(0, np.int64), [], {}, [], [], 0, None, None)
+        return Groups(0, np.zeros(0, np.int64), [], {}, [], 0, None, None)
     cols = list(zip(*rows, strict=True))
     epoch = {b: int(b.timestamp()) for b in set(cols[0])}
     minute = np.fromiter(map(epoch.__getitem__, cols[0]), np.int64, n)
     dims = [_codes(cols[1 + i]) for i in range(len(DIMENSIONS))]
     base = 1 + len(DIMENSIONS)
-    measures = {kind: np.array([cols[base + i] for i in idx], dtype=object).T.copy()
-                for kind, idx in _KINDS.items()}
-    measures["bigint"] = _int64(measures["bigint"])
-    measures["double precision"] = measures["double precision"].astype(np.float64)
+    measures = {"bigint": _int64(np.array([cols[base + i] for i in _KINDS["bigint"]], np.int64).T),
+                "numeric": [_numeric(cols[base + i]) for i in _KINDS["numeric"]],
+                "double precision": np.array([cols[base + i] for i in _KINDS["double precision"]],
+                                             np.float64).T.copy()}
     hist = []
     for j in range(len(HISTOGRAMS)):
         lists = [k or () for k in cols[base + len(MEASURES) + j]]
@@ -157,26 +166,22 @@ def parse(rows: Sequence[Any]) -> Groups:
         keys = np.fromiter(chain.from_iterable(lists), np.int64, int(lengths.sum()))
         hist.append((keys, np.repeat(np.arange(n), lengths)))
     records = sum(cols[base + MEASURES.index(next(m for m in MEASURES if m.column == "request_count"))])
-    measures["numeric"], zeros = _numerics(measures["numeric"])
-    return Groups(n, minute, dims, measures, hist, zeros, records, min(cols[-2]), max(cols[-1]))
+    return Groups(n, minute, dims, measures, hist, records, min(cols[-2]), max(cols[-1]))
 
 
 def _int64(cols: np.ndarray) -> np.ndarray:
-    """int64 when no sum of the columns' values can overflow (the usual case), else Python ints."""
+    """The whole-count columns (each value a bigint) as they are when no sum of them can overflow
+    (the usual case), else as Python ints, whose sums `_sums` checks."""
     bound = max(abs(int(cols.max(initial=0))), abs(int(cols.min(initial=0))))
-    return cols.astype(np.int64) if bound * len(cols) < _BIGINT else cols
+    return cols.copy() if bound * len(cols) < _BIGINT else cols.astype(object)
 
 
-def _sums(kind: str, cols: np.ndarray, order: np.ndarray, starts: np.ndarray,
-          zeros: Sequence[bool] = ()) -> list[list[Any]]:
+def _sums(kind: str, cols: Any, order: np.ndarray, starts: np.ndarray) -> list[list[Any]]:
     """Per-group sums of each column of one kind (rows grouped by `order`, groups starting at
-    `starts`); a numeric column of plain zeros (`zeros`: media seconds, mostly) sums to zeros
-    without adding Decimals."""
+    `starts`); numeric ones as text (`_numeric_sums`)."""
     if kind == "numeric":
-        return [["0"] * len(starts) if zero else list(map(str, _sums("", col[:, None], order, starts)[0]))
-                for col, zero in zip(cols.T, zeros, strict=True)]
-    with decimal.localcontext(_EXACT):
-        sums = np.add.reduceat(cols[order], starts, axis=0)
+        return [_numeric_sums(col, order, starts) for col in cols]
+    sums = np.add.reduceat(cols[order], starts, axis=0)
     if kind == "bigint" and sums.dtype == object and any(not -_BIGINT <= v < _BIGINT for v in sums.flat):
         raise _Refused("bigint out of range (a rollup sum)")
     if sums.dtype == np.float64 and not np.isfinite(sums).all():
@@ -184,15 +189,41 @@ def _sums(kind: str, cols: np.ndarray, order: np.ndarray, starts: np.ndarray,
     return sums.T.tolist()  # type: ignore[no-any-return]
 
 
-def _numerics(cols: np.ndarray) -> tuple[np.ndarray, list[bool]]:
-    """The numeric columns (as text) as Decimals, and which hold only '0' (scale 0, what a plain
-    zero sums to, left as it is: media seconds, mostly)."""
-    zeros = [all(v == "0" for v in col) for col in cols.T]
-    out = cols.copy()
-    for i, zero in enumerate(zeros):
-        if not zero:
-            out[:, i] = list(map(decimal.Decimal, cols[:, i]))
-    return out, zeros
+@dataclass
+class _Numeric:
+    """A numeric column, exactly: each value times 10**`scale` (the column's largest scale) as an
+    integer, and each value's own scale (a sum's scale is its terms' largest, as in SQL)."""
+
+    scaled: np.ndarray  # int64, or Python ints when a sum could overflow int64
+    scales: np.ndarray
+    scale: int
+
+
+def _numeric(texts: Sequence[str]) -> _Numeric | None:
+    """A numeric column from PostgreSQL's text of its values (plain digits, no exponent); None
+    when every value is '0' (media seconds, mostly: nothing to add)."""
+    if all(t == "0" for t in texts):
+        return None
+    scales = [len(t) - 1 - t.find(".") if "." in t else 0 for t in texts]
+    top = max(scales)
+    scaled = [int(t.replace(".", "")) * 10 ** (top - sc) for t, sc in zip(texts, scales, strict=True)]
+    return _Numeric(_int64(np.array(scaled, dtype=object)), np.array(scales, np.int64), top)
+
+
+def _numeric_sums(col: _Numeric | None, order: np.ndarray, starts: np.ndarray) -> list[str]:
+    """Per-group sums of a numeric column, as the text of a numeric with the group's scale."""
+    if col is None:
+        return ["0"] * len(starts)
+    sums = np.add.reduceat(col.scaled[order], starts).tolist()
+    scales = np.maximum.reduceat(col.scales[order], starts).tolist()
+    return [_decimal_text(v // 10 ** (col.scale - sc), sc) for v, sc in zip(sums, scales, strict=True)]
+
+
+def _decimal_text(units: int, scale: int) -> str:
+    """The text of the number units * 10**-scale, `scale` digits after the point."""
+    digits = str(abs(units)).rjust(scale + 1, "0")
+    sign = "-" if units < 0 else ""
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}" if scale else f"{sign}{digits}"
 
 
 def _histograms(keys: np.ndarray, owner: np.ndarray, gid: np.ndarray, ngroups: int) -> list[bytes]:
@@ -247,7 +278,7 @@ def level_rows(g: Groups, r: Rollup) -> list[list[Any]]:
                           else [0 if d == "status_code" else ""] * ngroups)
         measures: list[list[Any]] = [[]] * len(MEASURES)
         for kind, idx in _KINDS.items():
-            sums = _sums(kind, g.measures[kind], order, starts, g.zero_numerics)
+            sums = _sums(kind, g.measures[kind], order, starts)
             for i, summed in zip(idx, sums, strict=True):
                 measures[i] = summed
         values += measures
@@ -262,6 +293,12 @@ async def add_groups(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
     """Add the group statement's rows to every rollup level; returns (records, first, last)."""
     g = parse(rows)
     if g.n:
-        for r in ROLLUPS:
-            await conn.execute(UPSERT_SQL[r.table], *level_rows(g, r))
+        staged: list[Any] = []
+        for level, r in enumerate(ROLLUPS):
+            cols = level_rows(g, r)
+            staged += zip(itertools.repeat(level, len(cols[0])), *cols, strict=False)
+        await conn.execute(_CREATE_STAGING)
+        await conn.copy_records_to_table(_STAGING, records=staged, columns=("level", *_COLUMNS))
+        for sql in UPSERT_SQL:
+            await conn.execute(sql)
     return g.records, g.lo, g.hi

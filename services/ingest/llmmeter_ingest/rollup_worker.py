@@ -7,8 +7,12 @@ exactly once: in the rollups or in the queue, which queries read beside the
 rollups. Large chunks are what makes it fast: live traffic shares minutes and
 dimension combinations, so a chunk collapses into far fewer rollup rows than
 it has records. An advisory lock lets one replica at a time do the work. The
-aggregation itself is `rollup_agg`'s: one grouping pass in SQL, the rollup levels
-and grouping sets in numpy.
+aggregation itself is `rollup_agg`'s (one grouping pass in SQL, the rollup levels
+and grouping sets in numpy) and so is the compaction (`rollup_compact`); the
+same work as SQL (`MATERIALIZE_SQL`, `COMPACT_SQL`) stays as their definition,
+which the tests compare them with. Between chunks the worker rests while ingest
+goes on (a chunk's cost is mostly per rollup row, so bigger chunks cost less per
+record) and takes what ingest stored as soon as ingest goes quiet.
 """
 
 from __future__ import annotations
