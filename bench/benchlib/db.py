@@ -40,12 +40,12 @@ def with_db(dsn: str, name: str) -> str:
     return dsn.rpartition("/")[0] + "/" + name
 
 
-async def create_migrated_db(server_dsn: str, name: str) -> str:
-    """A new database with the production schema (every migration), so each measurement starts
-    from the tables the services use; returns its URL."""
+async def create_migrated_db(server_dsn: str, name: str, flavor: str = "postgres") -> str:
+    """A new database with the production schema (every migration of `flavor`), so each
+    measurement starts from the tables the services use; returns its URL."""
     from llmmeter_common.migrate import migrate
 
     await execute(server_dsn, f"CREATE DATABASE {name}")
     dsn = with_db(server_dsn, name)
-    await migrate(dsn, "postgres")
+    await migrate(dsn, flavor)
     return dsn

@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..db import connection, create_migrated_db, fetchval
+from ..db import connection, create_migrated_db, execute, fetchval, with_db
 from ..harness import BenchFailure, finish, log, machine_facts, run_main
 from ..sandbox import Sandbox
 from .calls import measure
 from .explain import explain_aggregates
 from .load import compact_closed, load, storage
+from .load_timescale import load_timescale, storage_timescale
 from .report import evaluate, print_report
 from .tail import measure_tail
 
@@ -59,7 +60,14 @@ def parse_args(description: str | None) -> argparse.Namespace:
     p.add_argument("--data-dir", metavar="DIR",
                    help="load into DIR and keep it; a later run with the same DIR, --records, --days and "
                         "--seed reuses the loaded data instead of loading again")
+    p.add_argument("--database-url", metavar="URL",
+                   help="use this running server (a database bench_query is created on it) instead of "
+                        "a throwaway one; with --data-dir the database is kept for later runs")
+    p.add_argument("--flavor", choices=("postgres", "timescale"), default="postgres",
+                   help="schema flavour; timescale needs --database-url to a server with TimescaleDB")
     args = p.parse_args()
+    if args.flavor == "timescale" and not args.database_url:
+        p.error("--flavor timescale needs --database-url (no embedded server has TimescaleDB)")
     if args.records < 1 or args.days < 8 or args.reps < 1 or args.warmups < 0 or args.baseline_reps < 1:
         p.error("--records, --reps, --baseline-reps must be positive, --days at least 8")
     if args.page < 2 or not 1 <= args.page_size <= 1000:
@@ -75,16 +83,19 @@ def run(args: argparse.Namespace) -> int:
     kept = _loaded_before(args, tmp, reuse)
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1) + timedelta(microseconds=123_457)
     with Sandbox(tmp, keep_dir=args.keep or reuse is not None, keep_data=reuse is not None) as box:
-        cluster = box.start_postgres(wipe=kept is None and reuse is not None)  # a load that did not finish
-        server_dsn = cluster.dsn("postgres")
+        if args.database_url:
+            server_dsn = args.database_url
+        else:  # wipe: a load that did not finish
+            server_dsn = box.start_postgres(wipe=kept is None and reuse is not None).dsn("postgres")
         pg_version = asyncio.run(fetchval(server_dsn, "SHOW server_version"))
-        dsn = cluster.dsn("bench_query")
+        dsn = with_db(server_dsn, "bench_query")
         if kept is not None:
             end = datetime.fromisoformat(kept["end"])
             loaded = kept["load"]
             log(f"reusing the {args.records:,} records loaded in {tmp} (ending {end:%Y-%m-%d %H:%M:%S} UTC)")
-            _bring_up_to_date(dsn, end, args.days)
-            loaded = {**loaded, **asyncio.run(_stored(dsn))}  # as stored now (migrations change it)
+            _bring_up_to_date(dsn, end, args.days, args.flavor)
+            # as stored now (migrations change it)
+            loaded = {**loaded, **asyncio.run(_stored(dsn, args.flavor))}
         else:
             loaded = _load(args, server_dsn, dsn, end)
             if reuse is not None:
@@ -92,27 +103,39 @@ def run(args: argparse.Namespace) -> int:
                     {"records": args.records, "days": args.days, "seed": args.seed, "end": end.isoformat(),
                      "load": loaded}, default=str))
 
-        qaddr = box.start_service("query", dsn)
-        measured = measure(qaddr, dsn, end, args.days, args)
-        profile = _profile(args, dsn, end, measured)
-        tail_res = None
-        if not args.no_tail:
-            iaddr = box.start_service("ingest", dsn, note="live tail: ", env={
-                # the month must survive the service's retention run at start (default 14 days)
-                "LLMMETER_INGEST_RAW_RETENTION_DAYS": "400", "LLMMETER_INGEST_PAYLOAD_RETENTION_DAYS": "400",
-                "LLMMETER_INGEST_MINUTE_RETENTION_DAYS": "400",
-            })
-            tail_res = asyncio.run(measure_tail(qaddr, iaddr, args.tail_reps, end - timedelta(seconds=1)))
-        result: dict[str, Any] = {
-            "bench": "query",
-            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "records": args.records, "days": args.days, "reps": args.reps, "warmups": args.warmups,
-            "baseline_reps": args.baseline_reps, "page": args.page, "page_size": args.page_size,
-            "load": loaded, **measured, "tail": tail_res, "profile": profile,
-            "machine": {**facts, "postgresql": pg_version},
-        }
+        try:
+            result = _measure(args, box, dsn, end, loaded)
+        finally:
+            if args.database_url and reuse is None:
+                asyncio.run(execute(server_dsn, "DROP DATABASE IF EXISTS bench_query WITH (FORCE)"))
+    result["machine"] = {**facts, "postgresql": pg_version}
     result["goals"] = evaluate(result)
     return finish(result, args, print_report)
+
+
+def _measure(args: argparse.Namespace, box: Sandbox, dsn: str, end: datetime,
+             loaded: dict[str, Any]) -> dict[str, Any]:
+    """Every call through the query service (and the live tail through the ingest service)."""
+    qaddr = box.start_service("query", dsn)
+    measured = measure(qaddr, dsn, end, args.days, args)
+    profile = _profile(args, dsn, end, measured)
+    tail_res = None
+    if not args.no_tail:
+        iaddr = box.start_service("ingest", dsn, note="live tail: ", env={
+            "LLMMETER_INGEST_STORAGE_FLAVOR": args.flavor,
+            # the month must survive the service's retention run at start (default 14 days)
+            "LLMMETER_INGEST_RAW_RETENTION_DAYS": "400", "LLMMETER_INGEST_PAYLOAD_RETENTION_DAYS": "400",
+            "LLMMETER_INGEST_MINUTE_RETENTION_DAYS": "400",
+        })
+        tail_res = asyncio.run(measure_tail(qaddr, iaddr, args.tail_reps, end - timedelta(seconds=1)))
+    result: dict[str, Any] = {
+        "bench": "query",
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "records": args.records, "days": args.days, "reps": args.reps, "warmups": args.warmups,
+        "baseline_reps": args.baseline_reps, "page": args.page, "page_size": args.page_size,
+        "flavor": args.flavor, "load": loaded, **measured, "tail": tail_res, "profile": profile,
+    }
+    return result
 
 
 def _loaded_before(args: argparse.Namespace, tmp: Path, reuse: Path | None) -> dict[str, Any] | None:
@@ -134,24 +157,33 @@ def _loaded_before(args: argparse.Namespace, tmp: Path, reuse: Path | None) -> d
     return kept
 
 
-def _bring_up_to_date(dsn: str, end: datetime, days: int) -> None:
+def _bring_up_to_date(dsn: str, end: datetime, days: int, flavor: str) -> None:
     """A reused load meets the current code: its new migrations and, when there were any, its
     closed rows compacted again as the rollup worker leaves them (a migration may rewrite them;
     otherwise they are compacted already, and folding them again only costs minutes)."""
     from llmmeter_common.migrate import migrate
 
-    if asyncio.run(migrate(dsn, "postgres")):
+    if asyncio.run(migrate(dsn, flavor)) and flavor == "postgres":
         asyncio.run(compact_closed(dsn, end - timedelta(days=days + 1), end))
 
 
-async def _stored(dsn: str) -> dict[str, Any]:
+async def _stored(dsn: str, flavor: str) -> dict[str, Any]:
     async with connection(dsn) as conn:
-        return await storage(conn)
+        return await (storage_timescale(conn) if flavor == "timescale" else storage(conn))
 
 
 def _load(args: argparse.Namespace, server_dsn: str, dsn: str, end: datetime) -> dict[str, Any]:
     """A fresh database with the month loaded and its rollups built; the load's figures."""
-    asyncio.run(create_migrated_db(server_dsn, "bench_query"))
+    if args.database_url:  # what a load that did not finish left
+        asyncio.run(execute(server_dsn, "DROP DATABASE IF EXISTS bench_query WITH (FORCE)"))
+    asyncio.run(create_migrated_db(server_dsn, "bench_query", args.flavor))
+    if args.flavor == "timescale":
+        log(f"loading {args.records:,} records over {args.days} days ending {end:%Y-%m-%d %H:%M:%S} UTC "
+            "(SQL generate_series into the usage_records hypertable; every continuous aggregate refreshed; "
+            "raw chunks older than 2 days compressed)")
+        loaded = asyncio.run(load_timescale(dsn, args.records, args.days, end, args.seed))
+        log(f"loaded in {loaded['seconds']:.0f}s ({loaded['records_per_s']:,} records/s)")
+        return loaded
     log(f"loading {args.records:,} records over {args.days} days ending {end:%Y-%m-%d %H:%M:%S} UTC "
         "(SQL generate_series into usage_records + usage_rollup_pending; rollups by MATERIALIZE_SQL "
         f"in chunks of {args.chunk:,})")

@@ -54,17 +54,11 @@ def print_report(r: dict[str, Any]) -> None:
         "",
         "llmmeter query benchmark",
         f"  machine:   {m['cores']} cores ({m['usable_cores']} usable), {m['cpu']}, {m['mem_gb']} GB",
-        f"  software:  Python {m['python']}, PostgreSQL {m['postgresql']}, grpcio {m['grpcio']}, "
+        f"  software:  Python {m['python']}, PostgreSQL {m['postgresql']} "
+        f"({r.get('flavor', 'postgres')} flavour), "
+        f"grpcio {m['grpcio']}, "
         f"asyncpg {m['asyncpg']}",
-        f"  data:      {r['records']:,} records over {r['days']} days ending now, generated in SQL "
-        "(generate_series) into usage_records and",
-        "             usage_rollup_pending; rollups built by the production rollup SQL "
-        + (f"(MATERIALIZE_SQL verbatim, chunks of {ld['chunk']:,})" if ld["workers"] == 1 else
-           f"(rollup_ctes, {ld['workers']} workers, one 24-hour slice of the queue each)"),
-        f"  load:      {ld['seconds']:.0f} s total ({ld['records_per_s']:,} records/s): rows + rollups "
-        f"{ld['rows_and_rollups_s']:.0f} s (generator busy {ld['generate_busy_s']:.0f} s, rollups busy "
-        f"{ld['materialize_busy_s']:.0f} s in {ld['materialize_calls']} chunks), VACUUM ANALYZE "
-        f"{ld['vacuum_analyze_s']:.0f} s",
+        *_load_lines(r),
         f"  sizes:     usage_records {ld['bytes'].get('usage_records', 0) / gb:.2f} GB, usage_1m "
         f"{ld['bytes'].get('usage_1m', 0) / gb:.2f} GB ({ld['rollup_rows']['usage_1m']:,} rows), usage_1h "
         f"{ld['bytes'].get('usage_1h', 0) / gb:.2f} GB ({ld['rollup_rows']['usage_1h']:,}), usage_1d "
@@ -114,3 +108,29 @@ def print_report(r: dict[str, Any]) -> None:
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _load_lines(r: dict[str, Any]) -> list[str]:
+    """How the month was loaded, per flavour (TimescaleDB: aggregates refreshed, chunks compressed)."""
+    ld = r["load"]
+    head = (f"  data:      {r['records']:,} records over {r['days']} days ending now, generated in SQL "
+            "(generate_series) ")
+    if r.get("flavor") == "timescale":
+        return [
+            head + "into the usage_records hypertable;",
+            "             every continuous aggregate refreshed over the month, raw chunks older than 2 days "
+            f"compressed ({ld['compressed_chunks']})",
+            f"  load:      {ld['seconds']:.0f} s total ({ld['records_per_s']:,} records/s): rows "
+            f"{ld['generate_busy_s']:.0f} s, aggregates {ld['materialize_busy_s']:.0f} s, compression "
+            f"{ld['compress_s']:.0f} s, VACUUM ANALYZE {ld['vacuum_analyze_s']:.0f} s",
+        ]
+    return [
+        head + "into usage_records and",
+        "             usage_rollup_pending; rollups built by the production rollup SQL "
+        + (f"(MATERIALIZE_SQL verbatim, chunks of {ld['chunk']:,})" if ld["workers"] == 1 else
+           f"(rollup_ctes, {ld['workers']} workers, one 24-hour slice of the queue each)"),
+        f"  load:      {ld['seconds']:.0f} s total ({ld['records_per_s']:,} records/s): rows + rollups "
+        f"{ld['rows_and_rollups_s']:.0f} s (generator busy {ld['generate_busy_s']:.0f} s, rollups busy "
+        f"{ld['materialize_busy_s']:.0f} s in {ld['materialize_calls']} chunks), VACUUM ANALYZE "
+        f"{ld['vacuum_analyze_s']:.0f} s",
+    ]
