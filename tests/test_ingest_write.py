@@ -10,6 +10,7 @@ from decimal import Decimal
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
 
@@ -147,6 +148,28 @@ async def test_duplicates_within_and_across_batches_are_stored_and_counted_once(
     for table in ("usage_1m", "usage_1h", "usage_1d"):
         assert await db_pool.fetchval(f"SELECT sum(request_count) FROM {table} WHERE dims_mask = 0") == 4
         assert await db_pool.fetchval(f"SELECT sum(input_tokens) FROM {table} WHERE dims_mask = 0") == 400
+
+
+async def test_a_batch_with_a_stored_key_keeps_the_payloads_and_queues_only_new_rows(
+    ingest_stub, db_pool, db_url
+) -> None:
+    """The usual batch is inserted without conflict checks; one holding a key already stored is
+    rolled back to its savepoint and stored again skipping that key: nothing of it is lost or
+    counted twice (rows, payloads, rollups)."""
+    def with_payload(request_id: str, text: str) -> usage_pb2.UsageRecord:
+        return record(request_id=request_id, input_tokens=10,
+                      payload=usage_pb2.Payload(request=struct_pb2.Value(string_value=text)))
+
+    assert (await write(ingest_stub, with_payload("p-1", "first"))).accepted_count == 1
+    resp = await write(ingest_stub, with_payload("p-1", "again"), with_payload("p-2", "second"),
+                       record(request_id="p-3", input_tokens=10))
+    assert (resp.accepted_count, resp.duplicate_count) == (2, 1)
+    stored = await db_pool.fetch("SELECT request_id, request #>> '{}' AS request FROM usage_payloads "
+                                 "ORDER BY request_id")
+    assert [(r["request_id"], r["request"]) for r in stored] == [("p-1", "first"), ("p-2", "second")]
+    await drain_rollups(db_url)
+    for table in ("usage_1m", "usage_1h", "usage_1d"):
+        assert await db_pool.fetchval(f"SELECT sum(input_tokens) FROM {table} WHERE dims_mask = 0") == 30
 
 
 async def test_only_duplicates_is_not_an_error(ingest_stub) -> None:
