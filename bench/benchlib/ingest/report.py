@@ -1,7 +1,8 @@
 """The ingest benchmark's goals and its report for people.
 
 The goals are the targets the write path is built for: end to end at least half of what raw
-COPY achieves on the same machine, and at least 50,000 records/s.
+COPY achieves on the same machine, and at least 50,000 records/s (issue 2); and the nearer
+step issue 14 asks for, at least 35% of raw COPY.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from ..harness import mark
 
 GOAL_RATIO = 0.50
+STEP_RATIO = 0.35
 GOAL_RECORDS_PER_S = 50_000
 
 
@@ -19,6 +21,7 @@ def evaluate(e2e: dict[str, Any], copy: dict[str, Any]) -> tuple[float, dict[str
     ratio: float = e2e["records_per_s"] / copy["records_per_s"]
     return ratio, {
         "ratio_ge_0.5": ratio >= GOAL_RATIO,
+        "ratio_ge_0.35": ratio >= STEP_RATIO,
         "e2e_ge_50000_per_s": e2e["records_per_s"] >= GOAL_RECORDS_PER_S,
     }
 
@@ -55,6 +58,7 @@ def print_report(r: dict[str, Any]) -> None:
     lines += [
         "",
         f"  ratio (a)/(b): {r['ratio']:.1%}",
+        f"  goal: end to end >= 35% of raw COPY ........ {mark(r['goals']['ratio_ge_0.35'])}",
         f"  goal: end to end >= 50% of raw COPY ........ {mark(r['goals']['ratio_ge_0.5'])}",
         f"  goal: end to end >= 50,000 records/s ....... {mark(r['goals']['e2e_ge_50000_per_s'])}",
         "",
