@@ -197,7 +197,9 @@ async def test_oversized_batch_is_refused(db_url) -> None:
         await server.stop()
 
 
-async def test_commit_is_announced_with_its_transaction_and_hours(ingest_stub, db_url, db_pool) -> None:
+async def test_commit_is_announced_with_its_transaction_hours_and_time_range(
+    ingest_stub, db_url, db_pool
+) -> None:
     conn = await asyncpg.connect(db_url)
     got: asyncio.Queue[str] = asyncio.Queue()
     await conn.add_listener("llmmeter_records", lambda *args: got.put_nowait(args[3]))
@@ -209,6 +211,15 @@ async def test_commit_is_announced_with_its_transaction_and_hours(ingest_stub, d
             "SELECT start_time FROM usage_records WHERE xmin::text::bigint = $1", note["xid"])
         assert len(rows) == 2
         assert sorted(note["hours"]) == sorted({int(r[0].timestamp()) // 3600 for r in rows})
+        us = sorted(round(r[0].timestamp() * 1_000_000) for r in rows)
+        assert (note["first_us"], note["last_us"]) == (us[0], us[-1])
+        # a batch with a stored key (the conflict-checking statement) announces only its new row
+        late = record(datetime.now(UTC) - timedelta(hours=5))
+        await write(ingest_stub, recs[0], late)
+        note = json.loads(await asyncio.wait_for(got.get(), 5))
+        late_us = late.start_time.seconds * 1_000_000 + late.start_time.nanos // 1000
+        assert (note["first_us"], note["last_us"]) == (late_us, late_us)
+        assert note["hours"] == [late_us // 3_600_000_000]
         await write(ingest_stub, recs[0])  # nothing new stored: nothing announced
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(got.get(), 0.5)

@@ -17,6 +17,7 @@ from llmmeter.v1 import ingest_pb2, query_pb2, query_pb2_grpc
 from llmmeter_query.export import CHUNK_BYTES
 from llmmeter_query.server import QueryServer
 from llmmeter_query.settings import QuerySettings
+from llmmeter_query.tail import fetch_sql
 
 from keyring import keyed_channel
 from records import ingest, record, ts
@@ -135,6 +136,19 @@ async def test_tail_receives_matching_records_stored_after_it_started(ingest_stu
     await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(records=[
         record(request_id="pay-end", team="payments")]))
     assert sorted(await _read_until(call, "pay-end")) == ["pay-1", "pay-end", "pay-late"]
+
+
+def test_tail_fetch_reads_the_commits_hours_cut_to_its_first_and_last_row() -> None:
+    h = datetime(2026, 12, 4, 9, tzinfo=UTC)
+    first, last = h + timedelta(minutes=59, seconds=30), h + timedelta(hours=5, seconds=7)
+    sql = fetch_sql([h, h + timedelta(hours=1), h + timedelta(hours=5)], first, last)
+    assert ("r.start_time >= TIMESTAMPTZ '2026-12-04T09:59:30+00:00' AND "
+            "r.start_time < TIMESTAMPTZ '2026-12-04T11:00:00+00:00'") in sql
+    assert ("r.start_time >= TIMESTAMPTZ '2026-12-04T14:00:00+00:00' AND "
+            "r.start_time < TIMESTAMPTZ '2026-12-04T14:00:07.000001+00:00'") in sql
+    # an announcement without the range (or one that does not fit its hours) reads the whole hours
+    assert "'2026-12-04T09:00:00+00:00'" in fetch_sql([h], None, None)
+    assert "'2026-12-04T10:00:00+00:00'" in fetch_sql([h], h - timedelta(hours=2), h + timedelta(hours=3))
 
 
 async def _read_until(call, last: str) -> list[str]:

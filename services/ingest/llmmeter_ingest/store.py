@@ -55,8 +55,16 @@ def _staged(row: Row) -> list[object]:
     return out
 
 #: Channel on which every commit that stored records is announced: {"xid": 32-bit id of the
-#: writing transaction (the rows' xmin), "hours": [hours since the epoch of their start_time]}.
+#: writing transaction (the rows' xmin), "hours": [hours since the epoch of their start_time],
+#: "first_us"/"last_us": their earliest and latest start_time, microseconds since the epoch}.
 NOTIFY_CHANNEL = "llmmeter_records"
+
+
+def _first_last(rows: str) -> str:
+    """The announcement's first_us and last_us entries, over relation `rows`."""
+    us = "(extract(epoch FROM {}(start_time)) * 1000000)::bigint"
+    return ", ".join(f"'{name}_us', (SELECT {us.format(fn)} FROM {rows})"
+                     for name, fn in (("first", "min"), ("last", "max")))
 
 
 def write_sql(queue_for_rollups: bool) -> str:
@@ -101,7 +109,8 @@ SELECT stored.n,
        CASE WHEN stored.n < $1 THEN (SELECT array_agg(request_id) FROM skipped) END,
        CASE WHEN stored.n < $1 THEN (SELECT array_agg(start_time) FROM skipped) END,
        CASE WHEN stored.n > 0 THEN pg_notify('{NOTIFY_CHANNEL}', json_build_object(
-           'xid', pg_current_xact_id()::text::bigint % 4294967296, 'hours', stored.hours)::text) END
+           'xid', pg_current_xact_id()::text::bigint % 4294967296, 'hours', stored.hours,
+           {_first_last("ins")})::text) END
 FROM stored
 """
 
@@ -133,7 +142,7 @@ SELECT;
 SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
     'xid', (SELECT r.xmin::text::bigint FROM usage_records AS r
             JOIN {_STAGING} AS s USING (start_time, request_id) LIMIT 1),
-    'hours', (SELECT array_agg(DISTINCT {hour}) FROM {_STAGING}))::text)
+    'hours', (SELECT array_agg(DISTINCT {hour}) FROM {_STAGING}), {_first_last(_STAGING)})::text)
 """
 
 

@@ -32,15 +32,18 @@ CHANNEL = "llmmeter_records"
 #: What a tail reads of each new row: the log row, and every column a filter can test.
 _COLUMNS = (*LOG_COLUMNS, *(c for c in dict.fromkeys(FIELDS.values()) if c not in LOG_COLUMNS), "metadata")
 _HOUR = timedelta(hours=1)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def fetch_sql(hours: list[datetime]) -> str:
+def fetch_sql(hours: list[datetime], first: datetime | None = None, last: datetime | None = None) -> str:
     """The statement fetching one commit's rows: its transaction's (`xmin` = $1) within the hours it
-    touched, each run of consecutive hours one range of literal bounds.
+    touched, each run of consecutive hours one range of literal bounds, the first range starting
+    at the commit's earliest row (`first`) and the last ending after its latest (`last`): a commit
+    of a few rows reads those few, not the hour around them.
 
     Literal bounds, not parameters: the planner then leaves out every partition or chunk outside
     them. On TimescaleDB that matters beyond speed, as a plan that includes a compressed chunk
-    cannot read `xmin` at all. The hours are datetimes made here from integers, never text from
+    cannot read `xmin` at all. The bounds are datetimes made here from integers, never text from
     outside.
     """
     spans: list[list[datetime]] = []
@@ -49,6 +52,9 @@ def fetch_sql(hours: list[datetime]) -> str:
             spans[-1][1] = h + _HOUR
         else:
             spans.append([h, h + _HOUR])
+    if spans and first is not None and last is not None and first < spans[0][1] and last >= spans[-1][0]:
+        spans[0][0] = max(spans[0][0], first)
+        spans[-1][1] = min(spans[-1][1], last + _MICROSECOND)
     ranges = " OR ".join(f"(r.start_time >= TIMESTAMPTZ '{lo.isoformat()}' AND "
                          f"r.start_time < TIMESTAMPTZ '{hi.isoformat()}')" for lo, hi in spans)
     return (f"SELECT {', '.join(_COLUMNS)} FROM usage_records AS r "
@@ -117,8 +123,10 @@ class TailHub:
     async def _deliver(self, payload: str) -> None:
         note = json.loads(payload)
         xid, hours = int(note["xid"]), [from_us(int(h) * 3_600_000_000) for h in note["hours"]]
+        first, last = (from_us(int(note[k])) if note.get(k) is not None else None
+                       for k in ("first_us", "last_us"))
         try:
-            rows = await self._pool.fetch(fetch_sql(hours), xid)
+            rows = await self._pool.fetch(fetch_sql(hours, first, last), xid)
         except asyncpg.InternalServerError as exc:
             rows = await self._fetch_hour_by_hour(xid, hours, exc)
         for i, rec in enumerate(rows):
