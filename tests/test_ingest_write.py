@@ -220,6 +220,9 @@ async def test_commit_is_announced_with_its_transaction_hours_and_time_range(
         late_us = late.start_time.seconds * 1_000_000 + late.start_time.nanos // 1000
         assert (note["first_us"], note["last_us"]) == (late_us, late_us)
         assert note["hours"] == [late_us // 3_600_000_000]
+        by_xid = await db_pool.fetch(
+            "SELECT request_id FROM usage_records WHERE xmin::text::bigint = $1", note["xid"])
+        assert [r[0] for r in by_xid] == [late.request_id]
         await write(ingest_stub, recs[0])  # nothing new stored: nothing announced
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(got.get(), 0.5)

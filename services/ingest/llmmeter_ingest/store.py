@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 _STAGING = "llmmeter_staged_rows"
 _STAGING_PAYLOADS = "llmmeter_staging_payloads"
+#: A row written in the savepoint of the usual batch, for the id of the transaction its rows carry.
+_MARKER = "llmmeter_commit_marker"
 #: Numeric columns travel as text: asyncpg's binary numeric encoder costs ~1.8 µs a Decimal, str()
 #: and PostgreSQL's numeric_in of the same digits give the same value and scale for far less.
 _AS_TEXT = ("audio_seconds", "video_seconds", "cost")
@@ -41,6 +43,7 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS
     FROM usage_records WITH NO DATA;
 CREATE TEMP TABLE IF NOT EXISTS {_STAGING_PAYLOADS}
     (LIKE usage_payloads INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS {_MARKER} (x integer) ON COMMIT DELETE ROWS;
 """
 
 _COLS = ", ".join(RECORD_COLUMNS)
@@ -71,6 +74,11 @@ def write_sql(queue_for_rollups: bool) -> str:
     """The batch statement; new rows are queued for the rollups only where no continuous
     aggregates maintain them (the PostgreSQL flavour).
 
+    Keys already stored are left out before the insert, not only by its conflict clause: on
+    TimescaleDB 2.17 an insert whose conflict lies in a compressed chunk returns no rows at all,
+    the ones it did insert included, so those would be counted as duplicates and their payloads
+    dropped. The clause still settles repeats within the batch and a concurrent writer's keys.
+
     It answers in one row whatever the batch's size (decoding a key per stored row cost the
     service more than the rest of the write): how many rows it stored, the keys of the staged
     rows it did not store (looked for only when fewer than the $1 staged rows were stored: the
@@ -85,7 +93,10 @@ pend AS (INSERT INTO usage_rollup_pending ({pending}) SELECT {pending} FROM ins)
     return f"""
 WITH ins AS (
     INSERT INTO usage_records ({_COLS})
-    SELECT {_STAGED} FROM {_STAGING} ORDER BY start_time, request_id
+    SELECT {_STAGED} FROM {_STAGING} AS s
+    WHERE NOT EXISTS (SELECT FROM usage_records AS r
+                      WHERE r.start_time = s.start_time AND r.request_id = s.request_id)
+    ORDER BY start_time, request_id
     ON CONFLICT (start_time, request_id) DO NOTHING
     RETURNING {returned}
 ),
@@ -95,6 +106,7 @@ pay AS (
     FROM {_STAGING_PAYLOADS} AS p JOIN ins USING (start_time, request_id)
     ON CONFLICT (start_time, request_id) DO NOTHING
 ){rollups},
+mark AS (INSERT INTO {_MARKER} VALUES (1) RETURNING xmin),
 stored AS (
     SELECT count(*) AS n,
            (SELECT array_agg(extract(epoch FROM h)::bigint / 3600)
@@ -109,7 +121,7 @@ SELECT stored.n,
        CASE WHEN stored.n < $1 THEN (SELECT array_agg(request_id) FROM skipped) END,
        CASE WHEN stored.n < $1 THEN (SELECT array_agg(start_time) FROM skipped) END,
        CASE WHEN stored.n > 0 THEN pg_notify('{NOTIFY_CHANNEL}', json_build_object(
-           'xid', pg_current_xact_id()::text::bigint % 4294967296, 'hours', stored.hours,
+           'xid', (SELECT xmin::text::bigint FROM mark), 'hours', stored.hours,
            {_first_last("ins")})::text) END
 FROM stored
 """
@@ -121,8 +133,11 @@ def fast_write_sql(queue_for_rollups: bool) -> str:
     from the staging table; then the commit announced as `write_sql` announces it. A key already
     stored fails the first with a unique violation, and the caller takes `write_sql` instead.
 
-    Run in a savepoint, the rows carry the savepoint's transaction id, not the top-level one, so
-    the announcement reads it off one stored row (live tails fetch rows by it).
+    Run in a savepoint, the rows carry the savepoint's transaction id, not the top-level one (which
+    `pg_current_xact_id` gives; and after a rollback to the savepoint, `write_sql` runs in a
+    subtransaction of its own), so both statements read the id off a row they write to a session
+    temp table (live tails fetch rows by it). Not off a stored record: on TimescaleDB a plan
+    reaching a compressed chunk, where late records may land, cannot read `xmin`.
     """
     pending = ", ".join(PENDING_COLUMNS)
     queued = ", ".join(f"{c}::numeric" if c in _AS_TEXT else c for c in PENDING_COLUMNS)
@@ -139,9 +154,9 @@ pay AS (
     SELECT start_time, request_id, request, response FROM {_STAGING_PAYLOADS}
 ){rollups}
 SELECT;
+WITH m AS (INSERT INTO {_MARKER} VALUES (1) RETURNING xmin)
 SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
-    'xid', (SELECT r.xmin::text::bigint FROM usage_records AS r
-            JOIN {_STAGING} AS s USING (start_time, request_id) LIMIT 1),
+    'xid', (SELECT xmin::text::bigint FROM m),
     'hours', (SELECT array_agg(DISTINCT {hour}) FROM {_STAGING}), {_first_last(_STAGING)})::text)
 """
 
