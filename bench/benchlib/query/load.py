@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -105,21 +106,13 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         # what the worker does as buckets close, here once for the month
         await compact_closed(dsn, end - timedelta(days=days + 1), end, minutes=True, vacuum=False)
         rows_done = time.perf_counter()
-        log("  VACUUM ANALYZE")
-        await gen.execute("VACUUM ANALYZE")
+        stored = await vacuum_and_check(gen, n, storage)
         total = time.perf_counter() - t0
-        got = int(await gen.fetchval("SELECT count(*) FROM usage_records"))
-        rolled = {t: int(await gen.fetchval(
-            f"SELECT coalesce(sum(request_count), 0) FROM {t} WHERE dims_mask = 0"))
-            for t in ("usage_1m", "usage_1h", "usage_1d")}
-        stored = await storage(gen)
         sizes, rollup_rows = stored["bytes"], stored["rollup_rows"]
     finally:
         await gen.close()
         for conn in mats:
             await conn.close()
-    if got != n or any(v != n for v in rolled.values()):
-        raise BenchFailure(f"load check FAILED: {got} raw rows, rollup totals {rolled}, expected {n}")
     return {
         "seconds": round(total, 1), "rows_and_rollups_s": round(rows_done - t0, 1),
         "generate_busy_s": round(timings["generate_s"], 1),
@@ -129,6 +122,20 @@ async def load(dsn: str, n: int, days: int, end: datetime, chunk: int, seed: flo
         "records_per_s": round(n / total), "rollup_rows": rollup_rows,
         "bytes": sizes, "chunk": chunk, "workers": workers, "slices": len(slices),
     }
+
+
+async def vacuum_and_check(conn: Any, n: int,
+                           stored: Callable[[Any], Awaitable[dict[str, dict[str, int]]]]) -> dict[str, Any]:
+    """VACUUM ANALYZE the loaded month, check it (N raw rows, N requests in every level: the
+    measurements are only fair on a complete load), and return `stored(conn)`: its sizes."""
+    log("  VACUUM ANALYZE")
+    await conn.execute("VACUUM ANALYZE")
+    got = int(await conn.fetchval("SELECT count(*) FROM usage_records"))
+    total = "SELECT coalesce(sum(request_count), 0) FROM {} WHERE dims_mask = 0"
+    rolled = {t: int(await conn.fetchval(total.format(t))) for t in ("usage_1m", "usage_1h", "usage_1d")}
+    if got != n or any(v != n for v in rolled.values()):
+        raise BenchFailure(f"load check FAILED: {got} raw rows, rollup totals {rolled}, expected {n}")
+    return await stored(conn)
 
 
 async def storage(conn: Any) -> dict[str, dict[str, int]]:

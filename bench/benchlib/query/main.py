@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -61,8 +62,8 @@ def parse_args(description: str | None) -> argparse.Namespace:
                    help="load into DIR and keep it; a later run with the same DIR, --records, --days and "
                         "--seed reuses the loaded data instead of loading again")
     p.add_argument("--database-url", metavar="URL",
-                   help="use this running server (a database bench_query is created on it) instead of "
-                        "a throwaway one; with --data-dir the database is kept for later runs")
+                   help="use this running server instead of a throwaway one: the benchmark creates a "
+                        "database of its own there (bench_query, kept for later runs, with --data-dir)")
     p.add_argument("--flavor", choices=("postgres", "timescale"), default="postgres",
                    help="schema flavour; timescale needs --database-url to a server with TimescaleDB")
     args = p.parse_args()
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         else:  # wipe: a load that did not finish
             server_dsn = box.start_postgres(wipe=kept is None and reuse is not None).dsn("postgres")
         pg_version = asyncio.run(fetchval(server_dsn, "SHOW server_version"))
-        dsn = with_db(server_dsn, "bench_query")
+        dsn = with_db(server_dsn, _db_name(args))
         if kept is not None:
             end = datetime.fromisoformat(kept["end"])
             loaded = kept["load"]
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             result = _measure(args, box, dsn, end, loaded)
         finally:
             if args.database_url and reuse is None:
-                asyncio.run(execute(server_dsn, "DROP DATABASE IF EXISTS bench_query WITH (FORCE)"))
+                asyncio.run(execute(server_dsn, f"DROP DATABASE IF EXISTS {_db_name(args)} WITH (FORCE)"))
     result["machine"] = {**facts, "postgresql": pg_version}
     result["goals"] = evaluate(result)
     return finish(result, args, print_report)
@@ -136,6 +137,12 @@ def _measure(args: argparse.Namespace, box: Sandbox, dsn: str, end: datetime,
         "flavor": args.flavor, "load": loaded, **measured, "tail": tail_res, "profile": profile,
     }
     return result
+
+
+def _db_name(args: argparse.Namespace) -> str:
+    """The benchmark's database: `bench_query` when `--data-dir` keeps it for later runs, else one
+    of this run's own, so a throwaway run on a shared `--database-url` never touches a kept load."""
+    return "bench_query" if args.data_dir else f"bench_query_{os.getpid()}"
 
 
 def _loaded_before(args: argparse.Namespace, tmp: Path, reuse: Path | None) -> dict[str, Any] | None:
@@ -175,8 +182,8 @@ async def _stored(dsn: str, flavor: str) -> dict[str, Any]:
 def _load(args: argparse.Namespace, server_dsn: str, dsn: str, end: datetime) -> dict[str, Any]:
     """A fresh database with the month loaded and its rollups built; the load's figures."""
     if args.database_url:  # what a load that did not finish left
-        asyncio.run(execute(server_dsn, "DROP DATABASE IF EXISTS bench_query WITH (FORCE)"))
-    asyncio.run(create_migrated_db(server_dsn, "bench_query", args.flavor))
+        asyncio.run(execute(server_dsn, f"DROP DATABASE IF EXISTS {_db_name(args)} WITH (FORCE)"))
+    asyncio.run(create_migrated_db(server_dsn, _db_name(args), args.flavor))
     if args.flavor == "timescale":
         log(f"loading {args.records:,} records over {args.days} days ending {end:%Y-%m-%d %H:%M:%S} UTC "
             "(SQL generate_series into the usage_records hypertable; every continuous aggregate refreshed; "
