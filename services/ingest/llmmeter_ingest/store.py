@@ -9,9 +9,9 @@ is stored already (a client's retry), the unique index refuses it, the
 savepoint is rolled back, and a second statement inserts the rows skipping
 the keys already stored, stores the payloads and queues exactly the rows it
 inserted, and returns the keys it skipped, so callers can tell accepted from
-duplicate.
-A notification names the transaction and the hours it touched, for live
-tails. No per-row statements; a failure rolls the whole batch back.
+duplicate. A notification names the transaction, the hours and the time range
+it touched, for live tails. No per-row statements; a failure rolls the whole
+batch back.
 """
 
 from __future__ import annotations
