@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llmmeter_common.pgcluster import free_port
-from llmmeter_ingest import otlp_in
+from llmmeter_ingest import otlp_in, otlp_mapping
 from llmmeter_ingest.server import IngestServer
 
 from conftest import ingest_settings, running
@@ -302,8 +302,8 @@ async def test_rejected_spans_are_logged_at_a_limited_rate(sdk: TracerProvider, 
 
 
 def test_readme_mirrors_the_mapping_table() -> None:
-    assert otlp_in.markdown_table() in README.read_text(), (
-        "README's OTLP mapping table differs from otlp_in.MAPPING; paste otlp_in.markdown_table()")
+    assert otlp_mapping.markdown_table() in README.read_text(), (
+        "README's OTLP mapping table differs from otlp_mapping.MAPPING; paste otlp_mapping.markdown_table()")
 
 
 @pytest.mark.parametrize(("error_type", "status"), [
