@@ -24,7 +24,8 @@ import asyncpg
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, one_elem_sql
 from llmmeter_query import horizons
-from llmmeter_query.filters import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, Filter, shown
+from llmmeter_query.filter_syntax import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, shown
+from llmmeter_query.filters import Filter
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all

@@ -3,7 +3,7 @@
 Any caller may send any value in any field (see README, Security): a value the
 service cannot use is INVALID_ARGUMENT naming the field, never an exception
 escaping as UNKNOWN, a driver error passed off as UNAVAILABLE, or work that
-grows without bound. The filter's own limits live with its grammar (filters.py).
+grows without bound. The filter's own limits live with its grammar (filter_syntax.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_query.filters import shown
+from llmmeter_query.filter_syntax import shown
 
 #: The instants a request may name: [MIN_TIME, MAX_TIME).
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)

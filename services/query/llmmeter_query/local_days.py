@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.timeutil import floor_to
-from llmmeter_query.filters import shown
+from llmmeter_query.filter_syntax import shown
 from llmmeter_query.window import LEVELS, Level, Window
 
 _UTC_NAMES = frozenset(("", "UTC", "Etc/UTC", "Z"))

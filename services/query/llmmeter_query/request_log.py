@@ -20,7 +20,8 @@ import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument, NotFound
 from llmmeter_common.timeutil import from_us, to_us
-from llmmeter_query.filters import Filter, shown
+from llmmeter_query.filter_syntax import shown
+from llmmeter_query.filters import Filter
 from llmmeter_query.window import Window
 
 #: Columns of a request-log row.

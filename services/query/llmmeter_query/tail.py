@@ -23,7 +23,8 @@ import asyncpg
 
 from llmmeter_common.errors import LlmmeterError, ResourceExhausted, Unavailable
 from llmmeter_common.timeutil import from_us
-from llmmeter_query.filters import FIELDS, Filter
+from llmmeter_query.filter_syntax import FIELDS
+from llmmeter_query.filters import Filter
 from llmmeter_query.request_log import LOG_COLUMNS
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_common.timeutil import floor_to
-from llmmeter_query.filters import shown
+from llmmeter_query.filter_syntax import shown
 
 DEFAULT_SPAN = timedelta(hours=24)
 #: Most buckets of a series (or of an aggregate export by time) over its window.
