@@ -106,6 +106,8 @@ Node = Comparison | BoolOp | Not
 
 @dataclass(frozen=True)
 class Token:
+    """One lexical token and the position it starts at (error messages name it)."""
+
     kind: str
     text: str
     pos: int
