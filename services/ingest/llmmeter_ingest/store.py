@@ -63,11 +63,19 @@ def _staged(row: Row) -> list[object]:
 NOTIFY_CHANNEL = "llmmeter_records"
 
 
-def _first_last(rows: str) -> str:
-    """The announcement's first_us and last_us entries, over relation `rows`."""
-    us = "(extract(epoch FROM {}(start_time)) * 1000000)::bigint"
-    return ", ".join(f"'{name}_us', (SELECT {us.format(fn)} FROM {rows})"
-                     for name, fn in (("first", "min"), ("last", "max")))
+#: What the announcement says of the rows, in one pass over them (aggregates: one row).
+_SPAN = (f"count(*) AS n, array_agg(DISTINCT "
+         f"extract(epoch FROM date_bin('1 hour', start_time, {ORIGIN}))::bigint / 3600) AS hours, "
+         "(extract(epoch FROM min(start_time)) * 1000000)::bigint AS first_us, "
+         "(extract(epoch FROM max(start_time)) * 1000000)::bigint AS last_us")
+
+
+def _announce(span: str, mark: str) -> str:
+    """The notification of a commit: the transaction id off the marker row `mark` wrote, and the
+    hours and first and last start time of the `span` row (`_SPAN`)."""
+    return (f"pg_notify('{NOTIFY_CHANNEL}', json_build_object("
+            f"'xid', (SELECT xmin::text::bigint FROM {mark}), 'hours', {span}.hours, "
+            f"'first_us', {span}.first_us, 'last_us', {span}.last_us)::text)")
 
 
 def write_sql(queue_for_rollups: bool) -> str:
@@ -107,12 +115,7 @@ pay AS (
     ON CONFLICT (start_time, request_id) DO NOTHING
 ){rollups},
 mark AS (INSERT INTO {_MARKER} VALUES (1) RETURNING xmin),
-stored AS (
-    SELECT count(*) AS n,
-           (SELECT array_agg(extract(epoch FROM h)::bigint / 3600)
-            FROM (SELECT DISTINCT date_bin('1 hour', start_time, {ORIGIN}) AS h FROM ins) AS hs) AS hours
-    FROM ins
-),
+stored AS (SELECT {_SPAN} FROM ins),
 skipped AS (
     SELECT s.request_id, s.start_time FROM {_STAGING} AS s
     WHERE NOT EXISTS (SELECT FROM ins WHERE ins.start_time = s.start_time AND ins.request_id = s.request_id)
@@ -120,9 +123,7 @@ skipped AS (
 SELECT stored.n,
        CASE WHEN stored.n < $1 THEN (SELECT array_agg(request_id) FROM skipped) END,
        CASE WHEN stored.n < $1 THEN (SELECT array_agg(start_time) FROM skipped) END,
-       CASE WHEN stored.n > 0 THEN pg_notify('{NOTIFY_CHANNEL}', json_build_object(
-           'xid', (SELECT xmin::text::bigint FROM mark), 'hours', stored.hours,
-           {_first_last("ins")})::text) END
+       CASE WHEN stored.n > 0 THEN {_announce("stored", "mark")} END
 FROM stored
 """
 
@@ -144,7 +145,6 @@ def fast_write_sql(queue_for_rollups: bool) -> str:
     rollups = (f""",
 pend AS (INSERT INTO usage_rollup_pending ({pending}) SELECT {queued} FROM {_STAGING})"""
                if queue_for_rollups else "")
-    hour = f"extract(epoch FROM date_bin('1 hour', start_time, {ORIGIN}))::bigint / 3600"
     return f"""
 WITH ins AS (
     INSERT INTO usage_records ({_COLS}) SELECT {_STAGED} FROM {_STAGING}
@@ -154,10 +154,9 @@ pay AS (
     SELECT start_time, request_id, request, response FROM {_STAGING_PAYLOADS}
 ){rollups}
 SELECT;
-WITH m AS (INSERT INTO {_MARKER} VALUES (1) RETURNING xmin)
-SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
-    'xid', (SELECT xmin::text::bigint FROM m),
-    'hours', (SELECT array_agg(DISTINCT {hour}) FROM {_STAGING}), {_first_last(_STAGING)})::text)
+WITH mark AS (INSERT INTO {_MARKER} VALUES (1) RETURNING xmin),
+staged AS (SELECT {_SPAN} FROM {_STAGING})
+SELECT {_announce("staged", "mark")} FROM staged
 """
 
 
