@@ -14,7 +14,7 @@ import pytest
 
 from llmmeter.v1 import ingest_pb2
 from llmmeter_common import sketch
-from llmmeter_common.rollups import DIMENSIONS, ROLLUPS, Rollup, mask_of
+from llmmeter_common.rollups import DIMENSIONS, ROLLUPS, Rollup, mask_of, rollup_columns, set_relation
 from llmmeter_ingest.rollup_worker import CLOSE_GRACE, RollupWorker, compact
 from llmmeter_query.aggregate import Aggregator, parse_group
 from llmmeter_query.filters import parse_filter
@@ -128,6 +128,12 @@ async def test_rollups_equal_raw_aggregation(ingest_stub, db_pool, db_url) -> No
             # a key may repeat until compaction (upserts append); counts add up by key
             assert sketch.decode(row["lat_hist"]) == exp["lat"]
             assert sketch.decode(row["ttft_hist"]) == exp["ttft"]
+    for rollup in ROLLUPS:  # each set's own relation: its level's rows of that set, every column
+        for mask in rollup.masks:
+            level = await db_pool.fetch(f"SELECT * FROM {rollup.table} WHERE dims_mask = {mask}")
+            own = await db_pool.fetch(f"SELECT * FROM {set_relation(rollup.table, mask)}")
+            assert own and list(own[0].keys()) == rollup_columns(), (rollup.table, mask)
+            assert sorted(map(tuple, own)) == sorted(map(tuple, level)), (rollup.table, mask)
     total_cost = await db_pool.fetchval("SELECT sum(cost) FROM usage_1d WHERE dims_mask = 0")
     assert total_cost == sum((r["cost"] for r in raw), Decimal(0))
 

@@ -17,7 +17,14 @@ import pytest
 from pglast import ast, parse_sql
 
 from llmmeter_common.migrate import load_migrations
-from llmmeter_common.rollups import DIMENSIONS, HISTOGRAMS, PENDING_COLUMNS, ROLLUPS, rollup_columns
+from llmmeter_common.rollups import (
+    DIMENSIONS,
+    HISTOGRAMS,
+    PENDING_COLUMNS,
+    ROLLUPS,
+    rollup_columns,
+    set_relation,
+)
 
 from migration_sql import (
     QUEUE,
@@ -188,9 +195,16 @@ async def test_live_rollup_relations_have_the_rollup_columns(db_pool: asyncpg.Po
     0013's bytea)."""
     types = dict(_declared("postgres", "usage_1m"))
     types.update((f"{p}_hist", "bytea") for p, _ in HISTOGRAMS)
+    want = [(c, types[c]) for c in rollup_columns()]
     async with db_pool.acquire() as conn:
         for r in ROLLUPS:
-            assert await _columns(conn, r.table) == [(c, types[c]) for c in rollup_columns()], r.table
+            assert await _columns(conn, r.table) == want, r.table
+            for mask in r.masks:  # each set's own relation (0016), alike
+                assert await _columns(conn, set_relation(r.table, mask)) == want, (r.table, mask)
+        sets = await conn.fetch(r"SELECT relname FROM pg_class WHERE relname ~ '^usage_1[mhd]_set\d+$' "
+                                "AND relnamespace = 'public'::regnamespace")
+    expected = sorted(set_relation(r.table, m) for r in ROLLUPS for m in r.masks)
+    assert sorted(s["relname"] for s in sets) == expected
 
 
 def test_timescale_static_policies() -> None:

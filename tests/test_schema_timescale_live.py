@@ -27,6 +27,7 @@ from llmmeter_common.rollups import (
     ROLLUPS,
     Rollup,
     mask_of,
+    set_relation,
 )
 
 from conftest import create_database
@@ -192,7 +193,7 @@ async def test_timescaledb_rollups_equal_raw_aggregation(db_pool: asyncpg.Pool) 
 
 
 @pytest.mark.usefixtures("timescale_flavor_only")
-async def test_timescaledb_constant_dims_mask_reads_one_aggregate(db_pool: asyncpg.Pool) -> None:
+async def test_timescaledb_dims_mask_or_set_relation_reads_one_aggregate(db_pool: asyncpg.Pool) -> None:
     async with db_pool.acquire() as conn:
         start = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=4)
         await conn.fetchval(_RAW, 1, 200, start)
@@ -220,6 +221,9 @@ async def test_timescaledb_constant_dims_mask_reads_one_aggregate(db_pool: async
                 # the aggregate, and (real-time part) the same set below it
                 read_masks = {n.rsplit("_s", 1)[1] for n in await read(f"WHERE dims_mask = {mask}")}
                 assert read_masks == {str(mask)}, (r.table, mask)
+                # the set's own relation (0016) reads just that aggregate too
+                own = {n.rsplit("_s", 1)[1] for n in await read("", set_relation(r.table, mask))}
+                assert own == {str(mask)}, (r.table, mask)
 
 
 @pytest.mark.usefixtures("timescale_flavor_only")

@@ -144,6 +144,13 @@ def covering_mask(dims: Iterable[str], table: str) -> int | None:
     return fits[0][1] if fits else None
 
 
+def set_relation(table: str, mask: int) -> str:
+    """The relation holding only rollup `table`'s rows of one grouping set (migration 0016), with
+    every rollup column. Reading it instead of `table WHERE dims_mask = mask` spares TimescaleDB
+    planning the level's other continuous aggregates; on PostgreSQL it is that very filter."""
+    return f"{table}_set{mask}"
+
+
 def rollup_columns() -> list[str]:
     """Every column of a rollup table, in table order."""
     hist = [f"{p}_hist" for p, _ in HISTOGRAMS]

@@ -22,7 +22,14 @@ from typing import Any, cast
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.rollups import EMPTY_HIST_SQL, HISTOGRAMS, MEASURES, covering_mask, one_elem_sql
+from llmmeter_common.rollups import (
+    EMPTY_HIST_SQL,
+    HISTOGRAMS,
+    MEASURES,
+    covering_mask,
+    one_elem_sql,
+    set_relation,
+)
 from llmmeter_query import horizons
 from llmmeter_query.filter_syntax import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, shown
 from llmmeter_query.filters import Filter
@@ -336,18 +343,20 @@ class _Query:
         cond = self.filt.sql(params)
         if not rollup or s.level is None:
             return f"start_time >= ${a} AND start_time < ${b} AND {cond}"
-        mask = covering_mask(self.dims, s.level.table)  # not None: `plan` had only such levels
-        return f"dims_mask = {mask} AND bucket >= ${a} AND bucket < ${b} AND {cond}"
+        return f"bucket >= ${a} AND bucket < ${b} AND {cond}"
 
     def _sources(self) -> list[tuple[Stretch, str | None]]:
-        """(stretch, rollup table) or (stretch, None) for rows read raw-style: the raw rows of raw
-        stretches, and the rows of rollup stretches still queued for the rollups."""
+        """(stretch, relation of the rollup set to read) or (stretch, None) for rows read
+        raw-style: the raw rows of raw stretches, and the rows of rollup stretches still queued
+        for the rollups."""
         out: list[tuple[Stretch, str | None]] = []
         for s in self.stretches:
             if s.level is None:
                 out.append((s, None))
             else:
-                out += [(s, s.level.table), (s, PENDING)]
+                mask = covering_mask(self.dims, s.level.table)  # not None: `plan` had only such levels
+                assert mask is not None
+                out += [(s, set_relation(s.level.table, mask)), (s, PENDING)]
         return out
 
     def measures(self, columns: Sequence[str] = _MEASURE_COLUMNS) -> tuple[str, list[Any]]:

@@ -30,11 +30,11 @@ _HOUR = timedelta(hours=1)
 #: Sources kept short enough for retention to cut a window's start (the others are kept ~a year).
 _OLDEST = {
     None: "SELECT min(start_time) FROM usage_records",
-    "usage_1m": "SELECT min(bucket) FROM usage_1m WHERE dims_mask = 0",
+    "usage_1m": "SELECT min(bucket) FROM usage_1m_set0",
 }
 #: Whether the hour rollup holds traffic in an hour that overlaps the stretch ($1 to $2) and lies
 #: wholly before the source's oldest row ($3): rows of the stretch were there and are gone.
-_DROPPED = """SELECT EXISTS (SELECT 1 FROM usage_1h WHERE dims_mask = 0 AND bucket >= $1 AND bucket < $2
+_DROPPED = """SELECT EXISTS (SELECT 1 FROM usage_1h_set0 WHERE bucket >= $1 AND bucket < $2
                                 AND bucket + interval '1 hour' <= $3)"""
 #: Windows starting later than this before now are never cut (retention keeps at least a day).
 _YOUNG = timedelta(days=1)
