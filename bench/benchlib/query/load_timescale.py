@@ -65,8 +65,11 @@ async def load_timescale(dsn: str, n: int, days: int, end: datetime, seed: float
         for level in LEVELS:
             for view, _ in await conn.fetch(_CAGGS_SQL, level):
                 t = time.perf_counter()
-                # outside a transaction block, as TimescaleDB requires; NULL..NULL is every bucket
-                await conn.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, NULL)")
+                # outside a transaction block, as TimescaleDB requires. Whole buckets before now
+                # only, as the policies materialise them: a bucket still open (today, this hour)
+                # stays real-time; materialised now, later records (the live tail's) would leave
+                # it stale until its policy's window reaches it (a day later, for the day level)
+                await conn.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, now())")
                 log(f"  {view} refreshed in {time.perf_counter() - t:.1f}s "
                     f"({time.perf_counter() - t0:.0f}s elapsed)")
         refreshed = time.perf_counter()
