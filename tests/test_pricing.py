@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import genai_prices
 import grpc
 import pytest
@@ -220,3 +221,40 @@ async def test_only_admins_manage_prices_and_bad_prices_are_refused(
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.DeletePrice(prices_pb2.DeletePriceRequest(model="m", effective_from=when))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for p in plan.get("Plans", ()) for n in _plan_nodes(p))]
+
+
+@pytest.mark.usefixtures("timescale_flavor_only")
+async def test_unpriced_counts_from_compressed_chunks_read_only_unpriced_segments(
+        db_url: str, ingest_stub: Any, query_stub: Any) -> None:
+    """Compressed chunks have no partial index of unpriced rows: they are segmented by cost source
+    (0017), so the count filters segments before decompressing, and still counts exactly."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=4)
+    await write(ingest_stub, *(record(start=start + timedelta(seconds=i), model="gpt-4o") for i in range(3)),
+                unpriced(start=start, model="acme-llm-9000", provider="acme"),
+                unpriced(start=start + timedelta(seconds=5), model="acme-llm-8000", provider="acme"))
+    conn = await asyncpg.connect(db_url)
+    try:
+        compressed = await conn.fetchval("SELECT count(compress_chunk(c)) FROM show_chunks("
+                                         "'usage_records', older_than => INTERVAL '2 days') AS c")
+        plan = json.loads(await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT count(*) FROM usage_records "
+            "WHERE cost_source = 3 AND start_time >= $1 AND start_time < $2",
+            start - timedelta(hours=1), start + timedelta(hours=1)))[0]["Plan"]
+    finally:
+        await conn.close()
+    assert compressed == 1
+    decompress = [n for n in _plan_nodes(plan) if n.get("Custom Plan Provider") == "DecompressChunk"]
+    assert decompress, plan
+    for node in decompress:  # the filter applies to the compressed rows (one per batch of a segment)
+        (scan,) = node["Plans"]
+        assert "cost_source" in scan.get("Filter", "") + scan.get("Index Cond", ""), scan
+
+    window = {"start_time": ts(start - timedelta(minutes=1)), "end_time": ts(start + timedelta(minutes=1))}
+    summary = (await query_stub.GetSummary(query_pb2.GetSummaryRequest(**window))).summary
+    assert (summary.request_count, summary.unpriced_count) == (5, 2)
+    rows = (await query_stub.GetBreakdown(query_pb2.GetBreakdownRequest(group_by="model", **window))).rows
+    assert {r.group: r.unpriced_count for r in rows} == {"gpt-4o": 0, "acme-llm-9000": 1, "acme-llm-8000": 1}
