@@ -16,7 +16,7 @@ from ..timing import time_async, time_sql
 
 async def explain_aggregates(dsn: str, end: datetime, days: int) -> tuple[dict[str, Any], str]:
     """Where the time of the aggregate calls goes: the service's own statements (rebuilt with
-    llmmeter_query.aggregate._Query, as Aggregator.run builds them), each fetched 5 times, the
+    llmmeter_query.aggregate_sql.AggregateSql, as Aggregator.run builds them), each fetched 5 times, the
     in-process Aggregator.run, and EXPLAIN (ANALYZE, BUFFERS) of each statement (returned as text)."""
     import asyncpg
 

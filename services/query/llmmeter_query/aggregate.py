@@ -4,7 +4,7 @@ A request becomes (window, filter, grouping, time bucket). The window is cut
 into stretches (see `window.plan`): rollup stretches read the narrowest
 grouping set that keeps the filtered and grouped dimensions plus the rows of
 that stretch still queued for the rollups, raw stretches read
-`usage_records`; sums are added up in SQL. Histograms come back as arrays,
+`usage_records` (the statements are spelt in `aggregate_sql`); sums are added up in SQL. Histograms come back as arrays,
 only for the groups that will be shown (see `Top`), and are merged and read
 in numpy (`histograms`). Counts, tokens and cost are therefore exact;
 percentiles are exact when the whole window was answered from raw rows and
@@ -22,30 +22,19 @@ from typing import Any, cast
 import asyncpg
 
 from llmmeter_common.errors import FieldViolation, InvalidArgument
-from llmmeter_common.rollups import (
-    EMPTY_HIST_SQL,
-    HISTOGRAMS,
-    MEASURES,
-    covering_mask,
-    one_elem_sql,
-    set_relation,
-)
+from llmmeter_common.rollups import HISTOGRAMS, covering_mask
 from llmmeter_query import horizons
+from llmmeter_query.aggregate_sql import MEASURE_COLUMNS, QUANTILES, AggregateSql
 from llmmeter_query.filter_syntax import FIELDS, METADATA_KEY, NON_TEXT_FIELDS, ROLLUP_COLUMNS, shown
 from llmmeter_query.filters import Filter
 from llmmeter_query.histograms import Collector
 from llmmeter_query.local_days import Calendar, LocalDays
 from llmmeter_query.snapshot_fetch import Statement, fetch_all
-from llmmeter_query.window import Stretch, Window, ceil_to, plan, rollup_buckets, split, usable_levels
+from llmmeter_query.window import Window, ceil_to, plan, rollup_buckets, split, usable_levels
 
-QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 #: Every percentile of both histograms (`lat`, `ttft`): what a summary or breakdown shows.
 ALL_PERCENTILES: dict[str, tuple[float, ...]] = {p: QUANTILES for p, _ in HISTOGRAMS}
-_MEASURE_COLUMNS = tuple(m.column for m in MEASURES)
 OTHER = "other"
-RAW = "usage_records"
-PENDING = "usage_rollup_pending"
-_ORIGIN_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 #: Histogram rows (groups x rollup buckets) from which a read is split over two connections; below
 #: it, the extra connection and snapshot import cost more than they save.
 SPLIT_MIN_ROWS = 1000
@@ -113,7 +102,8 @@ class Top:
 
     `order` ranks the group values from their summed measures; the first
     `limit` (0: all) get percentiles. With `fold`, the others are summed into
-    one group "other", whose histogram is the total's minus the kept groups'.
+    one group "other", whose histogram is their own (when they are no more than the kept ones)
+    or the total's minus the kept groups'.
     """
 
     limit: int
@@ -152,8 +142,8 @@ class Aggregator:
         """The connection pool it reads with."""
         return self._pool
 
-    def _query(self, window: Window, filt: Filter, group: Grouping | None,
-               bucket: timedelta | None, days: LocalDays | None = None, open_end: bool = False) -> _Query:
+    def _query(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
+               days: LocalDays | None = None, open_end: bool = False) -> AggregateSql:
         """The query's plan; with `open_end` (no stored record starts at or after the window's
         end), the window's last rollup bucket is read whole: it holds nothing past the end."""
         dims = set(filt.columns())
@@ -169,7 +159,7 @@ class Aggregator:
         if not rollups_ok or small:
             levels = ()
         end = ceil_to(window.end, levels[0].width) if open_end and levels else window.end
-        return _Query(filt, group, bucket, plan(window.start, end, levels), frozenset(dims), days)
+        return AggregateSql(filt, group, bucket, plan(window.start, end, levels), frozenset(dims), days)
 
     async def run(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
                   *, top: Top | None = None,
@@ -195,11 +185,12 @@ class Aggregator:
                 query = self._query(window, filt, group, bucket, days, open_end)
             counted_from = await horizons.counted_from(conn, query.stretches, datetime.now(UTC))
             groups: dict[Key, Stats] = {}
-            columns = _MEASURE_COLUMNS if measures is None else _measure_subset(measures)
+            columns = MEASURE_COLUMNS if measures is None else _measure_subset(measures)
             sql, params = query.measures(columns)
             for row in await conn.fetch(sql, *params):
                 groups[(row[0], row[1])] = Stats(measures=dict(zip(columns, row[2:], strict=True)))
             shown, kept, fold = _choose(groups, top)
+            omitted = [] if kept is None else list(dict.fromkeys(g for g, _ in groups if g not in kept))
             if fold:
                 groups = _fold(groups, kept)
             exact = not fold and all(s.level is None for s in query.stretches)
@@ -214,25 +205,31 @@ class Aggregator:
                 only = None if kept is None else list(kept)
                 reads = self._parts(query, len({g for g, _ in groups}) if only is None else len(only))
                 statements: list[Statement] = [q.histograms(prefixes, only) for q in reads]
-                if fold:  # "other" = the total minus the kept groups
+                # "other": the folded groups' own histograms when they are no more than the kept
+                # ones (a series of 11 models, top 10), else the total minus the kept groups (a
+                # top 10 of 200 users), whichever reads and merges fewer histograms
+                subtract = fold and len(omitted) > len(kept or ())
+                if subtract:
                     total = self._query(window, filt, None, bucket, days, open_end)
                     statements += [q.histograms(prefixes, None) for q in self._parts(total, 1)]
+                elif fold:
+                    statements += [q.histograms(prefixes, omitted) for q in self._parts(query, len(omitted))]
                 results = await fetch_all(self._pool, conn, statements, self._lanes)
                 for rows in results[: len(reads)]:
-                    _collect(collectors, rows, fold)
+                    _collect(collectors, rows, subtract)
                 for rows in results[len(reads):]:
                     _collect(collectors, rows, False, OTHER)
                 _read_quantiles(groups, collectors, percentiles)
         return Aggregates(groups, exact, shown, counted_from)
 
-    def _parts(self, query: _Query, groups: int) -> list[_Query]:
+    def _parts(self, query: AggregateSql, groups: int) -> list[AggregateSql]:
         """The query cut by time into one part per lane when it reads enough histogram rows."""
         if self._lanes < 2 or groups * rollup_buckets(query.stretches) < self._split_min_rows:
             return [query]
         return [query.over(part) for part in split(query.stretches, self._lanes)]
 
 
-def _ends_finer(query: _Query) -> bool:
+def _ends_finer(query: AggregateSql) -> bool:
     """Whether the plan's last stretch is finer than its coarsest rollup level (raw rows count as
     finest): only then can reading the last bucket whole save anything."""
     levels = [s.level for s in query.stretches if s.level is not None]
@@ -247,10 +244,10 @@ def _rollups_can_answer(filt: Filter, group: Grouping | None) -> bool:
 
 def _measure_subset(names: Sequence[str]) -> tuple[str, ...]:
     """The named measures plus request_count, in MEASURES order; an unknown name is a bug."""
-    unknown = set(names) - set(_MEASURE_COLUMNS)
+    unknown = set(names) - set(MEASURE_COLUMNS)
     if unknown:
         raise ValueError(f"not rollup measures: {sorted(unknown)}")
-    return tuple(c for c in _MEASURE_COLUMNS if c in names or c == "request_count")
+    return tuple(c for c in MEASURE_COLUMNS if c in names or c == "request_count")
 
 
 def _choose(groups: dict[Key, Stats], top: Top | None) -> tuple[list[Any], set[Any] | None, bool]:
@@ -313,99 +310,3 @@ def _add_exact(groups: dict[Key, Stats], rows: list[asyncpg.Record]) -> None:
             for q, v in zip(QUANTILES, row[2 + i] or (), strict=False):
                 if v is not None:
                     stats.quantiles[(prefix, q)] = float(v)
-
-
-class _Query:
-    """Builds the UNION ALL over stretches for one aggregation."""
-
-    def __init__(self, filt: Filter, group: Grouping | None, bucket: timedelta | None,
-                 stretches: list[Stretch], dims: frozenset[str], days: LocalDays | None = None) -> None:
-        self.filt, self.group, self.bucket, self.days = filt, group, bucket, days
-        self.stretches, self.dims = stretches, dims
-
-    def over(self, stretches: list[Stretch]) -> _Query:
-        """The same query over other stretches (a part of this one's)."""
-        return _Query(self.filt, self.group, self.bucket, stretches, self.dims, self.days)
-
-    def _keys(self, time_col: str) -> str:
-        g = self.group.expr if self.group else "''"
-        if self.bucket is None:
-            tb = "NULL::timestamptz"
-        elif self.days is not None:
-            tb = f"date_trunc('day', {time_col}, {self.days.sql})"
-        else:
-            tb = f"date_bin('{int(self.bucket.total_seconds())} seconds', {time_col}, {_ORIGIN_SQL})"
-        return f"{g} AS g, {tb} AS tb"
-
-    def _where(self, s: Stretch, rollup: bool, params: list[Any]) -> str:
-        params += [s.start, s.end]
-        a, b = len(params) - 1, len(params)
-        cond = self.filt.sql(params)
-        if not rollup or s.level is None:
-            return f"start_time >= ${a} AND start_time < ${b} AND {cond}"
-        return f"bucket >= ${a} AND bucket < ${b} AND {cond}"
-
-    def _sources(self) -> list[tuple[Stretch, str | None]]:
-        """(stretch, relation of the rollup set to read) or (stretch, None) for rows read
-        raw-style: the raw rows of raw stretches, and the rows of rollup stretches still queued
-        for the rollups."""
-        out: list[tuple[Stretch, str | None]] = []
-        for s in self.stretches:
-            if s.level is None:
-                out.append((s, None))
-            else:
-                mask = covering_mask(self.dims, s.level.table)  # not None: `plan` had only such levels
-                assert mask is not None
-                out += [(s, set_relation(s.level.table, mask)), (s, PENDING)]
-        return out
-
-    def measures(self, columns: Sequence[str] = _MEASURE_COLUMNS) -> tuple[str, list[Any]]:
-        """Summed measures (`columns`, in that order) per (g, tb)."""
-        params: list[Any] = []
-        parts = []
-        chosen = [m for c in columns for m in MEASURES if m.column == c]
-        for s, table in self._sources():
-            if table is None or table == PENDING:
-                sums = ", ".join(f"{m.summed(m.raw_expr)} AS {m.column}" for m in chosen)
-                parts.append(f"SELECT {self._keys('start_time')}, {sums} FROM {table or RAW} "
-                             f"WHERE {self._where(s, False, params)} GROUP BY 1, 2")
-            else:  # rollup rows go straight to the one outer aggregation
-                cols = ", ".join(m.column for m in chosen)
-                parts.append(f"SELECT {self._keys('bucket')}, {cols} FROM {table} "
-                             f"WHERE {self._where(s, True, params)}")
-        outer = ", ".join(m.summed(m.column) for m in chosen)
-        return (f"SELECT g, tb, {outer} FROM ({' UNION ALL '.join(parts)}) AS s GROUP BY g, tb", params)
-
-    def histograms(self, prefixes: Sequence[str], only: list[Any] | None) -> tuple[str, list[Any]]:
-        """Histogram pieces (g, tb, then per prefix a histogram in `sketch`'s format): rollup rows
-        as stored, raw rows one element (key, 1) each per (g, tb). With `only`, just the rows of
-        those group values."""
-        params: list[Any] = []
-        parts = []
-        cols = dict(HISTOGRAMS)
-        for s, table in self._sources():
-            rollup = table is not None and table != PENDING
-            cond = self._where(s, rollup, params)
-            if only is not None and self.group is not None:
-                params.append(only)
-                cond += f" AND ({self.group.expr}) = ANY(${len(params)})"
-            if rollup:
-                arrays = ", ".join(f"{p}_hist" for p in prefixes)
-                parts.append(f"SELECT {self._keys('bucket')}, {arrays} FROM {table} WHERE {cond}")
-            else:
-                arrays = ", ".join(
-                    f"coalesce(string_agg({one_elem_sql(f'llmmeter_hist_key({cols[p]})')}, ''::bytea) "
-                    f"FILTER (WHERE {cols[p]} IS NOT NULL), {EMPTY_HIST_SQL})"
-                    for p in prefixes)
-                parts.append(f"SELECT {self._keys('start_time')}, {arrays} FROM {table or RAW} "
-                             f"WHERE {cond} GROUP BY 1, 2")
-        return " UNION ALL ".join(parts), params
-
-    def exact_percentiles(self) -> tuple[str, list[Any]]:
-        """Exact nearest-rank percentiles per (g, tb), from raw rows only."""
-        params: list[Any] = []
-        qs = "ARRAY[" + ", ".join(str(q) for q in QUANTILES) + "]::float8[]"
-        cols = ", ".join(f"percentile_disc({qs}) WITHIN GROUP (ORDER BY {c})" for _, c in HISTOGRAMS)
-        parts = [f"SELECT {self._keys('start_time')}, {cols} FROM {RAW} "
-                 f"WHERE {self._where(s, False, params)} GROUP BY 1, 2" for s in self.stretches]
-        return " UNION ALL ".join(parts), params
