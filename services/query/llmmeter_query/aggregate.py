@@ -4,12 +4,12 @@ A request becomes (window, filter, grouping, time bucket). The window is cut
 into stretches (see `window.plan`): rollup stretches read the narrowest
 grouping set that keeps the filtered and grouped dimensions plus the rows of
 that stretch still queued for the rollups, raw stretches read
-`usage_records` (the statements are spelt in `aggregate_sql`); sums are added up in SQL. Histograms come back as arrays,
-only for the groups that will be shown (see `Top`), and are merged and read
-in numpy (`histograms`). Counts, tokens and cost are therefore exact;
-percentiles are exact when the whole window was answered from raw rows and
-estimated (within 0.5%) from the merged histograms otherwise, and the result
-says which.
+`usage_records` (the statements are spelt in `aggregate_sql`); sums are
+added up in SQL. Histograms come back as arrays, only for the groups that
+will be shown (see `Top`), and are merged and read in numpy (`histograms`).
+Counts, tokens and cost are therefore exact; percentiles are exact when the
+whole window was answered from raw rows and estimated (within 0.5%) from the
+merged histograms otherwise, and the result says which.
 """
 
 from __future__ import annotations
