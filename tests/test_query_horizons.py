@@ -78,3 +78,22 @@ async def test_a_window_ending_before_later_records_never_counts_them(ingest_stu
         for group in ("", "user"):
             got = await agg.run(Window(start, end), parse_filter(""), parse_group(group), None)
             assert sum(s.get("request_count") for s in got.groups.values()) == want, (end, group)
+
+
+def test_an_up_to_now_window_reads_its_last_hour_whole_but_never_an_open_day() -> None:
+    """Today's day bucket is still open: TimescaleDB would fold it in real time for every group at
+    query time, so the open end is read from the hour level, rounded up to the hour only."""
+    from llmmeter_query.aggregate import Aggregator, parse_group
+    from llmmeter_query.filters import parse_filter
+    from llmmeter_query.window import Window
+
+    agg = Aggregator(None, timedelta(minutes=1))  # planning only: no statement runs
+    end = datetime(2026, 12, 4, 9, 14, 19, tzinfo=UTC)
+    for group in ("", "user"):
+        q = agg._query(Window(end - timedelta(days=30), end), parse_filter(""), parse_group(group), None,
+                       open_end=True)
+        last = q.stretches[-1]
+        assert last.level is not None and last.level.table == "usage_1h", group
+        assert last.end == datetime(2026, 12, 4, 10, tzinfo=UTC), group
+        days = [s for s in q.stretches if s.level is not None and s.level.table == "usage_1d"]
+        assert days and days[-1].end == datetime(2026, 12, 4, tzinfo=UTC), group
