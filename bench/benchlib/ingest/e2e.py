@@ -32,10 +32,11 @@ from .database import truncate_all, verify_e2e, wait_rollups_drained
 
 def run_e2e(
     args: argparse.Namespace, box: Sandbox, server_dsn: str, chunks: list[bytes], warmup_chunks: list[bytes],
-    n: int, n_payloads: int, pg_data: Path,
+    n: int, n_payloads: int, pg_data: Path, db_name: str = "bench_e2e",
 ) -> dict[str, Any]:
-    """Start the service, send the warm-up and then the measured chunks, verify, stop the service."""
-    dsn = asyncio.run(create_migrated_db(server_dsn, "bench_e2e"))
+    """Start the service on a new database `db_name`, send the warm-up and then the measured
+    chunks, verify, stop the service."""
+    dsn = asyncio.run(create_migrated_db(server_dsn, db_name))
     addr = box.start_service("ingest", dsn, note="(a) ")
     service = box.procs["ingest"]
     ctx = mp.get_context("spawn")

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..db import fetchval
+from ..db import execute, fetchval
 from ..harness import BenchFailure, finish, log, machine_facts, run_main
 from ..sandbox import Sandbox
 from .e2e import run_e2e
@@ -40,6 +40,10 @@ def parse_args(description: str | None) -> argparse.Namespace:
                    help="records start within this many seconds before now (default 300: live traffic "
                         "with a few minutes of lag; 604800 = a 7-day backfill, much less rollup "
                         "aggregation per batch)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="(a) then (b) this many times, alternating; the goals judge the median of the "
+                        "rounds' ratios (default 3: one round's reference COPY swings by a third on a "
+                        "shared 2-core VM)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", action="store_true", help="print only the JSON result line on stdout")
     p.add_argument("--no-store-path", action="store_true", help="skip the informational Store.write figure")
@@ -51,8 +55,8 @@ def parse_args(description: str | None) -> argparse.Namespace:
     args = p.parse_args()
     if not 1 <= args.window <= 13 * 86_400:
         p.error("--window: between 1 second and 13 days (the service refuses records past retention)")
-    if args.records < 1 or args.chunk < 1 or args.streams < 1 or args.warmup < 0:
-        p.error("--records, --chunk and --streams must be positive, --warmup not negative")
+    if args.records < 1 or args.chunk < 1 or args.streams < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("--records, --chunk, --streams and --rounds must be positive, --warmup not negative")
     if args.chunk > 10_000:
         p.error("--chunk: the service takes at most 10000 records per message")
     return args
@@ -81,14 +85,23 @@ def run(args: argparse.Namespace) -> int:
         server_dsn = cluster.dsn("postgres")
         pg_version = asyncio.run(fetchval(server_dsn, "SHOW server_version"))
 
-        e2e = run_e2e(args, box, server_dsn, chunks, warmup_chunks, args.records, len(payloads),
-                      cluster.data_dir)
-        log(f"(a) end to end: {e2e['records_per_s']:,} records/s")
-        log(f"(b) raw COPY of {len(rows)} rows in chunks of {args.chunk}")
-        copy = asyncio.run(run_copy(server_dsn, rows, args.chunk))
-        log(f"(b) raw COPY: {copy['records_per_s']:,} records/s")
+        rounds = []
+        for k in range(args.rounds):
+            tag = f"round {k + 1}/{args.rounds}: "
+            e2e = run_e2e(args, box, server_dsn, chunks, warmup_chunks, args.records, len(payloads),
+                          cluster.data_dir, f"bench_e2e_{k}")
+            log(f"{tag}(a) end to end: {e2e['records_per_s']:,} records/s")
+            log(f"{tag}(b) raw COPY of {len(rows)} rows in chunks of {args.chunk}")
+            copy = asyncio.run(run_copy(server_dsn, rows, args.chunk, f"bench_copy_{k}"))
+            log(f"{tag}(b) raw COPY: {copy['records_per_s']:,} records/s")
+            for name in (f"bench_e2e_{k}", f"bench_copy_{k}"):  # each round on an empty cluster
+                asyncio.run(execute(server_dsn, f"DROP DATABASE {name} WITH (FORCE)"))
+            rounds.append({"e2e": e2e, "raw_copy": copy, "ratio": evaluate(e2e, copy)[0]})
+            args.profile = None  # --profile records the first round only
         store = None if args.no_store_path else _store_path(server_dsn, rows, payloads)
 
+    middle = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]  # the median round
+    e2e, copy = middle["e2e"], middle["raw_copy"]
     ratio, goals = evaluate(e2e, copy)
     result = {
         "bench": "ingest",
@@ -98,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         "payload_share": round(len(payloads) / args.records, 4),
         "e2e": e2e, "raw_copy": copy, "store_write": store,
         "ratio": round(ratio, 3), "goals": goals,
+        "rounds": [{"e2e_records_per_s": r["e2e"]["records_per_s"],
+                    "raw_copy_records_per_s": r["raw_copy"]["records_per_s"],
+                    "ratio": round(r["ratio"], 3)} for r in rounds],
         "machine": {**facts, "postgresql": pg_version},
     }
     return finish(result, args, print_report)

@@ -16,11 +16,13 @@ from ..harness import BenchFailure
 from .database import ensure_partitions
 
 
-async def run_copy(server_dsn: str, rows: list[tuple[Any, ...]], chunk: int) -> dict[str, Any]:
-    """(b): asyncpg COPY of the pre-built rows into a fresh database, `chunk` rows at a time."""
+async def run_copy(server_dsn: str, rows: list[tuple[Any, ...]], chunk: int,
+                   db_name: str = "bench_copy") -> dict[str, Any]:
+    """(b): asyncpg COPY of the pre-built rows into a fresh database `db_name`, `chunk` rows at a
+    time."""
     from llmmeter_ingest.rows import RECORD_COLUMNS
 
-    dsn = await create_migrated_db(server_dsn, "bench_copy")
+    dsn = await create_migrated_db(server_dsn, db_name)
     async with connection(dsn) as conn:
         await ensure_partitions(conn, rows)
         await conn.execute("CHECKPOINT")
