@@ -169,7 +169,8 @@ async def test_migrations_from_two_processes_at_once(pg_server_url: str, storage
     assert sorted(first + second) == _versions(storage_flavor)
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations") == len(_versions(storage_flavor))
+        applied = await conn.fetchval("SELECT count(*) FROM llmmeter_schema_migrations")
+        assert applied == len(_versions(storage_flavor))
         assert await conn.fetchval("SELECT flavor FROM llmmeter_schema_migrations LIMIT 1") == storage_flavor
     finally:
         await conn.close()
