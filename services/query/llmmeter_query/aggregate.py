@@ -151,7 +151,8 @@ class Aggregator:
     def _query(self, window: Window, filt: Filter, group: Grouping | None, bucket: timedelta | None,
                days: LocalDays | None = None, open_end: bool = False) -> AggregateSql:
         """The query's plan; with `open_end` (no stored record starts at or after the window's
-        end), the window's last rollup bucket is read whole: it holds nothing past the end."""
+        end), the window's last rollup bucket, at most OPEN_BUCKET_MAX wide, is read whole: it
+        holds nothing past the end."""
         dims = set(filt.columns())
         rollups_ok = _rollups_can_answer(filt, group)
         if group is not None and group.dims is not None:
@@ -197,7 +198,7 @@ class Aggregator:
             for row in await conn.fetch(sql, *params):
                 groups[(row[0], row[1])] = Stats(measures=dict(zip(columns, row[2:], strict=True)))
             shown, kept, fold = _choose(groups, top)
-            omitted = [] if kept is None else list(dict.fromkeys(g for g, _ in groups if g not in kept))
+            omitted = list(dict.fromkeys(g for g, _ in groups if g not in (kept or ()))) if fold else []
             if fold:
                 groups = _fold(groups, kept)
             exact = not fold and all(s.level is None for s in query.stretches)

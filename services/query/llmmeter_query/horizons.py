@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from llmmeter_common.rollups import set_relation
 from llmmeter_common.timeutil import floor_to
 from llmmeter_query.window import Stretch
 
@@ -30,12 +31,12 @@ _HOUR = timedelta(hours=1)
 #: Sources kept short enough for retention to cut a window's start (the others are kept ~a year).
 _OLDEST = {
     None: "SELECT min(start_time) FROM usage_records",
-    "usage_1m": "SELECT min(bucket) FROM usage_1m_set0",
+    "usage_1m": f"SELECT min(bucket) FROM {set_relation('usage_1m', 0)}",
 }
 #: Whether the hour rollup holds traffic in an hour that overlaps the stretch ($1 to $2) and lies
 #: wholly before the source's oldest row ($3): rows of the stretch were there and are gone.
-_DROPPED = """SELECT EXISTS (SELECT 1 FROM usage_1h_set0 WHERE bucket >= $1 AND bucket < $2
-                                AND bucket + interval '1 hour' <= $3)"""
+_DROPPED = f"""SELECT EXISTS (SELECT 1 FROM {set_relation('usage_1h', 0)} WHERE bucket >= $1 AND bucket < $2
+                                 AND bucket + interval '1 hour' <= $3)"""
 #: Windows starting later than this before now are never cut (retention keeps at least a day).
 _YOUNG = timedelta(days=1)
 
