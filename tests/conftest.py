@@ -198,7 +198,20 @@ async def db_url(pg_server_url: str, template_url: str) -> AsyncIterator[str]:
     scheduler, so the later tests' databases found no background worker left to run their jobs."""
     url = await create_database(pg_server_url)
     yield url
-    conn = await asyncpg.connect(pg_server_url)
+    await _drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+async def empty_db_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A database of this test's own with no schema at all (for migration tests), dropped after it
+    like `db_url`'s."""
+    url = await create_database(pg_server_url, template=None)
+    yield url
+    await _drop_database(pg_server_url, url)
+
+
+async def _drop_database(server_url: str, url: str) -> None:
+    conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
     finally:

@@ -10,11 +10,9 @@ import asyncpg
 from llmmeter.cli.main import main
 from llmmeter_common.migrate import Flavor, load_migrations
 
-from conftest import create_database
 
-
-async def test_db_migrate_applies_once(pg_server_url: str, storage_flavor: Flavor, capsys) -> None:
-    url = await create_database(pg_server_url, template=None)
+async def test_db_migrate_applies_once(empty_db_url: str, storage_flavor: Flavor, capsys) -> None:
+    url = empty_db_url
     command = ["db", "migrate", "--database-url", url, "--flavor", storage_flavor]
     assert await asyncio.to_thread(main, command) == 0
     every = [m.version for m in load_migrations(storage_flavor)]  # TimescaleDB has some of its own

@@ -14,7 +14,7 @@ from llmmeter_common.migrate import Flavor, load_migrations, migrate
 from llmmeter_common.pgcluster import LocalCluster
 from llmmeter_ingest.server import IngestServer
 
-from conftest import create_database, drain_rollups, ingest_settings
+from conftest import drain_rollups, ingest_settings
 from keyring import keyed_channel
 from records import record
 
@@ -157,14 +157,14 @@ async def test_shutdown_finishes_calls_in_flight(db_url: str, db_pool) -> None:
     assert await db_pool.fetchval("SELECT count(*) FROM usage_records") == 20
 
 
-async def test_migrations_run_twice_apply_once(pg_server_url: str, storage_flavor: Flavor) -> None:
-    url = await create_database(pg_server_url, template=None)
+async def test_migrations_run_twice_apply_once(empty_db_url: str, storage_flavor: Flavor) -> None:
+    url = empty_db_url
     assert await migrate(url, storage_flavor) == _versions(storage_flavor)
     assert await migrate(url, storage_flavor) == []
 
 
-async def test_migrations_from_two_processes_at_once(pg_server_url: str, storage_flavor: Flavor) -> None:
-    url = await create_database(pg_server_url, template=None)
+async def test_migrations_from_two_processes_at_once(empty_db_url: str, storage_flavor: Flavor) -> None:
+    url = empty_db_url
     first, second = await asyncio.gather(migrate(url, storage_flavor), migrate(url, storage_flavor))
     assert sorted(first + second) == _versions(storage_flavor)
     conn = await asyncpg.connect(url)

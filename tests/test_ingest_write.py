@@ -156,13 +156,15 @@ async def test_a_batch_with_a_stored_key_keeps_the_payloads_and_queues_only_new_
     """The usual batch is inserted without conflict checks; one holding a key already stored is
     rolled back to its savepoint and stored again skipping that key: nothing of it is lost or
     counted twice (rows, payloads, rollups)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)  # one key per id
+
     def with_payload(request_id: str, text: str) -> usage_pb2.UsageRecord:
-        return record(request_id=request_id, input_tokens=10,
+        return record(start, request_id=request_id, input_tokens=10,
                       payload=usage_pb2.Payload(request=struct_pb2.Value(string_value=text)))
 
     assert (await write(ingest_stub, with_payload("p-1", "first"))).accepted_count == 1
     resp = await write(ingest_stub, with_payload("p-1", "again"), with_payload("p-2", "second"),
-                       record(request_id="p-3", input_tokens=10))
+                       record(start, request_id="p-3", input_tokens=10))
     assert (resp.accepted_count, resp.duplicate_count) == (2, 1)
     stored = await db_pool.fetch("SELECT request_id, request #>> '{}' AS request FROM usage_payloads "
                                  "ORDER BY request_id")

@@ -30,7 +30,6 @@ from llmmeter_common.rollups import (
     set_relation,
 )
 
-from conftest import create_database
 from migration_sql import _columns
 
 # --- a real TimescaleDB -------------------------------------------------------------------
@@ -308,8 +307,8 @@ def _carried(old: list[dict[str, Any]], r: Rollup) -> dict[tuple, dict[str, Any]
 
 
 @pytest.mark.usefixtures("timescale_flavor_only")
-async def test_timescaledb_migration_carries_the_old_rollups_over(pg_server_url: str) -> None:
-    url = await create_database(pg_server_url, template=None)
+async def test_timescaledb_migration_carries_the_old_rollups_over(empty_db_url: str) -> None:
+    url = empty_db_url
     await _migrate(url, range(1, 14))
     conn = await asyncpg.connect(url)
     try:
