@@ -32,10 +32,10 @@ from .database import truncate_all, verify_e2e, wait_rollups_drained
 
 def run_e2e(
     args: argparse.Namespace, box: Sandbox, server_dsn: str, chunks: list[bytes], warmup_chunks: list[bytes],
-    n: int, n_payloads: int, pg_data: Path, db_name: str = "bench_e2e",
+    n: int, n_payloads: int, pg_data: Path, db_name: str = "bench_e2e", profile: bool = True,
 ) -> dict[str, Any]:
     """Start the service on a new database `db_name`, send the warm-up and then the measured
-    chunks, verify, stop the service."""
+    chunks, verify, stop the service; with `profile` (and --profile), py-spy records the pass."""
     dsn = asyncio.run(create_migrated_db(server_dsn, db_name))
     addr = box.start_service("ingest", dsn, note="(a) ")
     service = box.procs["ingest"]
@@ -88,11 +88,12 @@ def run_e2e(
         asyncio.run(truncate_all(dsn))
     asyncio.run(execute(server_dsn, "CHECKPOINT"))
 
-    if args.profile:
+    profile = profile and bool(args.profile)
+    if profile:
         _start_profiler(args, box, service.pid)
     log(f"(a) sending {n} records in {len(chunks)} messages over {args.streams} stream(s)")
     result, cpu = one_pass(chunks, "measured")
-    if args.profile:
+    if profile:
         _stop_profiler(args, box)
 
     if result["accepted"] != n or result["duplicates"] or result["rejections"]:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         for k in range(args.rounds):
             tag = f"round {k + 1}/{args.rounds}: "
             e2e = run_e2e(args, box, server_dsn, chunks, warmup_chunks, args.records, len(payloads),
-                          cluster.data_dir, f"bench_e2e_{k}")
+                          cluster.data_dir, f"bench_e2e_{k}", profile=k == 0)  # --profile: round 1
             log(f"{tag}(a) end to end: {e2e['records_per_s']:,} records/s")
             log(f"{tag}(b) raw COPY of {len(rows)} rows in chunks of {args.chunk}")
             copy = asyncio.run(run_copy(server_dsn, rows, args.chunk, f"bench_copy_{k}"))
@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
             for name in (f"bench_e2e_{k}", f"bench_copy_{k}"):  # each round on an empty cluster
                 asyncio.run(execute(server_dsn, f"DROP DATABASE {name} WITH (FORCE)"))
             rounds.append({"e2e": e2e, "raw_copy": copy, "ratio": evaluate(e2e, copy)[0]})
-            args.profile = None  # --profile records the first round only
         store = None if args.no_store_path else _store_path(server_dsn, rows, payloads)
 
     middle = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]  # the median round

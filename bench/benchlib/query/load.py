@@ -128,11 +128,14 @@ async def vacuum_and_check(conn: Any, n: int,
                            stored: Callable[[Any], Awaitable[dict[str, dict[str, int]]]]) -> dict[str, Any]:
     """VACUUM ANALYZE the loaded month, check it (N raw rows, N requests in every level: the
     measurements are only fair on a complete load), and return `stored(conn)`: its sizes."""
+    from llmmeter_common.rollups import set_relation
+
     log("  VACUUM ANALYZE")
     await conn.execute("VACUUM ANALYZE")
     got = int(await conn.fetchval("SELECT count(*) FROM usage_records"))
-    total = "SELECT coalesce(sum(request_count), 0) FROM {} WHERE dims_mask = 0"
-    rolled = {t: int(await conn.fetchval(total.format(t))) for t in ("usage_1m", "usage_1h", "usage_1d")}
+    total = "SELECT coalesce(sum(request_count), 0) FROM {}"
+    rolled = {t: int(await conn.fetchval(total.format(set_relation(t, 0))))
+              for t in ("usage_1m", "usage_1h", "usage_1d")}
     if got != n or any(v != n for v in rolled.values()):
         raise BenchFailure(f"load check FAILED: {got} raw rows, rollup totals {rolled}, expected {n}")
     return await stored(conn)
