@@ -34,6 +34,9 @@ def parse_args(description: str | None) -> argparse.Namespace:
     p.add_argument("--records", type=int, default=200_000, help="records to send (default 200000)")
     p.add_argument("--chunk", type=int, default=5_000, help="records per stream message (default 5000)")
     p.add_argument("--streams", type=int, default=2, help="concurrent StreamRecords calls (default 2)")
+    p.add_argument("--form", choices=("columns", "records"), default="columns",
+                   help="how each message carries its records: `columns` (UsageColumns, the bulk form, "
+                        "default) or `records` (one UsageRecord message each)")
     p.add_argument("--warmup", type=int, default=5_000,
                    help="records sent (then truncated) before the measured run, 0 for none (default 5000)")
     p.add_argument("--window", type=float, default=300.0, metavar="SECONDS",
@@ -71,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     records = generate(args.records, args.seed, now, args.window)
     warmup = generate(args.warmup, args.seed + 1, now, args.window) if args.warmup else []
-    chunks = serialize_chunks(records, args.chunk)
-    warmup_chunks = serialize_chunks(warmup, args.chunk)
+    chunks = serialize_chunks(records, args.chunk, args.form)
+    warmup_chunks = serialize_chunks(warmup, args.chunk, args.form)
     rows, payloads = convert_rows(records)
     log(f"  done in {time.perf_counter() - t:.1f}s: {len(chunks)} messages, "
         f"{sum(map(len, chunks)) / args.records:.0f} bytes/record, {len(payloads)} with payloads")
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "bench": "ingest",
         "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "records": args.records, "chunk": args.chunk, "streams": args.streams, "window_s": args.window,
+        "records": args.records, "chunk": args.chunk, "streams": args.streams, "form": args.form,
+        "window_s": args.window,
         "bytes_per_record": round(sum(map(len, chunks)) / args.records),
         "payload_share": round(len(payloads) / args.records, 4),
         "e2e": e2e, "raw_copy": copy, "store_write": store,

@@ -17,14 +17,16 @@ def generate(n: int, seed: int, now: datetime, window_s: float) -> list[Any]:
     return list(generate_records(n, seed=seed, now=now, days=window_s / 86_400))
 
 
-def serialize_chunks(records: list[Any], chunk: int) -> list[bytes]:
-    """StreamRecords messages of `chunk` records each, already serialised, as the client sends them."""
+def serialize_chunks(records: list[Any], chunk: int, form: str) -> list[bytes]:
+    """StreamRecords messages of `chunk` records each, already serialised, as the client sends them:
+    the records as `UsageColumns` (form "columns") or as `UsageRecord` messages ("records")."""
+    from llmmeter.columns import to_columns
     from llmmeter.v1 import ingest_pb2
 
-    return [
-        ingest_pb2.StreamRecordsRequest(records=records[i:i + chunk]).SerializeToString()
-        for i in range(0, len(records), chunk)
-    ]
+    parts = [records[i:i + chunk] for i in range(0, len(records), chunk)]
+    if form == "columns":
+        return [ingest_pb2.StreamRecordsRequest(columns=to_columns(p)).SerializeToString() for p in parts]
+    return [ingest_pb2.StreamRecordsRequest(records=p).SerializeToString() for p in parts]
 
 
 def convert_rows(records: list[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:

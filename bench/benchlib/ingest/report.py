@@ -39,7 +39,7 @@ def print_report(r: dict[str, Any]) -> None:
         f"  workload:     {r['records']:,} records (llmmeter.demo, {r['bytes_per_record']} B/record on the "
         f"wire, {r['payload_share']:.1%} with payloads,",
         f"                starting within the last {r['window_s']:g} s), {r['chunk']:,} per message, "
-        f"{r['streams']} stream(s)",
+        f"{r['streams']} stream(s), as {r['form']}",
         "",
         f"  (a) end to end (gRPC StreamRecords -> committed + rolled up): "
         f"{e2e['records_per_s']:>9,} records/s  ({e2e['seconds']:.2f} s)",

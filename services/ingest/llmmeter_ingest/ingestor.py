@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from llmmeter.columns import ColumnsError, record_count, to_records
 from llmmeter.v1 import usage_pb2
 from llmmeter_common.auth.context import team_scope
-from llmmeter_ingest import bulk_rows
+from llmmeter_common.errors import FieldViolation, InvalidArgument
+from llmmeter_ingest import bulk_batch, bulk_rows
 from llmmeter_ingest.pricing import BUILTIN_ONLY, Pricer
 from llmmeter_ingest.rows import Row, to_rows
 from llmmeter_ingest.settings import IngestSettings
@@ -91,20 +93,33 @@ class Ingestor:
         )
 
     def prepare(self, records: Sequence[usage_pb2.UsageRecord], offset: int = 0) -> Prepared:
-        """Validate and convert; repeats of a key inside the batch count as duplicates.
+        """Validate and convert; repeats of a key inside the batch count as duplicates."""
+        batch = bulk_batch.from_records(records) if records else None
+        return self._prepare(batch, lambda: records, offset)
 
-        A batch of valid records with unique keys, the usual case, is converted column by column
-        (`bulk_rows`); any other is taken record by record, which says what is wrong with each.
-        """
+    def prepare_columns(self, columns: usage_pb2.UsageColumns, offset: int = 0) -> Prepared:
+        """`prepare` for records sent as columns; raises InvalidArgument naming the column when
+        the lists' lengths do not fit together."""
+        try:
+            n = record_count(columns)
+        except ColumnsError as e:
+            raise InvalidArgument(str(e), [FieldViolation(e.field, e.reason)]) from None
+        batch = bulk_batch.from_columns(columns, n) if n else None
+        return self._prepare(batch, lambda: to_records(columns), offset)
+
+    def _prepare(self, batch: bulk_batch.Batch | None,
+                 records: Callable[[], Sequence[usage_pb2.UsageRecord]], offset: int) -> Prepared:
+        """A batch of valid records with unique keys, the usual case, is converted column by column
+        (`bulk_rows`); any other is taken record by record, which says what is wrong with each."""
         limits = self._limits()
         redact = self._settings.redact_client_ip
         team = team_scope()
-        whole = bulk_rows.convert(records, limits, redact, self._pricer, team)
+        whole = None if batch is None else bulk_rows.convert(batch, limits, redact, self._pricer, team)
         if whole is not None:
             return Prepared(whole[0], whole[1], Outcome())
         prepared = Prepared([], [], Outcome())
         seen: set[tuple[str, object]] = set()
-        for i, rec in enumerate(records):
+        for i, rec in enumerate(records()):
             try:
                 if team is not None:
                     _pin_team(rec, team)
@@ -147,5 +162,8 @@ class Ingestor:
 
     async def ingest(self, records: Sequence[usage_pb2.UsageRecord]) -> Outcome:
         """One batch, end to end (refused at once when the queue is full)."""
-        prepared = self.prepare(records)
+        return await self.store(self.prepare(records))
+
+    async def store(self, prepared: Prepared) -> Outcome:
+        """A prepared batch, end to end (refused at once when the queue is full)."""
         return await self.finish(prepared, await self.submit(prepared, None))

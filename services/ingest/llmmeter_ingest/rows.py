@@ -138,14 +138,13 @@ def to_rows(rec: usage_pb2.UsageRecord, redact_ip: bool,
         duration_us(rec.gateway_overhead) if rec.HasField("gateway_overhead") else None,
         rec.retries, json_map(rec.metadata), has_payload, source,
     )
-    return row, payload_row(rec, start) if has_payload else None
+    return row, payload_row(rec.request_id, rec.payload, start) if has_payload else None
 
 
-def payload_row(rec: usage_pb2.UsageRecord, start: datetime) -> Row:
-    """The `usage_payloads` row of a valid record that has a payload, starting at `start`."""
-    p = rec.payload
+def payload_row(request_id: str, p: usage_pb2.Payload, start: datetime) -> Row:
+    """The `usage_payloads` row of a valid record's payload, the record starting at `start`."""
     return (
-        start, rec.request_id,
+        start, request_id,
         _payload_json(p.request, p.HasField("request")),
         _payload_json(p.response, p.HasField("response")),
     )

@@ -3,29 +3,44 @@
 Per-record problems come back in `rejections`; a request none of whose
 records could be stored fails as a whole with INVALID_ARGUMENT and a
 BadRequest naming `records[i].field`, so a sender never mistakes total
-rejection for success.
+rejection for success. Records sent as `columns` are named the same way, by
+their position.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 
-from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc, usage_pb2
+from llmmeter.v1 import ingest_pb2, ingest_pb2_grpc
 from llmmeter_common.errors import FieldViolation, InvalidArgument
 from llmmeter_ingest.ingestor import Ingestor, Outcome, Prepared
 from llmmeter_ingest.settings import IngestSettings
 from llmmeter_ingest.writer import Job
 
 
-def _check_size(records: Sequence[usage_pb2.UsageRecord], limit: int) -> None:
-    if len(records) > limit:
+def _check_size(message: ingest_pb2.WriteRecordsRequest | ingest_pb2.StreamRecordsRequest, limit: int) -> int:
+    """The message's record count, within `limit`, in `records` or in `columns`, not both."""
+    records, columns = len(message.records), len(message.columns.request_id)
+    if records and message.HasField("columns"):
+        raise InvalidArgument("columns: send records either in records or in columns, not both",
+                              [FieldViolation("columns", "not allowed together with records")])
+    field = "columns" if message.HasField("columns") else "records"
+    if max(records, columns) > limit:
         raise InvalidArgument(
-            f"records: {len(records)} records in one message, at most {limit} allowed",
-            [FieldViolation("records", f"at most {limit} records per message")],
+            f"{field}: {max(records, columns)} records in one message, at most {limit} allowed",
+            [FieldViolation(field, f"at most {limit} records per message")],
         )
+    return max(records, columns)
+
+
+def _prepare(ingestor: Ingestor, message: ingest_pb2.WriteRecordsRequest | ingest_pb2.StreamRecordsRequest,
+             offset: int) -> Prepared:
+    if message.HasField("columns"):
+        return ingestor.prepare_columns(message.columns, offset)
+    return ingestor.prepare(message.records, offset)
 
 
 def _raise_if_nothing_stored(outcome: Outcome) -> None:
@@ -60,8 +75,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.WriteRecordsRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.WriteRecordsResponse:
         """Store one batch and say what became of each record."""
-        _check_size(request.records, self._settings.max_batch_records)
-        outcome = await self._ingestor.ingest(request.records)
+        _check_size(request, self._settings.max_batch_records)
+        outcome = await self._ingestor.store(_prepare(self._ingestor, request, 0))
         _raise_if_nothing_stored(outcome)
         return ingest_pb2.WriteRecordsResponse(
             accepted_count=outcome.accepted, duplicate_count=outcome.duplicates,
@@ -78,9 +93,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         offset = 0
         try:
             async for message in request_iterator:
-                _check_size(message.records, self._settings.max_batch_records)
-                prepared = self._ingestor.prepare(message.records, offset)
-                offset += len(message.records)
+                count = _check_size(message, self._settings.max_batch_records)
+                prepared = _prepare(self._ingestor, message, offset)
+                offset += count
                 job = await self._ingestor.submit(prepared, self._settings.stream_queue_wait_seconds)
                 inflight.append((prepared, job))
                 while len(inflight) >= self._settings.stream_inflight_chunks:

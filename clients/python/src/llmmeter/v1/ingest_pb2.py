@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmmeter.v1 import usage_pb2 as llmmeter_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmmeter/v1/ingest.proto\x12\x0bllmmeter.v1\x1a\x17llmmeter/v1/usage.proto\"@\n\x13WriteRecordsRequest\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.llmmeter.v1.UsageRecord\"y\n\x14WriteRecordsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x30\n\nrejections\x18\x03 \x03(\x0b\x32\x1c.llmmeter.v1.RecordRejection\"A\n\x14StreamRecordsRequest\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.llmmeter.v1.UsageRecord\"z\n\x15StreamRecordsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x30\n\nrejections\x18\x03 \x03(\x0b\x32\x1c.llmmeter.v1.RecordRejection\"S\n\x0fRecordRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xbe\x01\n\rIngestService\x12S\n\x0cWriteRecords\x12 .llmmeter.v1.WriteRecordsRequest\x1a!.llmmeter.v1.WriteRecordsResponse\x12X\n\rStreamRecords\x12!.llmmeter.v1.StreamRecordsRequest\x1a\".llmmeter.v1.StreamRecordsResponse(\x01\x42<Z:github.com/llmmeter/llmmeter/gen/go/llmmeter/v1;llmmeterv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmmeter/v1/ingest.proto\x12\x0bllmmeter.v1\x1a\x17llmmeter/v1/usage.proto\"l\n\x13WriteRecordsRequest\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.llmmeter.v1.UsageRecord\x12*\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x19.llmmeter.v1.UsageColumns\"y\n\x14WriteRecordsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x30\n\nrejections\x18\x03 \x03(\x0b\x32\x1c.llmmeter.v1.RecordRejection\"m\n\x14StreamRecordsRequest\x12)\n\x07records\x18\x01 \x03(\x0b\x32\x18.llmmeter.v1.UsageRecord\x12*\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x19.llmmeter.v1.UsageColumns\"z\n\x15StreamRecordsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x30\n\nrejections\x18\x03 \x03(\x0b\x32\x1c.llmmeter.v1.RecordRejection\"S\n\x0fRecordRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\xbe\x01\n\rIngestService\x12S\n\x0cWriteRecords\x12 .llmmeter.v1.WriteRecordsRequest\x1a!.llmmeter.v1.WriteRecordsResponse\x12X\n\rStreamRecords\x12!.llmmeter.v1.StreamRecordsRequest\x1a\".llmmeter.v1.StreamRecordsResponse(\x01\x42<Z:github.com/llmmeter/llmmeter/gen/go/llmmeter/v1;llmmeterv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z:github.com/llmmeter/llmmeter/gen/go/llmmeter/v1;llmmeterv1'
   _globals['_WRITERECORDSREQUEST']._serialized_start=66
-  _globals['_WRITERECORDSREQUEST']._serialized_end=130
-  _globals['_WRITERECORDSRESPONSE']._serialized_start=132
-  _globals['_WRITERECORDSRESPONSE']._serialized_end=253
-  _globals['_STREAMRECORDSREQUEST']._serialized_start=255
-  _globals['_STREAMRECORDSREQUEST']._serialized_end=320
-  _globals['_STREAMRECORDSRESPONSE']._serialized_start=322
-  _globals['_STREAMRECORDSRESPONSE']._serialized_end=444
-  _globals['_RECORDREJECTION']._serialized_start=446
-  _globals['_RECORDREJECTION']._serialized_end=529
-  _globals['_INGESTSERVICE']._serialized_start=532
-  _globals['_INGESTSERVICE']._serialized_end=722
+  _globals['_WRITERECORDSREQUEST']._serialized_end=174
+  _globals['_WRITERECORDSRESPONSE']._serialized_start=176
+  _globals['_WRITERECORDSRESPONSE']._serialized_end=297
+  _globals['_STREAMRECORDSREQUEST']._serialized_start=299
+  _globals['_STREAMRECORDSREQUEST']._serialized_end=408
+  _globals['_STREAMRECORDSRESPONSE']._serialized_start=410
+  _globals['_STREAMRECORDSRESPONSE']._serialized_end=532
+  _globals['_RECORDREJECTION']._serialized_start=534
+  _globals['_RECORDREJECTION']._serialized_end=617
+  _globals['_INGESTSERVICE']._serialized_start=620
+  _globals['_INGESTSERVICE']._serialized_end=810
 # @@protoc_insertion_point(module_scope)

@@ -26,18 +26,24 @@ class WriteRecordsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_usage_pb2.UsageRecord]:
-        """The records; at least one."""
+        """The records; at least one, here or in `columns` (not both)."""
+
+    @_builtins.property
+    def columns(self) -> _usage_pb2.UsageColumns:
+        """The records as columns, the cheaper form for large batches; instead of `records`."""
 
     def __init__(
         self,
         *,
         records: _abc.Iterable[_usage_pb2.UsageRecord] | None = ...,
+        columns: _usage_pb2.UsageColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,18 +91,24 @@ class StreamRecordsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_usage_pb2.UsageRecord]:
-        """The records of this chunk; at least one."""
+        """The records of this chunk; at least one, here or in `columns` (not both)."""
+
+    @_builtins.property
+    def columns(self) -> _usage_pb2.UsageColumns:
+        """The records of this chunk as columns, the cheaper form for high volume; instead of `records`."""
 
     def __init__(
         self,
         *,
         records: _abc.Iterable[_usage_pb2.UsageRecord] | None = ...,
+        columns: _usage_pb2.UsageColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

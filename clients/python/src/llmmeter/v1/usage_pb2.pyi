@@ -380,3 +380,346 @@ class Payload(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Payload: _TypeAlias = Payload  # noqa: Y015
+
+@_typing.final
+class UsageColumns(_message.Message):
+    """Many records at once, one list per field (column-major): the cheapest form to send and to
+    ingest in bulk. It means exactly what the same records sent as `UsageRecord`s mean, field for
+    field, and is checked by the same rules; a rejection names the `UsageRecord` field and the
+    record's position.
+
+    `request_id` holds one value per record and so fixes the number of records. Every other list
+    holds one value per record, or none at all when every record has that field's default (0, "",
+    false, not measured, no cost sent, an empty map). A list of any other length refuses the
+    whole message with INVALID_ARGUMENT naming `columns.<field>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_UNIX_NANO_FIELD_NUMBER: _builtins.int
+    END_TIME_UNIX_NANO_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_NANOS_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
+    OUTPUT_CHUNKS_FIELD_NUMBER: _builtins.int
+    MEAN_INTER_TOKEN_LATENCY_NANOS_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESPONSE_MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_ALIAS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    CALL_TYPE_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    API_BASE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    CLIENT_IP_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    MEDIA_IMAGES_FIELD_NUMBER: _builtins.int
+    MEDIA_AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    MEDIA_VIDEO_SECONDS_FIELD_NUMBER: _builtins.int
+    MEDIA_CHARACTERS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    COST_BREAKDOWN_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    GATEWAY_OVERHEAD_NANOS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    PAYLOADS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_INDEX_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.request_id`."""
+
+    @_builtins.property
+    def start_time_unix_nano(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.start_time` as nanoseconds since the Unix epoch (stored to the microsecond)."""
+
+    @_builtins.property
+    def end_time_unix_nano(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.end_time` as nanoseconds since the Unix epoch."""
+
+    @_builtins.property
+    def time_to_first_token_nanos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.time_to_first_token` in nanoseconds; -1: not measured (the field unset)."""
+
+    @_builtins.property
+    def streaming(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """`UsageRecord.streaming`."""
+
+    @_builtins.property
+    def output_chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.output_chunks`."""
+
+    @_builtins.property
+    def mean_inter_token_latency_nanos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.mean_inter_token_latency` in nanoseconds; -1: not measured."""
+
+    @_builtins.property
+    def status_code(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.status_code`."""
+
+    @_builtins.property
+    def error_type(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.error_type`."""
+
+    @_builtins.property
+    def error_message(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.error_message`."""
+
+    @_builtins.property
+    def model(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.model`."""
+
+    @_builtins.property
+    def response_model(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.response_model`."""
+
+    @_builtins.property
+    def model_alias(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.model_alias`."""
+
+    @_builtins.property
+    def provider(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.provider`."""
+
+    @_builtins.property
+    def call_type(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.call_type`."""
+
+    @_builtins.property
+    def model_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.model_id`."""
+
+    @_builtins.property
+    def api_base(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.api_base`."""
+
+    @_builtins.property
+    def user(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.user`."""
+
+    @_builtins.property
+    def team(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.team`."""
+
+    @_builtins.property
+    def account(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.account`."""
+
+    @_builtins.property
+    def client_ip(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`UsageRecord.client_ip`."""
+
+    @_builtins.property
+    def input_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.input_tokens`."""
+
+    @_builtins.property
+    def output_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.output_tokens`."""
+
+    @_builtins.property
+    def cache_read_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.cache_read_tokens`."""
+
+    @_builtins.property
+    def cache_write_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.cache_write_tokens`."""
+
+    @_builtins.property
+    def reasoning_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.reasoning_tokens`."""
+
+    @_builtins.property
+    def media_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.media.images`."""
+
+    @_builtins.property
+    def media_audio_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """`UsageRecord.media.audio_seconds`."""
+
+    @_builtins.property
+    def media_video_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """`UsageRecord.media.video_seconds`."""
+
+    @_builtins.property
+    def media_characters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.media.characters`."""
+
+    @_builtins.property
+    def cost(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """`UsageRecord.cost`; NaN: no cost sent (the field unset), so the service prices the record."""
+
+    @_builtins.property
+    def cost_breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostBreakdown]:
+        """`UsageRecord.cost_breakdown`."""
+
+    @_builtins.property
+    def cache_hit(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """`UsageRecord.cache_hit`."""
+
+    @_builtins.property
+    def gateway_overhead_nanos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.gateway_overhead` in nanoseconds; -1: not measured."""
+
+    @_builtins.property
+    def retries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.retries`."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metadata]:
+        """`UsageRecord.metadata`."""
+
+    @_builtins.property
+    def payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payload]:
+        """The payloads of the records that have one, in record order; the others have none."""
+
+    @_builtins.property
+    def payload_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The position of each of `payloads`' records: as many as `payloads`, strictly increasing."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _abc.Iterable[_builtins.str] | None = ...,
+        start_time_unix_nano: _abc.Iterable[_builtins.int] | None = ...,
+        end_time_unix_nano: _abc.Iterable[_builtins.int] | None = ...,
+        time_to_first_token_nanos: _abc.Iterable[_builtins.int] | None = ...,
+        streaming: _abc.Iterable[_builtins.bool] | None = ...,
+        output_chunks: _abc.Iterable[_builtins.int] | None = ...,
+        mean_inter_token_latency_nanos: _abc.Iterable[_builtins.int] | None = ...,
+        status_code: _abc.Iterable[_builtins.int] | None = ...,
+        error_type: _abc.Iterable[_builtins.str] | None = ...,
+        error_message: _abc.Iterable[_builtins.str] | None = ...,
+        model: _abc.Iterable[_builtins.str] | None = ...,
+        response_model: _abc.Iterable[_builtins.str] | None = ...,
+        model_alias: _abc.Iterable[_builtins.str] | None = ...,
+        provider: _abc.Iterable[_builtins.str] | None = ...,
+        call_type: _abc.Iterable[_builtins.str] | None = ...,
+        model_id: _abc.Iterable[_builtins.str] | None = ...,
+        api_base: _abc.Iterable[_builtins.str] | None = ...,
+        user: _abc.Iterable[_builtins.str] | None = ...,
+        team: _abc.Iterable[_builtins.str] | None = ...,
+        account: _abc.Iterable[_builtins.str] | None = ...,
+        client_ip: _abc.Iterable[_builtins.str] | None = ...,
+        input_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        output_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        cache_read_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        cache_write_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        reasoning_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        media_images: _abc.Iterable[_builtins.int] | None = ...,
+        media_audio_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        media_video_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        media_characters: _abc.Iterable[_builtins.int] | None = ...,
+        cost: _abc.Iterable[_builtins.float] | None = ...,
+        cost_breakdown: _abc.Iterable[Global___CostBreakdown] | None = ...,
+        cache_hit: _abc.Iterable[_builtins.bool] | None = ...,
+        gateway_overhead_nanos: _abc.Iterable[_builtins.int] | None = ...,
+        retries: _abc.Iterable[_builtins.int] | None = ...,
+        metadata: _abc.Iterable[Global___Metadata] | None = ...,
+        payloads: _abc.Iterable[Global___Payload] | None = ...,
+        payload_index: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_base", b"api_base", "cache_hit", b"cache_hit", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "call_type", b"call_type", "client_ip", b"client_ip", "cost", b"cost", "cost_breakdown", b"cost_breakdown", "end_time_unix_nano", b"end_time_unix_nano", "error_message", b"error_message", "error_type", b"error_type", "gateway_overhead_nanos", b"gateway_overhead_nanos", "input_tokens", b"input_tokens", "mean_inter_token_latency_nanos", b"mean_inter_token_latency_nanos", "media_audio_seconds", b"media_audio_seconds", "media_characters", b"media_characters", "media_images", b"media_images", "media_video_seconds", b"media_video_seconds", "metadata", b"metadata", "model", b"model", "model_alias", b"model_alias", "model_id", b"model_id", "output_chunks", b"output_chunks", "output_tokens", b"output_tokens", "payload_index", b"payload_index", "payloads", b"payloads", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "response_model", b"response_model", "retries", b"retries", "start_time_unix_nano", b"start_time_unix_nano", "status_code", b"status_code", "streaming", b"streaming", "team", b"team", "time_to_first_token_nanos", b"time_to_first_token_nanos", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageColumns: _TypeAlias = UsageColumns  # noqa: Y015
+
+@_typing.final
+class CostBreakdown(_message.Message):
+    """One record's `UsageRecord.cost_breakdown`, in `UsageColumns`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ComponentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def components(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Cost components in USD by name."""
+
+    def __init__(
+        self,
+        *,
+        components: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostBreakdown: _TypeAlias = CostBreakdown  # noqa: Y015
+
+@_typing.final
+class Metadata(_message.Message):
+    """One record's `UsageRecord.metadata`, in `UsageColumns`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EntriesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Custom keys and their values."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Metadata: _TypeAlias = Metadata  # noqa: Y015
