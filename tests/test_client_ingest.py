@@ -291,7 +291,8 @@ async def test_stream_surfaces_a_violation_that_names_no_record(db_url: str) -> 
     ):
         with pytest.raises(InvalidArgumentError) as caught:
             await client.stream_records(_batches([record() for _ in range(4)]))
-    assert caught.value.violations == (FieldViolation("records", "at most 3 records per message"),)
+    # streamed batches travel as columns (`stream_as_columns`), so the message's list is `columns`
+    assert caught.value.violations == (FieldViolation("columns", "at most 3 records per message"),)
     assert "\n" not in str(caught.value)
 
 
@@ -332,3 +333,18 @@ async def test_empty_stream_sends_nothing(ingest_addr: str) -> None:
     async with _watched(ingest_addr) as (client, log):
         response = await client.stream_records(_batches([], []))
     assert response == ingest_pb2.StreamRecordsResponse() and log.calls == []
+
+
+@pytest.mark.parametrize("as_columns", [True, False], ids=["columns", "records"])
+async def test_stream_outcome_is_the_same_in_either_form(
+        ingest_addr: str, db_url: str, as_columns: bool) -> None:
+    nan_cost = record(request_id="nan")
+    nan_cost.cost = float("nan")  # columns cannot carry it: that batch travels as records
+    batches = [[record(request_id="a"), record(request_id="bad", model="")],
+               [record(request_id="b"), nan_cost], [record(request_id="a")]]
+    async with _watched(ingest_addr, stream_as_columns=as_columns) as (client, _):
+        response = await client.stream_records(_batches(*batches))
+    assert (response.accepted_count, response.duplicate_count) == (2, 1)
+    assert [(r.index, r.request_id, r.field) for r in response.rejections] == [(1, "bad", "model"),
+                                                                              (3, "nan", "cost")]
+    assert await _stored(db_url) == 2

@@ -133,3 +133,21 @@ def test_lists_of_the_wrong_length_name_the_column(field: str, change: Callable)
     with pytest.raises(ColumnsError) as err:
         record_count(cols)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(("case", "breaks"), [(c, b) for c, b in BREAKING if c in _NOT_IN_COLUMNS],
+                         ids=sorted(_NOT_IN_COLUMNS, key=[c for c, _ in BREAKING].index))
+def test_a_record_columns_cannot_carry_is_refused_by_to_columns(case: str, breaks: Callable) -> None:
+    recs = valid_batch(4, 5)
+    breaks(recs[2])
+    with pytest.raises(ValueError):
+        to_columns(recs)
+
+
+def test_a_duration_of_mixed_signs_is_refused_by_to_columns() -> None:
+    rec = record(ttft_ms=100)
+    rec.time_to_first_token.nanos = -5  # seconds 0: fine
+    to_columns([rec])
+    rec.time_to_first_token.seconds = 1
+    with pytest.raises(ValueError):
+        to_columns([rec])

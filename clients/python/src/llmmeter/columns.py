@@ -53,10 +53,29 @@ def _nanos(message: timestamp_pb2.Timestamp | duration_pb2.Duration) -> int:
     return message.seconds * 1_000_000_000 + message.nanos
 
 
+def _representable(rec: usage_pb2.UsageRecord) -> bool:
+    """Whether the columns can say what `rec` says: a NaN cost is a column's "no cost", and a time
+    or duration is one number there, so the out-of-range nanos a record can carry (which the
+    service refuses by name) would become a valid value."""
+    if rec.HasField("cost") and math.isnan(rec.cost):
+        return False
+    if not all(0 <= getattr(rec, t).nanos < 1_000_000_000 for t in TIMES.values()):
+        return False
+    for name in DURATIONS.values():
+        d = getattr(rec, name)
+        mixed_signs = d.seconds < 0 < d.nanos or d.nanos < 0 < d.seconds
+        if mixed_signs or not -1_000_000_000 < d.nanos < 1_000_000_000:
+            return False
+    return True
+
+
 def to_columns(records: Iterable[usage_pb2.UsageRecord]) -> usage_pb2.UsageColumns:
     """The column form of `records` (every list filled, one value per record). Raises ValueError
-    for a time or duration beyond int64 nanoseconds (the year 2262), which columns cannot hold."""
+    for a record the columns cannot carry as it is: a NaN cost, out-of-range nanos, or a time or
+    duration beyond int64 nanoseconds (the year 2262); send such a batch as records."""
     records = list(records)
+    if not all(map(_representable, records)):
+        raise ValueError("a record has a NaN cost or a time or duration columns cannot hold")
     cols = usage_pb2.UsageColumns()
     for name, values in zip(PLAIN, zip(*map(_plain, records), strict=True), strict=True):
         getattr(cols, name).extend(values)

@@ -141,6 +141,11 @@ class ClientConfig:
     into calls of about this many records so that a failed call can be re-sent
     from memory without holding the whole input."""
 
+    stream_as_columns: bool = True
+    """Whether streamed batches travel as `UsageColumns` (the bulk form, about half the ingest
+    service's CPU per record; a batch with a record columns cannot carry goes as records) or
+    as record messages."""
+
     def __post_init__(self) -> None:
         """Rejects values that cannot work, so the error names the setting instead of a failed call."""
         for name in ("ingest_addr", "query_addr", "alerts_addr"):

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import grpc
 
+from llmmeter.columns import to_columns
 from llmmeter.config import ClientConfig
 from llmmeter.errors import FieldViolation, InvalidArgumentError
 from llmmeter.service_client import ServiceClient
@@ -71,11 +72,12 @@ class IngestClient(ServiceClient):
         Unlike a bare StreamRecords call, a window whose records are all
         invalid does not raise: its field violations become rejections, so the
         result does not depend on how the input was split. Empty batches are
-        skipped and an empty input sends nothing.
+        skipped and an empty input sends nothing. Each batch travels as
+        `UsageColumns` unless `config.stream_as_columns` is off.
         """
         total = ingest_pb2.StreamRecordsResponse()
         offset = 0
-        windows = _windows(batches, self._config.stream_window_records)
+        windows = _windows(batches, self._config.stream_window_records, self._config.stream_as_columns)
         async for window in _read_ahead(windows):
             response = await self._send_window(window, on_sent)
             total.accepted_count += response.accepted_count
@@ -84,7 +86,7 @@ class IngestClient(ServiceClient):
                 merged = total.rejections.add()
                 merged.CopyFrom(rejection)
                 merged.index += offset
-            offset += sum(len(request.records) for request in window)
+            offset += sum(map(_count, window))
         return total
 
     async def _send_window(
@@ -99,7 +101,7 @@ class IngestClient(ServiceClient):
                 yield request
                 if on_sent is not None and position >= reported:
                     reported = position + 1
-                    on_sent(len(request.records))
+                    on_sent(_count(request))
 
         try:
             response: ingest_pb2.StreamRecordsResponse = await self._retrier.call(
@@ -113,8 +115,27 @@ class IngestClient(ServiceClient):
         return response
 
 
+def _request(batch: Sequence[usage_pb2.UsageRecord], as_columns: bool) -> ingest_pb2.StreamRecordsRequest:
+    """One stream message of `batch`: as columns when asked and the columns can carry it."""
+    if as_columns:
+        try:
+            return ingest_pb2.StreamRecordsRequest(columns=to_columns(batch))
+        except ValueError:  # a NaN cost or odd nanos: the records say it, and the service names it
+            pass
+    return ingest_pb2.StreamRecordsRequest(records=batch)
+
+
+def _count(request: ingest_pb2.StreamRecordsRequest) -> int:
+    """Records in one stream message, in either form."""
+    return len(request.records) or len(request.columns.request_id)
+
+
+def _request_ids(request: ingest_pb2.StreamRecordsRequest) -> list[str]:
+    return [r.request_id for r in request.records] or list(request.columns.request_id)
+
+
 async def _windows(
-    batches: AsyncIterable[Sequence[usage_pb2.UsageRecord]], limit: int
+    batches: AsyncIterable[Sequence[usage_pb2.UsageRecord]], limit: int, as_columns: bool
 ) -> AsyncIterator[list[ingest_pb2.StreamRecordsRequest]]:
     """Groups non-empty batches into windows of at least `limit` records (the last one may be smaller)."""
     window: list[ingest_pb2.StreamRecordsRequest] = []
@@ -122,7 +143,7 @@ async def _windows(
     async for batch in batches:
         if not batch:
             continue
-        window.append(ingest_pb2.StreamRecordsRequest(records=batch))
+        window.append(_request(batch, as_columns))
         size += len(batch)
         if size >= limit:
             yield window
@@ -160,18 +181,18 @@ def _fold_violations(
     Returns None when a violation does not name a record of the window, in
     which case the failure is not about individual records and must surface.
     """
-    records = [record for request in window for record in request.records]
+    ids = [request_id for request in window for request_id in _request_ids(request)]
     response = ingest_pb2.StreamRecordsResponse()
     if not violations:
         return None
     for violation in violations:
         match = _RECORD_FIELD.match(violation.field)
-        if match is None or int(match.group(1)) >= len(records):
+        if match is None or int(match.group(1)) >= len(ids):
             return None
         index = int(match.group(1))
         response.rejections.add(
             index=index,
-            request_id=records[index].request_id,
+            request_id=ids[index],
             field=match.group(2) or "",
             reason=violation.description,
         )
