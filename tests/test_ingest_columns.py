@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llmmeter.columns import ColumnsError, record_count, to_columns, to_record, to_records
+from llmmeter.columns import ColumnRecords, ColumnsError, record_count, to_columns, to_records
 from llmmeter.v1 import usage_pb2
 from llmmeter_ingest import bulk_batch, bulk_rows
 from llmmeter_ingest.pricing import BUILTIN_ONLY
@@ -101,7 +101,7 @@ def test_a_nan_cost_is_a_cost_not_sent_and_priced() -> None:
     cols = to_columns([rec])
     cols.cost[0] = math.nan
     rec.ClearField("cost")
-    assert to_record(cols, 0) == rec
+    assert ColumnRecords(cols).record(0) == rec
     got = _convert(cols)
     assert got is not None and got[0] == [to_rows(rec, True)[0]]
 
@@ -119,7 +119,11 @@ def test_a_team_bound_key_pins_the_team_of_columns_or_refuses_the_batch() -> Non
 @pytest.mark.parametrize(("field", "change"), [
     ("columns.model", lambda c: c.model.append("extra")),
     ("columns.input_tokens", lambda c: c.input_tokens.pop()),
-    ("columns.metadata", lambda c: c.metadata.add()),
+    ("columns.metadata_count", lambda c: c.metadata_count.append(0)),
+    ("columns.metadata_key", lambda c: c.metadata_key.append("extra")),
+    ("columns.cost_breakdown_key", lambda c: c.cost_breakdown_value.append(0.5)),
+    ("columns.metadata_count", lambda c: (c.metadata_count.__setitem__(0, -1),
+                                          c.metadata_count.__setitem__(1, c.metadata_count[1] + 1))),
     ("columns.payload_index", lambda c: c.payload_index.append(0)),
     ("columns.payload_index", lambda c: (c.payloads.add(), c.payload_index.append(99))),
     ("columns.payload_index", lambda c: (c.payloads.add(), c.payloads.add(), c.payload_index.extend([2, 1]))),

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from itertools import pairwise
+from itertools import islice, pairwise
 from operator import attrgetter, methodcaller
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -34,6 +35,11 @@ TIMES = {"start_time_unix_nano": "start_time", "end_time_unix_nano": "end_time"}
 DURATIONS = {"time_to_first_token_nanos": "time_to_first_token",
              "mean_inter_token_latency_nanos": "mean_inter_token_latency",
              "gateway_overhead_nanos": "gateway_overhead"}
+#: The record's maps, each flattened into `<name>_count`, `<name>_key` and `<name>_value`.
+MAPS = ("metadata", "cost_breakdown")
+#: Lists whose length is not the number of records.
+_OWN_LENGTH = frozenset({"request_id", "payloads", "payload_index",
+                         *(f"{m}_{p}" for m in MAPS for p in ("key", "value"))})
 #: What "not sent" is in a duration column.
 UNSET = -1
 _plain = attrgetter(*PLAIN)
@@ -87,9 +93,14 @@ def to_columns(records: Iterable[usage_pb2.UsageRecord]) -> usage_pb2.UsageColum
         has = methodcaller("HasField", field)
         getattr(cols, name).extend(_nanos(getattr(r, field)) if has(r) else UNSET for r in records)
     cols.cost.extend(r.cost if r.HasField("cost") else math.nan for r in records)
-    for rec in records:
-        cols.cost_breakdown.add().components.update(rec.cost_breakdown)
-        cols.metadata.add().entries.update(rec.metadata)
+    for name in MAPS:
+        counts, keys, values = (getattr(cols, f"{name}_{part}") for part in ("count", "key", "value"))
+        for m in map(attrgetter(name), records):
+            counts.append(len(m))
+            if m:
+                pairs = [(k, m[k]) for k in m]
+                keys.extend(k for k, _ in pairs)
+                values.extend(v for _, v in pairs)
     for i, rec in enumerate(records):
         if rec.HasField("payload"):
             cols.payloads.append(rec.payload)
@@ -98,60 +109,81 @@ def to_columns(records: Iterable[usage_pb2.UsageRecord]) -> usage_pb2.UsageColum
 
 
 def record_count(cols: usage_pb2.UsageColumns) -> int:
-    """How many records `cols` holds; raises ColumnsError when a list has another length or the
-    payload positions are not strictly increasing positions of records."""
+    """How many records `cols` holds; raises ColumnsError when a list has another length, a map's
+    counts do not add up to its keys and values, or the payload positions are not strictly
+    increasing positions of records."""
     n = len(cols.request_id)
     for field in usage_pb2.UsageColumns.DESCRIPTOR.fields:
-        if field.name in ("request_id", "payloads", "payload_index"):
-            continue
-        size = len(getattr(cols, field.name))
-        if size not in (0, n):
-            raise ColumnsError(field.name, f"{size} values for {n} records: one per record or none")
+        if field.name not in _OWN_LENGTH and len(getattr(cols, field.name)) not in (0, n):
+            raise ColumnsError(field.name, f"{len(getattr(cols, field.name))} values for {n} records: "
+                                           "one per record or none")
+    for name in MAPS:
+        counts, keys, values = (getattr(cols, f"{name}_{part}") for part in ("count", "key", "value"))
+        if counts and min(counts) < 0:
+            raise ColumnsError(f"{name}_count", "counts must not be negative")
+        if not sum(counts) == len(keys) == len(values):
+            raise ColumnsError(f"{name}_key", f"{len(keys)} keys and {len(values)} values for "
+                                              f"{sum(counts)} entries ({name}_count)")
     index = cols.payload_index
     if len(index) != len(cols.payloads):
         raise ColumnsError("payload_index", f"{len(index)} positions for {len(cols.payloads)} payloads")
-    if index and (min(index) < 0 or max(index) >= n
-                  or any(b <= a for a, b in pairwise(index))):
+    if index and (min(index) < 0 or max(index) >= n or any(b <= a for a, b in pairwise(index))):
         raise ColumnsError("payload_index", f"positions must be strictly increasing and within 0..{n - 1}")
     return n
 
 
-def _at(column: Sequence[object], i: int, default: object) -> object:
-    return column[i] if column else default
+def map_entries(counts: Sequence[int], keys: Sequence[Any], values: Sequence[Any],
+                n: int) -> list[dict[Any, Any]]:
+    """Each record's map from a flattened map column (of a shape `record_count` accepted)."""
+    if not counts:
+        return [{} for _ in range(n)]
+    pairs = iter(list(zip(keys, values, strict=True)))
+    return [dict(islice(pairs, c)) if c else {} for c in counts]
 
 
-def to_record(cols: usage_pb2.UsageColumns, i: int) -> usage_pb2.UsageRecord:
-    """Record `i` of `cols` (of a shape `record_count` accepted) as a `UsageRecord`, with no payload."""
-    rec = usage_pb2.UsageRecord()
-    for name in PLAIN:
-        column = getattr(cols, name)
-        if column:
-            setattr(rec, name, column[i])
-    for name, field in MEDIA.items():
-        column = getattr(cols, name)
-        if column and column[i]:  # zeros leave `media` unset, as a record without media has it
-            setattr(rec.media, field, column[i])
-    for name, field in TIMES.items():
-        column = getattr(cols, name)
-        if column:  # a list left empty is a time not sent, as in a record
-            getattr(rec, field).FromNanoseconds(column[i])
-    for name, field in DURATIONS.items():
-        nanos = _at(getattr(cols, name), i, UNSET)
-        if nanos != UNSET:
-            getattr(rec, field).FromNanoseconds(nanos)
-    cost = _at(cols.cost, i, math.nan)
-    if not math.isnan(cost):  # type: ignore[arg-type]
-        rec.cost = cost  # type: ignore[assignment]
-    if cols.cost_breakdown:
-        rec.cost_breakdown.update(cols.cost_breakdown[i].components)
-    if cols.metadata:
-        rec.metadata.update(cols.metadata[i].entries)
-    return rec
+def read_map(cols: usage_pb2.UsageColumns, name: str) -> list[dict[Any, Any]]:
+    """Each record's `name` map (one of `MAPS`)."""
+    counts, keys, values = (getattr(cols, f"{name}_{part}") for part in ("count", "key", "value"))
+    return map_entries(counts, keys, values, len(cols.request_id))
+
+
+class ColumnRecords:
+    """The records of one `UsageColumns` (of a shape `record_count` accepted) as `UsageRecord`s,
+    one at a time: for the few a reader needs as messages (to price them, or to name a fault)."""
+
+    def __init__(self, cols: usage_pb2.UsageColumns,
+                 maps: dict[str, list[dict[Any, Any]]] | None = None) -> None:
+        """`maps`: each of `MAPS` already read with `map_entries`, if the caller has them."""
+        self._maps = maps or {name: read_map(cols, name) for name in MAPS}
+        present = [name for name in (*PLAIN, *MEDIA, *TIMES, *DURATIONS, "cost") if getattr(cols, name)]
+        self._columns = {name: getattr(cols, name) for name in present}
+
+    def record(self, i: int) -> usage_pb2.UsageRecord:
+        """Record `i`, with no payload."""
+        rec = usage_pb2.UsageRecord()
+        for name, column in self._columns.items():
+            value = column[i]
+            if name in MEDIA:
+                if value:  # zeros leave `media` unset, as a record without media has it
+                    setattr(rec.media, MEDIA[name], value)
+            elif name in TIMES:  # a list left empty is a time not sent, as in a record
+                getattr(rec, TIMES[name]).FromNanoseconds(value)
+            elif name in DURATIONS:
+                if value != UNSET:
+                    getattr(rec, DURATIONS[name]).FromNanoseconds(value)
+            elif name == "cost":
+                if not math.isnan(value):
+                    rec.cost = value
+            else:
+                setattr(rec, name, value)
+        for name, maps in self._maps.items():
+            getattr(rec, name).update(maps[i])
+        return rec
 
 
 def to_records(cols: usage_pb2.UsageColumns) -> list[usage_pb2.UsageRecord]:
     """Every record of `cols` as a `UsageRecord`, payloads included (the inverse of `to_columns`)."""
-    records = [to_record(cols, i) for i in range(record_count(cols))]
+    records = list(map(ColumnRecords(cols).record, range(record_count(cols))))
     for i, payload in zip(cols.payload_index, cols.payloads, strict=True):
         records[i].payload.CopyFrom(payload)
     return records

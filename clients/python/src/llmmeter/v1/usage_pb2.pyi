@@ -390,8 +390,10 @@ class UsageColumns(_message.Message):
 
     `request_id` holds one value per record and so fixes the number of records. Every other list
     holds one value per record, or none at all when every record has that field's default (0, "",
-    false, not measured, no cost sent, an empty map). A list of any other length refuses the
-    whole message with INVALID_ARGUMENT naming `columns.<field>`.
+    false, not measured, no cost sent, an empty map), except the keys and values of the two maps
+    (as many as their counts add up to) and the payloads (as many as `payload_index`). A list of
+    any other length refuses the whole message with INVALID_ARGUMENT naming `columns.<field>`.
+    A key repeated within one record's map keeps its last value, as in a map on the wire.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -427,13 +429,17 @@ class UsageColumns(_message.Message):
     MEDIA_VIDEO_SECONDS_FIELD_NUMBER: _builtins.int
     MEDIA_CHARACTERS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
-    COST_BREAKDOWN_FIELD_NUMBER: _builtins.int
+    COST_BREAKDOWN_COUNT_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     GATEWAY_OVERHEAD_NANOS_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
-    METADATA_FIELD_NUMBER: _builtins.int
+    METADATA_COUNT_FIELD_NUMBER: _builtins.int
     PAYLOADS_FIELD_NUMBER: _builtins.int
     PAYLOAD_INDEX_FIELD_NUMBER: _builtins.int
+    METADATA_KEY_FIELD_NUMBER: _builtins.int
+    METADATA_VALUE_FIELD_NUMBER: _builtins.int
+    COST_BREAKDOWN_KEY_FIELD_NUMBER: _builtins.int
+    COST_BREAKDOWN_VALUE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def request_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """`UsageRecord.request_id`."""
@@ -559,8 +565,8 @@ class UsageColumns(_message.Message):
         """`UsageRecord.cost`; NaN: no cost sent (the field unset), so the service prices the record."""
 
     @_builtins.property
-    def cost_breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostBreakdown]:
-        """`UsageRecord.cost_breakdown`."""
+    def cost_breakdown_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.cost_breakdown`, as `metadata` is: the number of components of each record."""
 
     @_builtins.property
     def cache_hit(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
@@ -575,8 +581,10 @@ class UsageColumns(_message.Message):
         """`UsageRecord.retries`."""
 
     @_builtins.property
-    def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metadata]:
-        """`UsageRecord.metadata`."""
+    def metadata_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """`UsageRecord.metadata`, flattened: the number of entries of each record; record i's
+        entries are the next `metadata_count[i]` pairs of `metadata_key` and `metadata_value`.
+        """
 
     @_builtins.property
     def payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payload]:
@@ -585,6 +593,22 @@ class UsageColumns(_message.Message):
     @_builtins.property
     def payload_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The position of each of `payloads`' records: as many as `payloads`, strictly increasing."""
+
+    @_builtins.property
+    def metadata_key(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The keys of every record's metadata, record after record (see `metadata_count`)."""
+
+    @_builtins.property
+    def metadata_value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values that go with `metadata_key`, one each."""
+
+    @_builtins.property
+    def cost_breakdown_key(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The names of every record's cost components, record after record (see `cost_breakdown_count`)."""
+
+    @_builtins.property
+    def cost_breakdown_value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The amounts in USD that go with `cost_breakdown_key`, one each."""
 
     def __init__(
         self,
@@ -620,106 +644,22 @@ class UsageColumns(_message.Message):
         media_video_seconds: _abc.Iterable[_builtins.float] | None = ...,
         media_characters: _abc.Iterable[_builtins.int] | None = ...,
         cost: _abc.Iterable[_builtins.float] | None = ...,
-        cost_breakdown: _abc.Iterable[Global___CostBreakdown] | None = ...,
+        cost_breakdown_count: _abc.Iterable[_builtins.int] | None = ...,
         cache_hit: _abc.Iterable[_builtins.bool] | None = ...,
         gateway_overhead_nanos: _abc.Iterable[_builtins.int] | None = ...,
         retries: _abc.Iterable[_builtins.int] | None = ...,
-        metadata: _abc.Iterable[Global___Metadata] | None = ...,
+        metadata_count: _abc.Iterable[_builtins.int] | None = ...,
         payloads: _abc.Iterable[Global___Payload] | None = ...,
         payload_index: _abc.Iterable[_builtins.int] | None = ...,
+        metadata_key: _abc.Iterable[_builtins.str] | None = ...,
+        metadata_value: _abc.Iterable[_builtins.str] | None = ...,
+        cost_breakdown_key: _abc.Iterable[_builtins.str] | None = ...,
+        cost_breakdown_value: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_base", b"api_base", "cache_hit", b"cache_hit", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "call_type", b"call_type", "client_ip", b"client_ip", "cost", b"cost", "cost_breakdown", b"cost_breakdown", "end_time_unix_nano", b"end_time_unix_nano", "error_message", b"error_message", "error_type", b"error_type", "gateway_overhead_nanos", b"gateway_overhead_nanos", "input_tokens", b"input_tokens", "mean_inter_token_latency_nanos", b"mean_inter_token_latency_nanos", "media_audio_seconds", b"media_audio_seconds", "media_characters", b"media_characters", "media_images", b"media_images", "media_video_seconds", b"media_video_seconds", "metadata", b"metadata", "model", b"model", "model_alias", b"model_alias", "model_id", b"model_id", "output_chunks", b"output_chunks", "output_tokens", b"output_tokens", "payload_index", b"payload_index", "payloads", b"payloads", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "response_model", b"response_model", "retries", b"retries", "start_time_unix_nano", b"start_time_unix_nano", "status_code", b"status_code", "streaming", b"streaming", "team", b"team", "time_to_first_token_nanos", b"time_to_first_token_nanos", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "api_base", b"api_base", "cache_hit", b"cache_hit", "cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "call_type", b"call_type", "client_ip", b"client_ip", "cost", b"cost", "cost_breakdown_count", b"cost_breakdown_count", "cost_breakdown_key", b"cost_breakdown_key", "cost_breakdown_value", b"cost_breakdown_value", "end_time_unix_nano", b"end_time_unix_nano", "error_message", b"error_message", "error_type", b"error_type", "gateway_overhead_nanos", b"gateway_overhead_nanos", "input_tokens", b"input_tokens", "mean_inter_token_latency_nanos", b"mean_inter_token_latency_nanos", "media_audio_seconds", b"media_audio_seconds", "media_characters", b"media_characters", "media_images", b"media_images", "media_video_seconds", b"media_video_seconds", "metadata_count", b"metadata_count", "metadata_key", b"metadata_key", "metadata_value", b"metadata_value", "model", b"model", "model_alias", b"model_alias", "model_id", b"model_id", "output_chunks", b"output_chunks", "output_tokens", b"output_tokens", "payload_index", b"payload_index", "payloads", b"payloads", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "response_model", b"response_model", "retries", b"retries", "start_time_unix_nano", b"start_time_unix_nano", "status_code", b"status_code", "streaming", b"streaming", "team", b"team", "time_to_first_token_nanos", b"time_to_first_token_nanos", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageColumns: _TypeAlias = UsageColumns  # noqa: Y015
-
-@_typing.final
-class CostBreakdown(_message.Message):
-    """One record's `UsageRecord.cost_breakdown`, in `UsageColumns`."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class ComponentsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.float
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.float = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    COMPONENTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def components(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Cost components in USD by name."""
-
-    def __init__(
-        self,
-        *,
-        components: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CostBreakdown: _TypeAlias = CostBreakdown  # noqa: Y015
-
-@_typing.final
-class Metadata(_message.Message):
-    """One record's `UsageRecord.metadata`, in `UsageColumns`."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class EntriesEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    ENTRIES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def entries(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Custom keys and their values."""
-
-    def __init__(
-        self,
-        *,
-        entries: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Metadata: _TypeAlias = Metadata  # noqa: Y015
