@@ -155,29 +155,34 @@ class ColumnRecords:
                  maps: dict[str, list[dict[Any, Any]]] | None = None) -> None:
         """`maps`: each of `MAPS` already read with `map_entries`, if the caller has them."""
         self._maps = maps or {name: read_map(cols, name) for name in MAPS}
-        present = [name for name in (*PLAIN, *MEDIA, *TIMES, *DURATIONS, "cost") if getattr(cols, name)]
-        self._columns = {name: getattr(cols, name) for name in present}
+        def columns(names: Iterable[str]) -> list[tuple[str, Any]]:
+            return [(name, getattr(cols, name)) for name in names if getattr(cols, name)]
+
+        self._plain = columns(PLAIN)
+        self._media = [(MEDIA[name], column) for name, column in columns(MEDIA)]
+        self._times = [(TIMES[name], column) for name, column in columns(TIMES)]
+        self._durations = [(DURATIONS[name], column) for name, column in columns(DURATIONS)]
+        self._cost = cols.cost
 
     def record(self, i: int) -> usage_pb2.UsageRecord:
         """Record `i`, with no payload."""
         rec = usage_pb2.UsageRecord()
-        for name, column in self._columns.items():
-            value = column[i]
-            if name in MEDIA:
-                if value:  # zeros leave `media` unset, as a record without media has it
-                    setattr(rec.media, MEDIA[name], value)
-            elif name in TIMES:  # a list left empty is a time not sent, as in a record
-                getattr(rec, TIMES[name]).FromNanoseconds(value)
-            elif name in DURATIONS:
-                if value != UNSET:
-                    getattr(rec, DURATIONS[name]).FromNanoseconds(value)
-            elif name == "cost":
-                if not math.isnan(value):
-                    rec.cost = value
-            else:
+        for name, column in self._plain:
+            if value := column[i]:  # a default is what an unset field reads as anyway
                 setattr(rec, name, value)
+        for name, column in self._media:
+            if value := column[i]:  # zeros leave `media` unset, as a record without media has it
+                setattr(rec.media, name, value)
+        for name, column in self._times:  # a list left empty is a time not sent, as in a record
+            getattr(rec, name).FromNanoseconds(column[i])
+        for name, column in self._durations:
+            if (value := column[i]) != UNSET:
+                getattr(rec, name).FromNanoseconds(value)
+        if self._cost and not math.isnan(self._cost[i]):
+            rec.cost = self._cost[i]
         for name, maps in self._maps.items():
-            getattr(rec, name).update(maps[i])
+            if maps[i]:
+                getattr(rec, name).update(maps[i])
         return rec
 
 
