@@ -111,3 +111,33 @@ async def test_empty_columns_are_no_records(ingest_stub) -> None:
         await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(columns=usage_pb2.UsageColumns()))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(err.value)[0][0] == "records"
+
+
+_INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda c: c.start_time_unix_nano.__setitem__(1, -_INT64_MAX), "records[1].start_time"),
+    (lambda c: c.end_time_unix_nano.__setitem__(1, _INT64_MAX), "records[1].end_time"),
+    (lambda c: c.time_to_first_token_nanos.__setitem__(1, _INT64_MAX), "records[1].time_to_first_token"),
+    (lambda c: c.gateway_overhead_nanos.__setitem__(1, -_INT64_MAX), "records[1].gateway_overhead"),
+    (lambda c: c.media_audio_seconds.__setitem__(1, float("inf")), "records[1].media.audio_seconds"),
+    (lambda c: c.input_tokens.__setitem__(1, -_INT64_MAX), "records[1].input_tokens"),
+    (lambda c: c.metadata_count.__setitem__(1, 2**31 - 1), "columns.metadata_key"),
+    (lambda c: c.payload_index.extend([_INT64_MAX]) or c.payloads.add(), "columns.payload_index"),
+], ids=["start", "end", "ttft", "gateway", "audio", "tokens", "metadata count", "payload index"])
+async def test_hostile_columns_are_refused_by_name_and_harm_no_other_caller(
+        ingest_stub, db_pool, change, field) -> None:
+    recs = [record(request_id="h-0"), record(request_id="h-1")]
+    cols = to_columns(recs)
+    change(cols)
+    if field.startswith("records"):
+        resp = await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(columns=cols))
+        assert resp.accepted_count == 1
+        assert [f"records[{r.index}].{r.field}" for r in resp.rejections] == [field]
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(columns=cols))
+        assert [f for f, _ in bad_request_fields(err.value)] == [field]
+    after = await ingest_stub.WriteRecords(ingest_pb2.WriteRecordsRequest(columns=to_columns([record()])))
+    assert after.accepted_count == 1
