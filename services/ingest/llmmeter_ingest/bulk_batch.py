@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, methodcaller
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from llmmeter.columns import DURATIONS as COLUMN_DURATIONS
-from llmmeter.columns import MEDIA, UNSET, ColumnRecords, read_map
+from llmmeter.columns import MEDIA, UNSET, read_map
 from llmmeter.v1 import usage_pb2
+from llmmeter_ingest.pricing import Priced
 
 TEXTS = ("request_id", "error_message", "model", "response_model", "model_alias", "provider",
          "call_type", "model_id", "api_base", "user", "team", "account", "client_ip", "error_type")
@@ -61,13 +62,49 @@ class Batch:
     cache_hit: Sequence[bool]
     metadata: list[dict[str, str]]
     breakdowns: list[dict[str, float]]
-    record: Callable[[int], usage_pb2.UsageRecord]
-    """Record i as a message (for pricing a record sent without a cost)."""
     payload: Callable[[int], usage_pb2.Payload]
     """Record i's payload, for a record that has one."""
+    records: Sequence[usage_pb2.UsageRecord] | None = None
+    """The record messages, when the batch was read from them."""
 
     def __len__(self) -> int:
         return len(self.texts[0])
+
+    def priced(self, i: int) -> Priced:
+        """What pricing reads of record i (a record sent without a cost): the record message, or
+        a view of the columns, so pricing never builds a message."""
+        if self.records is not None:
+            return self.records[i]
+        ints, texts = self.ints, self.texts
+        return _PricedView(
+            model=texts[_MODEL][i], response_model=texts[_RESPONSE_MODEL][i], provider=texts[_PROVIDER][i],
+            input_tokens=int(ints["input_tokens"][i]), output_tokens=int(ints["output_tokens"][i]),
+            cache_read_tokens=int(ints["cache_read_tokens"][i]),
+            cache_write_tokens=int(ints["cache_write_tokens"][i]),
+            reasoning_tokens=int(ints["reasoning_tokens"][i]),
+            media=_PricedMedia(int(ints["media.images"][i]), float(self.audio_seconds[i])))
+
+
+_MODEL, _RESPONSE_MODEL, _PROVIDER = (TEXTS.index(t) for t in ("model", "response_model", "provider"))
+
+
+class _PricedMedia(NamedTuple):
+    images: int
+    audio_seconds: float
+
+
+class _PricedView(NamedTuple):
+    """`pricing.Priced` of one record of a batch read from columns."""
+
+    model: str
+    response_model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    media: _PricedMedia
 
 
 def _us(seconds: np.ndarray, nanos: np.ndarray) -> np.ndarray:
@@ -108,7 +145,7 @@ def from_records(records: Sequence[usage_pb2.UsageRecord]) -> Batch | None:
         start_us=times[0] * 1_000_000 + times[1] // 1000, end_us=times[2] * 1_000_000 + times[3] // 1000,
         durations=durations, cost=floats[0], audio_seconds=floats[1], video_seconds=floats[2], has=has,
         streaming=streaming, cache_hit=cache_hit, metadata=_dicts(metadata), breakdowns=_dicts(breakdowns),
-        record=records.__getitem__, payload=lambda i: records[i].payload,
+        payload=lambda i: records[i].payload, records=records,
     )
 
 
@@ -144,5 +181,5 @@ def from_columns(cols: usage_pb2.UsageColumns, n: int) -> Batch | None:
         video_seconds=_numbers(cols, "media_video_seconds", n, np.float64, 0.0), has=has,
         streaming=list(cols.streaming) or [False] * n, cache_hit=list(cols.cache_hit) or [False] * n,
         metadata=maps["metadata"], breakdowns=maps["cost_breakdown"],
-        record=ColumnRecords(cols, maps).record, payload=payloads.__getitem__,
+        payload=payloads.__getitem__,
     )

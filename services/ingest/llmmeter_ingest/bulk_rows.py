@@ -170,7 +170,7 @@ def _rows(b: Batch, with_payload: list[int], redact_ip: bool,
     cost_json = _json(b.breakdowns)
     sources = [REPORTED] * len(ids)
     for i in np.flatnonzero(~has["cost"]).tolist():  # sent without a cost: priced here
-        cost, parts, sources[i] = pricer.price(b.record(i), starts[i])
+        cost, parts, sources[i] = pricer.price(b.priced(i), starts[i])
         costs[i], cost_json[i] = cost, json_map(parts)
     gateway = b.durations["gateway_overhead"]
     rows = list(zip(

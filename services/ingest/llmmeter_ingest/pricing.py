@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import genai_prices
@@ -36,6 +36,39 @@ _ZERO = Decimal(0)
 #: must not put a sum past what the rollups are sized for).
 MAX_COMPUTED_USD = Decimal(100_000)
 
+class PricedMedia(Protocol):
+    """What pricing reads of a record's media."""
+
+    @property
+    def images(self) -> int: ...
+    @property
+    def audio_seconds(self) -> float: ...
+
+
+class Priced(Protocol):
+    """What pricing reads of a record: a `UsageRecord`, or a bulk batch's view of one, so a batch
+    sent as columns is priced without building record messages."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def response_model(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_write_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def media(self) -> PricedMedia: ...
+
+
 _SELECT = """SELECT model, effective_from, input_per_mtok, output_per_mtok, cache_read_per_mtok,
        cache_write_per_mtok, reasoning_per_mtok, per_image, per_audio_second
 FROM llmmeter_model_prices ORDER BY model, effective_from"""
@@ -55,7 +88,7 @@ class Override:
     per_image: Decimal | None = None
     per_audio_second: Decimal | None = None
 
-    def cost(self, rec: usage_pb2.UsageRecord) -> dict[str, Decimal]:
+    def cost(self, rec: Priced) -> dict[str, Decimal]:
         """The record's cost components under these prices."""
         cached_in = rec.cache_read_tokens + rec.cache_write_tokens
         read_rate = _or(self.cache_read_per_mtok, self.input_per_mtok)
@@ -76,7 +109,7 @@ def _or(value: Decimal | None, default: Decimal) -> Decimal:
     return default if value is None else value
 
 
-def builtin_usage(rec: usage_pb2.UsageRecord) -> genai_prices.Usage:
+def builtin_usage(rec: Priced) -> genai_prices.Usage:
     """The record's usage as genai-prices counts it (input includes cache reads and writes, output
     includes reasoning: the same conventions as a UsageRecord)."""
     values: dict[str, Any] = {
@@ -103,7 +136,7 @@ class _Rates:
     reasoning: Decimal
     audio_second: Decimal
 
-    def cost(self, rec: usage_pb2.UsageRecord) -> dict[str, Decimal]:
+    def cost(self, rec: Priced) -> dict[str, Decimal]:
         cached = rec.cache_read_tokens + rec.cache_write_tokens
         parts = {
             "input": ((rec.input_tokens - cached) * self.uncached + rec.cache_read_tokens * self.cache_read
@@ -206,7 +239,7 @@ class Builtin:
             self._rates[key] = cached
         return cached[1]
 
-    def cost(self, rec: usage_pb2.UsageRecord, at: datetime) -> dict[str, Decimal] | None:
+    def cost(self, rec: Priced, at: datetime) -> dict[str, Decimal] | None:
         """Cost components from the built-in table; None when the model is not in it."""
         found = None
         for model in dict.fromkeys(m for m in (rec.model, rec.response_model) if m):
@@ -251,7 +284,7 @@ class Pricer:
         rows = await pool.fetch(_SELECT)
         self.set_overrides([Override(*r) for r in rows])
 
-    def _override(self, rec: usage_pb2.UsageRecord, at: datetime) -> Override | None:
+    def _override(self, rec: Priced, at: datetime) -> Override | None:
         for model in (rec.model, rec.response_model):
             entry = self._overrides.get(model) if model else None
             if entry is None:
@@ -261,7 +294,7 @@ class Pricer:
                 return entry[1][i - 1]
         return None
 
-    def price(self, rec: usage_pb2.UsageRecord, at: datetime) -> tuple[Decimal, dict[str, float], int]:
+    def price(self, rec: Priced, at: datetime) -> tuple[Decimal, dict[str, float], int]:
         """(cost, cost breakdown, CostSource) of a record sent without a cost, starting at `at`."""
         override = self._override(rec, at)
         try:
