@@ -142,8 +142,8 @@ class ClientConfig:
     from memory without holding the whole input."""
 
     stream_as_columns: bool = True
-    """Whether streamed batches travel as `UsageColumns` (the bulk form, about half the ingest
-    service's CPU per record; a batch with a record columns cannot carry goes as records) or
+    """Whether streamed batches travel as `UsageColumns` (the bulk form, about a third less of the
+    ingest service's CPU per record to convert; a batch with a record columns cannot carry goes as records) or
     as record messages."""
 
     def __post_init__(self) -> None:
