@@ -149,12 +149,11 @@ def read_map(cols: usage_pb2.UsageColumns, name: str) -> list[dict[Any, Any]]:
 
 class ColumnRecords:
     """The records of one `UsageColumns` (of a shape `record_count` accepted) as `UsageRecord`s,
-    one at a time: for the few a reader needs as messages (to price them, or to name a fault)."""
+    one at a time: for a reader that checks a doubtful batch record by record (to name a fault)."""
 
-    def __init__(self, cols: usage_pb2.UsageColumns,
-                 maps: dict[str, list[dict[Any, Any]]] | None = None) -> None:
-        """`maps`: each of `MAPS` already read with `map_entries`, if the caller has them."""
-        self._maps = maps or {name: read_map(cols, name) for name in MAPS}
+    def __init__(self, cols: usage_pb2.UsageColumns) -> None:
+        self._maps = {name: read_map(cols, name) for name in MAPS}
+
         def columns(names: Iterable[str]) -> list[tuple[str, Any]]:
             return [(name, getattr(cols, name)) for name in names if getattr(cols, name)]
 
