@@ -170,7 +170,6 @@ def from_columns(cols: usage_pb2.UsageColumns, n: int) -> Batch | None:
     has["payload"] = np.zeros(n, bool)
     has["payload"][list(cols.payload_index)] = True
     payloads = dict(zip(cols.payload_index, cols.payloads, strict=True))
-    maps = {"metadata": read_map(cols, "metadata"), "cost_breakdown": read_map(cols, "cost_breakdown")}
     return Batch(
         texts=[list(getattr(cols, t)) or [""] * n for t in TEXTS],
         ints={i: _numbers(cols, _COLUMN_OF.get(i, i), n, np.int64, 0) for i in INTS},
@@ -180,6 +179,6 @@ def from_columns(cols: usage_pb2.UsageColumns, n: int) -> Batch | None:
         audio_seconds=_numbers(cols, "media_audio_seconds", n, np.float64, 0.0),
         video_seconds=_numbers(cols, "media_video_seconds", n, np.float64, 0.0), has=has,
         streaming=list(cols.streaming) or [False] * n, cache_hit=list(cols.cache_hit) or [False] * n,
-        metadata=maps["metadata"], breakdowns=maps["cost_breakdown"],
+        metadata=read_map(cols, "metadata"), breakdowns=read_map(cols, "cost_breakdown"),
         payload=payloads.__getitem__,
     )
